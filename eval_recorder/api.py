@@ -1,0 +1,70 @@
+"""Library use: add eval-only recording to your own RLlib ``AlgorithmConfig``.
+
+Holds:
+  add_recording()      returns a copy of your config in which only evaluation env
+                       runners record (``render: human`` in the evaluation env config),
+                       with the recording callback added beside your own callbacks.
+  recording_session()  the driver-side session of such a config (folder, videos, wandb
+                       run), e.g. to ``close()`` it when you are done.
+"""
+
+from __future__ import annotations
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.utils import force_list
+
+from eval_recorder.callback import TRAINING_RENDER_REFUSED, RecordingCallback, callback_class
+from eval_recorder.envs import ENV_NAME, RENDER_MODES, register_env
+from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
+
+__all__ = ["add_recording", "recording_session"]
+
+
+def add_recording(config: AlgorithmConfig, options: RecordingOptions, *, render: str = "human") -> AlgorithmConfig:
+    """A copy of ``config`` whose evaluation episodes are recorded, tagged, stored and published.
+
+    ``config`` must use the env ``eval_recorder.envs.ENV_NAME`` (its ``env_config`` as
+    for ``eval_recorder.envs.make_env``), evaluate (``evaluation_interval`` set) and must
+    not ask its training env runners to render. Nothing is written until the Algorithm
+    is built: then the driver claims ``options.video_dir`` and starts the wandb run.
+    Callbacks already in ``config`` stay and fire as before.
+
+    Example::
+
+        config = add_recording(my_ppo_config, RecordingOptions(video_dir="videos"))
+        algo = config.build_algo()
+        algo.train()
+        recording_session(config).close()
+    """
+    if config.env != ENV_NAME:
+        raise ValueError(f"recording needs the env {ENV_NAME!r} (eval_recorder.envs.make_env), got {config.env!r}")
+    if (config.env_config or {}).get("render") is not None:
+        raise ValueError(TRAINING_RENDER_REFUSED)
+    if not config.evaluation_interval:
+        raise ValueError("recording records evaluation episodes; set evaluation(evaluation_interval=N) first")
+    if render not in RENDER_MODES:
+        raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
+    register_env()
+    recorded = config.copy(copy_frozen=False)
+    evaluation_overrides = dict(config.evaluation_config or {})
+    evaluation_overrides["env_config"] = {
+        **dict(config.env_config or {}),
+        **dict(evaluation_overrides.get("env_config") or {}),
+        "render": render,
+        "fps": options.fps,
+        "max_side": options.max_side,
+    }
+    recorded.evaluation(evaluation_config=evaluation_overrides)
+    token = register_session(RecordingSession(options))
+    users = [cls for cls in force_list(config.callbacks_class) if cls is not RLlibCallback]
+    recorded.callbacks(callbacks_class=users + [callback_class(token)])
+    return recorded
+
+
+def recording_session(config: AlgorithmConfig) -> RecordingSession:
+    """The driver session that ``add_recording`` attached to ``config``."""
+    for cls in force_list(config.callbacks_class):
+        if isinstance(cls, type) and issubclass(cls, RecordingCallback) and cls.session_token:
+            return get_session(cls.session_token)
+    raise ValueError("this config has no recording; make it with add_recording()")

@@ -1,0 +1,139 @@
+"""The RLlib callback that wires recording into training: capture → encode → store → publish.
+
+Holds:
+  RecordingCallback   an ``RLlibCallback``. On env runners it closes each recorded
+                      evaluation episode's video (stamped with the weights version that
+                      acted) and refuses recording envs on training runners. On the
+                      driver it collects finished videos from the eval runners through
+                      Ray, tags them with the training state of their weights, and hands
+                      them to the RecordingSession, which alone writes the video folder.
+  callback_class()    a RecordingCallback subclass bound to one driver session.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, WEIGHTS_SEQ_NO
+
+from eval_recorder.envs import RecordingRailEnv, collect_recorded
+from eval_recorder.naming import WeightsHistory
+from eval_recorder.session import get_session
+
+__all__ = ["RecordingCallback", "callback_class", "TRAINING_RENDER_REFUSED"]
+
+logger = logging.getLogger(__name__)
+
+TRAINING_RENDER_REFUSED = (
+    "render is set for the training env runners, but recording is evaluation-only; "
+    "remove render from the training env config and set it in the evaluation config "
+    "(evaluation.render=human)."
+)
+
+
+def callback_class(session_token: str) -> type["RecordingCallback"]:
+    """A RecordingCallback bound to the driver session registered under ``session_token``."""
+    return type("RecordingCallback", (RecordingCallback,), {"session_token": session_token})
+
+
+class RecordingCallback(RLlibCallback):
+    session_token: str | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._history = WeightsHistory()
+
+    # ---- on env runners -------------------------------------------------------------
+
+    @override(RLlibCallback)
+    def on_environment_created(self, *, env_runner, env, **kwargs) -> None:
+        """Fires on each env runner after it built its env: refuses recording in training."""
+        if env_runner.config.in_evaluation:
+            return
+        if any(isinstance(sub.unwrapped, RecordingRailEnv) for sub in getattr(env.unwrapped, "envs", [])):
+            raise ValueError(TRAINING_RENDER_REFUSED)
+
+    @override(RLlibCallback)
+    def on_episode_end(self, *, episode, env_runner=None, env=None, env_index: int = 0, **kwargs) -> None:
+        """Fires on an env runner when an episode ended: closes that episode's video."""
+        if env_runner is None or not env_runner.config.in_evaluation:
+            return
+        sub_env = env.unwrapped.envs[env_index].unwrapped
+        if isinstance(sub_env, RecordingRailEnv):
+            sub_env.finish_recording(
+                weights_seq_no=_weights_version(episode), episode_return=float(episode.get_return())
+            )
+
+    # ---- on the driver ----------------------------------------------------------------
+
+    @override(RLlibCallback)
+    def on_algorithm_init(self, *, algorithm, **kwargs) -> None:
+        """Fires on the driver when the Algorithm is built: opens the session."""
+        get_session(self.session_token).open()
+        self._record_start(algorithm)
+
+    @override(RLlibCallback)
+    def on_checkpoint_loaded(self, *, algorithm, **kwargs) -> None:
+        """Fires on the driver after a checkpoint was restored: training goes on from it."""
+        self._record_start(algorithm)
+
+    @override(RLlibCallback)
+    def on_evaluate_end(self, *, algorithm, evaluation_metrics=None, **kwargs) -> None:
+        """Fires on the driver after each evaluation round: tags, stores, publishes."""
+        group = algorithm.eval_env_runner_group
+        if group is None:
+            return
+        recorded = [
+            episode
+            for per_runner in group.foreach_env_runner(collect_recorded, local_env_runner=True)
+            for episode in per_runner
+        ]
+        recorded.sort(key=lambda e: (e.runner_index, e.runner_sequence))
+        env_steps_now = int(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+        tagged = [(e, self._history.tag_for(e.weights_seq_no, env_steps_now=env_steps_now)) for e in recorded]
+        if not tagged:
+            logger.warning("evaluation round ended without a recorded episode")
+            return
+        get_session(self.session_token).publish_round(tagged)
+
+    @override(RLlibCallback)
+    def on_train_result(self, *, algorithm, result: dict, **kwargs) -> None:
+        """Fires on the driver at the end of each train() call: remembers its weights."""
+        iteration = result["training_iteration"]
+        env_steps = int(result.get(ENV_RUNNER_RESULTS, {}).get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+        self._history.record(
+            weights_seq_no=_learner_weights_version(algorithm), training_iteration=iteration, env_steps=env_steps
+        )
+        metrics = {"training_iteration": iteration, "env_steps": env_steps}
+        train_return = result.get(ENV_RUNNER_RESULTS, {}).get("episode_return_mean")
+        if train_return is not None:
+            metrics["train/return_mean"] = float(train_return)
+        get_session(self.session_token).log_training(metrics, step=iteration)
+
+    def _record_start(self, algorithm) -> None:
+        env_steps = int(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+        self._history.record(
+            weights_seq_no=_learner_weights_version(algorithm),
+            training_iteration=algorithm.iteration,
+            env_steps=env_steps,
+        )
+
+
+def _learner_weights_version(algorithm) -> int:
+    """The learner's current weights version (RLlib's WEIGHTS_SEQ_NO)."""
+    results = algorithm.learner_group.foreach_learner(lambda learner: learner.get_state(components=[])[WEIGHTS_SEQ_NO])
+    return int(next(iter(results)).get())
+
+
+def _weights_version(episode) -> int:
+    """The weights version that chose the actions of ``episode`` (stamped per action)."""
+    versions = set()
+    for agent_episode in episode.agent_episodes.values():
+        stamped = agent_episode.get_extra_model_outputs(key=WEIGHTS_SEQ_NO)
+        versions.update(int(v) for v in list(stamped))
+    if len(versions) > 1:
+        logger.warning("episode %s acted with several weights versions %s; tagging the newest",
+                       episode.id_, sorted(versions))
+    return max(versions, default=0)

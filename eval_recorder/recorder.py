@@ -1,0 +1,117 @@
+"""Recording of one episode on the env runner: frames → encoder → finished mp4 bytes.
+
+Holds:
+  RecordedEpisode   what an eval runner hands to the driver for one finished episode:
+                    the complete mp4 bytes plus the episode's facts. It travels through
+                    Ray (an actor call), never through a shared path.
+  EpisodeRecorder   per env: starts a recording at reset, captures a frame per step,
+                    and on episode end returns a RecordedEpisode.
+
+The encoder writes into a private temporary file on the runner's own machine (not the
+video folder, which only the driver writes), so memory stays flat during the episode.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval_recorder.encoding import StreamingEncoder
+from eval_recorder.rendering import FrameRenderer
+
+__all__ = ["RecordedEpisode", "EpisodeRecorder"]
+
+
+@dataclass(frozen=True)
+class RecordedEpisode:
+    """One finished, recorded evaluation episode, as produced on an eval runner."""
+
+    mp4: bytes
+    weights_seq_no: int  # version of the weights that chose every action of the episode
+    env_seed: int
+    episode_length: int  # env steps
+    num_agents: int
+    agents_arrived: int  # agents that reached their target
+    episode_return: float  # summed over agents
+    frames: int
+    fps: int
+    width: int
+    height: int
+    runner_index: int
+    runner_host: str
+    runner_pid: int
+    runner_sequence: int  # n-th recorded episode of this env on that runner
+
+
+class EpisodeRecorder:
+    """Records the episodes of one ``RailEnv`` into mp4 files, one episode at a time."""
+
+    def __init__(self, rail_env, *, fps: int, max_side: int, runner_index: int) -> None:
+        self._renderer = FrameRenderer(rail_env, max_side=max_side)
+        self._fps = fps
+        self._runner_index = runner_index
+        self._encoder: StreamingEncoder | None = None
+        self._seed = 0
+        self._sequence = 0
+
+    @property
+    def recording(self) -> bool:
+        return self._encoder is not None
+
+    def start(self, env_seed: int) -> None:
+        """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
+        self.discard()
+        self._renderer.new_episode()
+        frame = self._renderer.render()
+        height, width = frame.shape[:2]
+        fd, tmp = tempfile.mkstemp(prefix="eval-recorder-episode-", suffix=".mp4")
+        os.close(fd)
+        self._encoder = StreamingEncoder(Path(tmp), width=width, height=height, fps=self._fps)
+        self._seed = env_seed
+        self._encoder.add(frame)
+
+    def capture(self) -> None:
+        """Add the frame of the env's current state."""
+        if self._encoder is not None:
+            self._encoder.add(self._renderer.render())
+
+    def finish(
+        self, *, weights_seq_no: int, episode_length: int, num_agents: int, agents_arrived: int, episode_return: float
+    ) -> RecordedEpisode:
+        """Finish the mp4 of the current episode and return it with the episode's facts."""
+        if self._encoder is None:
+            raise RuntimeError("finish() without a recording in progress")
+        encoder, self._encoder = self._encoder, None
+        try:
+            frames = encoder.close()
+            mp4 = encoder.path.read_bytes()
+        finally:
+            encoder.path.unlink(missing_ok=True)
+        self._sequence += 1
+        return RecordedEpisode(
+            mp4=mp4,
+            weights_seq_no=weights_seq_no,
+            env_seed=self._seed,
+            episode_length=episode_length,
+            num_agents=num_agents,
+            agents_arrived=agents_arrived,
+            episode_return=float(episode_return),
+            frames=frames,
+            fps=self._fps,
+            width=encoder.width,
+            height=encoder.height,
+            runner_index=self._runner_index,
+            runner_host=socket.gethostname(),
+            runner_pid=os.getpid(),
+            runner_sequence=self._sequence,
+        )
+
+    def discard(self) -> None:
+        """Drop an unfinished recording (the episode was cut off); nothing is kept."""
+        if self._encoder is not None:
+            encoder, self._encoder = self._encoder, None
+            encoder.abort()
+            encoder.path.unlink(missing_ok=True)

@@ -1,0 +1,177 @@
+"""The driver's recording session: claimed folder + video store + wandb run.
+
+Holds:
+  RecordingOptions   everything the driver needs to store and publish videos. It stays
+                     on the driver: env runners never see it (nor the video folder).
+  RecordingSession   opens the folder claim and the wandb run, stores each evaluation
+                     round's videos (tagged by the caller) and publishes them; closes
+                     both at the end. Used by periodic and standalone evaluation alike.
+  register_session() / get_session()   the driver-process registry through which the
+                     RLlib callback finds its session by an opaque token.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval_recorder.folder_guard import FolderClaim, claim_folder
+from eval_recorder.naming import TrainingTag, check_run_id, video_stem
+from eval_recorder.recorder import RecordedEpisode
+from eval_recorder.video_store import VideoStore, read_manifest
+from eval_recorder.wandb_sink import WandbSink
+
+__all__ = ["RecordingOptions", "RecordingSession", "StoredVideo", "get_session", "new_run_id", "register_session"]
+
+logger = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    """A fresh run id (8 lowercase hex digits)."""
+    return uuid.uuid4().hex[:8]
+
+
+@dataclass
+class RecordingOptions:
+    """Where and how the driver stores and publishes videos."""
+
+    video_dir: str
+    """Folder the videos, sidecars and manifest go to (only the driver writes it)."""
+    run_id: str = field(default_factory=new_run_id)
+    """Identifies the run: owner of the folder, wandb run id, part of every file name."""
+    resume: bool = False
+    """Continue run ``run_id`` in its own folder (appends; never overwrites)."""
+    fps: int = 10
+    """Frames per second of the videos."""
+    max_side: int = 0
+    """Longest frame side in pixels; 0 keeps flatland's size."""
+    wandb_mode: str = "offline"
+    """offline (default, no account needed; ``wandb sync`` later) | online | disabled."""
+    wandb_project: str = "eval_recorder"
+    wandb_entity: str | None = None
+    wandb_dir: str | None = None
+    """Folder the wandb run directory is made in; default: next to ``video_dir``."""
+    wandb_job_type: str = "train"
+    checkpoint: str | None = None
+    """Checkpoint the evaluated weights came from (standalone evaluation), else None."""
+    config: dict = field(default_factory=dict)
+    """Run configuration stored with the wandb run."""
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    path: Path
+    metadata: dict
+
+
+class RecordingSession:
+    """Driver-side owner of the video folder and the wandb run of one run."""
+
+    def __init__(self, options: RecordingOptions) -> None:
+        self.options = options
+        self.claim: FolderClaim | None = None
+        self.store: VideoStore | None = None
+        self.wandb: WandbSink | None = None
+        self.evaluation_round = 0
+        self.videos: list[StoredVideo] = []
+
+    @property
+    def video_dir(self) -> Path:
+        return self.claim.path if self.claim else Path(self.options.video_dir)
+
+    def open(self) -> "RecordingSession":
+        """Claim the folder (refusing if it is not ours to use), then start wandb."""
+        if self.claim is not None:
+            return self
+        options = self.options
+        self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume)
+        self.store = VideoStore(self.claim.path, run_id=options.run_id)
+        # A resumed run goes on counting its evaluation rounds.
+        self.evaluation_round = max(
+            (r["evaluation_round"] for r in read_manifest(self.claim.path) if r.get("run_id") == options.run_id),
+            default=0,
+        )
+        wandb_dir = Path(options.wandb_dir) if options.wandb_dir else self.claim.path.parent
+        self.wandb = WandbSink(
+            mode=options.wandb_mode,
+            project=options.wandb_project,
+            entity=options.wandb_entity,
+            run_id=options.run_id,
+            run_dir=wandb_dir,
+            job_type=options.wandb_job_type,
+            resume=options.resume,
+            config=options.config,
+        )
+        self.wandb.start()
+        return self
+
+    def publish_round(self, episodes: list[tuple[RecordedEpisode, TrainingTag]]) -> list[StoredVideo]:
+        """Store one evaluation round's videos in the folder, then log them to wandb."""
+        if self.store is None:
+            raise RuntimeError("publish_round() before open()")
+        self.evaluation_round += 1
+        stored = []
+        for index, (episode, tag) in enumerate(episodes):
+            stem = video_stem(tag=tag, evaluation_round=self.evaluation_round, episode_index=index,
+                              run_id=self.options.run_id)
+            path, metadata = self.store.store(
+                episode=episode, stem=stem, tag=tag, evaluation_round=self.evaluation_round,
+                episode_index=index, checkpoint=self.options.checkpoint,
+            )
+            stored.append(StoredVideo(path, metadata))
+        self.videos.extend(stored)
+        for step in sorted({video.metadata["training_iteration"] for video in stored}):
+            at_step = [video for video in stored if video.metadata["training_iteration"] == step]
+            self.wandb.log_videos([(v.path, v.metadata) for v in at_step], metrics=evaluation_metrics(at_step),
+                                  step=step)
+        return stored
+
+    def log_training(self, metrics: dict[str, float], *, step: int) -> None:
+        if self.wandb is not None:
+            self.wandb.log_metrics(metrics, step=step)
+
+    def close(self, exit_code: int = 0) -> None:
+        """Finish the wandb run and release the folder (both safe to call twice)."""
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=exit_code)
+        if self.claim is not None:
+            self.claim.release()
+
+
+def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:
+    """Means over one round's episodes, under ``eval/``."""
+    count = len(videos)
+    metadata = [video.metadata for video in videos]
+    return {
+        "training_iteration": metadata[0]["training_iteration"],
+        "env_steps": metadata[0]["env_steps"],
+        "eval/return_mean": sum(m["episode_return"] for m in metadata) / count,
+        "eval/completion_rate": sum(m["completion"] for m in metadata) / count,
+        "eval/episode_length_mean": sum(m["episode_length"] for m in metadata) / count,
+        "eval/videos": count,
+    }
+
+
+_SESSIONS: dict[str, RecordingSession] = {}
+
+
+def register_session(session: RecordingSession) -> str:
+    """Make ``session`` findable by the returned token in this (driver) process."""
+    token = uuid.uuid4().hex
+    _SESSIONS[token] = session
+    return token
+
+
+def get_session(token: str) -> RecordingSession:
+    try:
+        return _SESSIONS[token]
+    except KeyError:
+        raise RuntimeError(
+            "this recording callback runs in a process other than the one that called add_recording(); "
+            "build the Algorithm in the process that configured recording"
+        ) from None

@@ -1,0 +1,123 @@
+"""Writing videos into the (claimed) video folder: atomic, never overwriting, append-only.
+
+Holds:
+  MANIFEST          the manifest file name (one JSON line per video, append-only).
+  VideoStore        writes an mp4 + its JSON sidecar under a name no file has, each
+                    complete before it appears, and appends the manifest line.
+  read_manifest()   the records of a folder's manifest.
+
+How a file appears: its bytes go to a hidden temporary name in the same folder, are
+flushed to disk, then a hard link gives them the final name (``os.link`` fails if the
+name exists, so nothing is ever overwritten, even by another process); the temporary
+name is then dropped. A file under a final name is therefore always complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from eval_recorder.naming import numbered_stem, video_metadata
+
+__all__ = ["MANIFEST", "VideoStore", "read_manifest"]
+
+MANIFEST = "manifest.jsonl"
+_MAX_NAME_ATTEMPTS = 10_000
+
+
+def read_manifest(folder: str | os.PathLike) -> list[dict]:
+    """Every record of ``folder``'s manifest, in the order written (complete lines only)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by a crash is not a record
+            continue
+    return records
+
+
+class VideoStore:
+    """Stores finished videos in ``folder`` (which the caller has claimed)."""
+
+    def __init__(self, folder: Path, *, run_id: str) -> None:
+        self.folder = Path(folder)
+        self.run_id = run_id
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def store(self, *, episode, stem: str, tag, evaluation_round: int, episode_index: int,
+              checkpoint: str | None) -> tuple[Path, dict]:
+        """Write ``episode``'s mp4 and sidecar under ``stem`` (or the next free variant)."""
+        sha256 = hashlib.sha256(episode.mp4).hexdigest()
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        for attempt in range(1, _MAX_NAME_ATTEMPTS + 1):
+            name = numbered_stem(stem, attempt)
+            # The sidecar name is reserved with the video: a taken one also moves us on.
+            if (self.folder / f"{name}.json").exists():
+                continue
+            video_path = self.folder / f"{name}.mp4"
+            if self._publish(episode.mp4, video_path):
+                break
+        else:
+            raise FileExistsError(f"no free name for {stem} in {self.folder}")
+        metadata = video_metadata(
+            episode=episode,
+            tag=tag,
+            evaluation_round=evaluation_round,
+            episode_index=episode_index,
+            run_id=self.run_id,
+            checkpoint=checkpoint,
+            file_name=video_path.name,
+            sha256=sha256,
+            created=created,
+        )
+        text = json.dumps(metadata, indent=2) + "\n"
+        if not self._publish(text.encode(), video_path.with_suffix(".json")):
+            raise FileExistsError(f"sidecar {video_path.with_suffix('.json')} appeared while writing")
+        self._append_manifest(metadata)
+        return video_path, metadata
+
+    def _publish(self, data: bytes, final: Path) -> bool:
+        """Make ``data`` appear complete at ``final``; False (nothing changed) if taken."""
+        fd, tmp_name = tempfile.mkstemp(dir=self.folder, prefix=f".{final.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+        finally:
+            tmp.unlink()  # our own temporary name; the data lives on under `final`
+        _fsync_dir(self.folder)
+        return True
+
+    def _append_manifest(self, metadata: dict) -> None:
+        line = (json.dumps(metadata, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,119 @@
+"""Publishing to Weights & Biases: the only module that calls wandb.
+
+Holds:
+  WANDB_MODES   the modes understood: offline (default; no account, no network),
+                online, disabled.
+  WandbSink     one wandb run per training run (or per standalone evaluation):
+                videos at step = training iteration under stable keys
+                (``eval/video/episode_<i>``), with captions; evaluation and training
+                metrics at the same steps. A wandb failure is logged once and turns the
+                sink off: it never stops training nor costs a local video.
+  video_key()   the stable wandb key of the i-th episode of an evaluation round.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["WANDB_MODES", "WandbSink", "video_key"]
+
+logger = logging.getLogger(__name__)
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def video_key(episode_index: int) -> str:
+    """Stable key: the same episode slot of every round lands on one media panel."""
+    return f"eval/video/episode_{episode_index}"
+
+
+class WandbSink:
+    """A wandb run that videos and metrics are logged to (does nothing once failed)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        project: str,
+        run_id: str,
+        run_dir: Path,
+        entity: str | None = None,
+        job_type: str = "train",
+        resume: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if mode not in WANDB_MODES:
+            raise ValueError(f"wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
+        self.mode = mode
+        self._init_args = dict(
+            project=project,
+            entity=entity,
+            id=run_id,
+            dir=str(run_dir),
+            mode=mode,
+            job_type=job_type,
+            resume="allow" if resume else None,
+            config=config or {},
+            reinit="create_new",
+        )
+        self._run = None
+        self.run_dir: Path | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    def start(self) -> None:
+        if self.mode == "disabled" or self._run is not None:
+            return
+        import wandb
+
+        Path(self._init_args["dir"]).mkdir(parents=True, exist_ok=True)
+        try:
+            self._run = wandb.init(**self._init_args)
+        except Exception as error:  # wandb is a publisher; its faults cost no video
+            self._fail("start", error)
+            return
+        self.run_dir = Path(self._run.dir).parent
+
+    def log_videos(self, records: list[tuple[Path, dict]], *, metrics: dict[str, float], step: int) -> None:
+        """Log each (path, metadata) video once, plus ``metrics``, at ``step``."""
+        if self._run is None:
+            return
+        import wandb
+
+        from eval_recorder.naming import caption
+
+        try:
+            payload: dict[str, Any] = dict(metrics)
+            for path, metadata in records:
+                payload[video_key(metadata["episode_index"])] = wandb.Video(
+                    str(path), caption=caption(metadata), format="mp4"
+                )
+            self._run.log(payload, step=step)
+        except Exception as error:
+            self._fail("log videos", error)
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.log(metrics, step=step)
+        except Exception as error:
+            self._fail("log metrics", error)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is None:
+            return
+        run, self._run = self._run, None
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as error:
+            self._fail("finish", error)
+
+    def _fail(self, what: str, error: Exception) -> None:
+        logger.warning("wandb could not %s (%s: %s); wandb logging is off, videos are still saved locally.",
+                       what, type(error).__name__, error)
+        self._run = None
