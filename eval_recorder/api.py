@@ -14,20 +14,23 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
-from eval_recorder.callback import TRAINING_RENDER_REFUSED, RecordingCallback, callback_class
+from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class
 from eval_recorder.envs import ENV_NAME, RENDER_MODES, register_env
 from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
 
 __all__ = ["add_recording", "recording_session"]
 
 
-def add_recording(config: AlgorithmConfig, options: RecordingOptions, *, render: str = "human") -> AlgorithmConfig:
+def add_recording(
+    config: AlgorithmConfig, options: RecordingOptions | RecordingSession, *, render: str = "human"
+) -> AlgorithmConfig:
     """A copy of ``config`` whose evaluation episodes are recorded, tagged, stored and published.
 
     ``config`` must use the env ``eval_recorder.envs.ENV_NAME`` (its ``env_config`` as
     for ``eval_recorder.envs.make_env``), evaluate (``evaluation_interval`` set) and must
     not ask its training env runners to render. Nothing is written until the Algorithm
-    is built: then the driver claims ``options.video_dir`` and starts the wandb run.
+    is built: then the driver claims ``options.video_dir`` and starts the wandb run
+    (pass an already opened RecordingSession to claim the folder earlier).
     Callbacks already in ``config`` stay and fire as before.
 
     Example::
@@ -46,17 +49,21 @@ def add_recording(config: AlgorithmConfig, options: RecordingOptions, *, render:
     if render not in RENDER_MODES:
         raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
     register_env()
+    session = options if isinstance(options, RecordingSession) else RecordingSession(options)
     recorded = config.copy(copy_frozen=False)
     evaluation_overrides = dict(config.evaluation_config or {})
     evaluation_overrides["env_config"] = {
         **dict(config.env_config or {}),
         **dict(evaluation_overrides.get("env_config") or {}),
         "render": render,
-        "fps": options.fps,
-        "max_side": options.max_side,
+        "fps": session.options.fps,
+        "max_side": session.options.max_side,
     }
+    # RLlib's env checker resets and steps each new env once; on a recording env that
+    # renders frames nobody keeps. Training runners check the very same env anyway.
+    evaluation_overrides["disable_env_checking"] = True
     recorded.evaluation(evaluation_config=evaluation_overrides)
-    token = register_session(RecordingSession(options))
+    token = register_session(session)
     users = [cls for cls in force_list(config.callbacks_class) if cls is not RLlibCallback]
     recorded.callbacks(callbacks_class=users + [callback_class(token)])
     return recorded
@@ -65,6 +72,7 @@ def add_recording(config: AlgorithmConfig, options: RecordingOptions, *, render:
 def recording_session(config: AlgorithmConfig) -> RecordingSession:
     """The driver session that ``add_recording`` attached to ``config``."""
     for cls in force_list(config.callbacks_class):
-        if isinstance(cls, type) and issubclass(cls, RecordingCallback) and cls.session_token:
-            return get_session(cls.session_token)
+        token = bound_session_token(cls)
+        if token is not None:
+            return get_session(token)
     raise ValueError("this config has no recording; make it with add_recording()")

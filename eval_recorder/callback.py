@@ -7,11 +7,12 @@ Holds:
                       driver it collects finished videos from the eval runners through
                       Ray, tags them with the training state of their weights, and hands
                       them to the RecordingSession, which alone writes the video folder.
-  callback_class()    a RecordingCallback subclass bound to one driver session.
+  callback_class()    a RecordingCallback bound to one driver session.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -22,7 +23,7 @@ from eval_recorder.envs import RecordingRailEnv, collect_recorded
 from eval_recorder.naming import WeightsHistory
 from eval_recorder.session import get_session
 
-__all__ = ["RecordingCallback", "callback_class", "TRAINING_RENDER_REFUSED"]
+__all__ = ["RecordingCallback", "TRAINING_RENDER_REFUSED", "bound_session_token", "callback_class"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +34,24 @@ TRAINING_RENDER_REFUSED = (
 )
 
 
-def callback_class(session_token: str) -> type["RecordingCallback"]:
-    """A RecordingCallback bound to the driver session registered under ``session_token``."""
-    return type("RecordingCallback", (RecordingCallback,), {"session_token": session_token})
+def callback_class(session_token: str) -> functools.partial:
+    """What RLlib instantiates per env runner and on the driver: a RecordingCallback bound
+    to the driver session registered under ``session_token`` (an opaque id: it carries
+    no path). A ``partial`` of a module-level class, so configs and results pickle."""
+    return functools.partial(RecordingCallback, session_token=session_token)
+
+
+def bound_session_token(callbacks_class) -> str | None:
+    """The session token of a ``callback_class()`` result, else None."""
+    if isinstance(callbacks_class, functools.partial) and callbacks_class.func is RecordingCallback:
+        return callbacks_class.keywords.get("session_token")
+    return None
 
 
 class RecordingCallback(RLlibCallback):
-    session_token: str | None = None
-
-    def __init__(self) -> None:
+    def __init__(self, session_token: str | None = None) -> None:
         super().__init__()
+        self.session_token = session_token
         self._history = WeightsHistory()
 
     # ---- on env runners -------------------------------------------------------------

@@ -1,20 +1,46 @@
 """Off-screen frames of a Flatland ``RailEnv`` (what ``render: human`` records).
 
 Holds:
-  FrameRenderer      one RGB uint8 frame per call, from flatland's own RenderTool,
-                     drawn off-screen (no display needed), scaled to ``max_side``.
+  FrameRenderer      one RGB uint8 frame per call, the picture flatland's
+                     ``RenderTool(env, gl="PILSVG")`` draws, made off-screen (no display
+                     needed) and scaled to ``max_side``.
   frames_rendered    how many frames this process has rendered: lets a test prove
                      that training env runners never render.
+  DEFAULT_MAX_SIDE   the default cap on the longest frame side, in pixels.
+
+Why not call RenderTool per step: it loads and recolours every tile image at full size
+(~2 s and ~200 MB per RenderTool), resizes a 300 px tile for every cell it draws
+(~11 s for the rails of a 100x100 grid), composites six full-size layers per frame
+and sleeps 3 ms per frame. The rails do not move during an episode, so here:
+
+* tiles are made lazily, by flatland's own recipe (same files, same compositing,
+  rotation and recolouring, same resize), and kept only at cell size;
+* the static picture (rails, scenery, stations) is drawn once per episode with
+  flatland's layer structure and placement rules;
+* each step pastes the trains onto an agent layer and composites only the cells they
+  touch, in flatland's layer order (rails, stations, trains, selected station).
+
+Pixel for pixel this is RenderTool's frame (tests/test_rendering.py compares every
+frame of an episode). The placement rules and tile tables below mirror flatland-rl
+4.3's ``rendertools.RenderLocal.render_env_svg`` and ``graphics_pil.PILSVG``.
 """
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from eval_recorder.encoding import even_size
 
-__all__ = ["FrameRenderer", "frames_rendered"]
+__all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer", "frames_rendered"]
+
+DEFAULT_MAX_SIDE = 800
+"""Default cap on the longest frame side. Flatland sizes its picture for an 800x600
+screen, so ordinary grids keep flatland's own size; only very large grids (where
+flatland falls back to a few pixels per cell) are scaled down."""
 
 _FRAMES_RENDERED = 0
 
@@ -27,33 +53,432 @@ def frames_rendered() -> int:
 class FrameRenderer:
     """Render the current state of ``rail_env`` as an RGB frame with even sides.
 
-    ``max_side`` caps the longest side in pixels (0 = flatland's own size). Call
-    ``new_episode()`` after the env was reset: the rails may have been regenerated.
+    ``max_side`` caps the longest side in pixels (0 = flatland's own size, no cap).
+    Call ``new_episode()`` after the env was reset: the rails may have been regenerated.
+    Frames are flatland's ``RenderTool(env, gl="PILSVG")`` picture (agents drawn one
+    step behind, inactive agents hidden), cropped to even sides and, if larger than
+    ``max_side``, scaled down (bilinear).
     """
 
-    def __init__(self, rail_env, *, max_side: int = 0) -> None:
-        from flatland.utils.rendertools import RenderTool
-
-        self._tool = RenderTool(rail_env, gl="PILSVG")
+    def __init__(self, rail_env, *, max_side: int = DEFAULT_MAX_SIDE) -> None:
+        if max_side < 0:
+            raise ValueError(f"max_side must be >= 0 (0 = no cap), got {max_side}")
+        self._env = rail_env
         self._max_side = max_side
-        self._size: tuple[int, int] | None = None
+        self._tiles: _Tiles | None = None
+        self._scene: _Scene | None = None
 
     def new_episode(self) -> None:
-        """Forget the rails drawn so far; the next frame draws them anew."""
-        self._tool.reset()
+        """Draw the static picture (rails, scenery, stations) of the env as it is now."""
+        geometry = _Geometry.of(self._env)
+        if self._tiles is None or self._tiles.cell_px != geometry.cell_px:
+            self._tiles = _Tiles(geometry.cell_px)
+        self._scene = _Scene(self._env, geometry, self._tiles, self._max_side)
 
     def render(self) -> np.ndarray:
+        """The frame of the env's current state, (height, width, 3) uint8, even sides."""
         global _FRAMES_RENDERED
-        self._tool.render_env(show=False, show_observations=False, show_predictions=False)
-        rgba = self._tool.get_image()
-        height, width = rgba.shape[:2]
-        if self._size is None:
-            self._size = even_size(*_scaled(width, height, self._max_side))
-        image = Image.fromarray(rgba[..., :3])
-        if image.size != self._size:
-            image = image.resize(self._size, Image.BILINEAR)
+        if self._scene is None:
+            self.new_episode()
+        frame = self._scene.render()
         _FRAMES_RENDERED += 1
-        return np.asarray(image)
+        return frame
+
+
+# ---- geometry and tiles, as flatland's PILGL / PILSVG make them ------------------------
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    rows: int
+    cols: int
+    cell_px: int
+    width_px: int
+    height_px: int
+
+    @classmethod
+    def of(cls, rail_env) -> "_Geometry":
+        # PILGL.__init__ with jupyter=False and its default 800x600 "screen", linewidth 4.
+        screen_width, screen_height, linewidth = 800, 600, 4
+        width, height = rail_env.width, rail_env.height
+        w = (screen_width - width - 10) / (width + 1 + linewidth)
+        h = (screen_height - height - 10) / (height + 1 + linewidth)
+        cell_px = int(max(1, np.ceil(min(w, h))))
+        return cls(height, width, cell_px, width * cell_px + linewidth, height * cell_px + linewidth)
+
+
+# PILGL.agent_colors
+_AGENT_COLORS = [
+    tuple(int(code[i : i + 2], 16) for i in (0, 2, 4))
+    for code in (
+        "d50000#c51162#aa00ff#6200ea#304ffe#2962ff#0091ea#00b8d4#00bfa5#00c853"
+        "#64dd17#aeea00#ffd600#ffab00#ff6d00#ff3d00#5d4037#455a64"
+    ).split("#")
+]
+_PAINT = (0xD5, 0x00, 0x00)  # the colour in flatland's train images that is repainted per agent
+
+# PILSVG.load_rail: rail tile images by transitions ("NE WS": enter heading N, leave heading E ...)
+_RAIL_FILES = {
+    "": "Background_Light_green.png",
+    "WE": "Gleis_Deadend.png",
+    "WW EE NN SS": "Gleis_Diamond_Crossing.png",
+    "WW EE": "Gleis_horizontal.png",
+    "EN SW": "Gleis_Kurve_oben_links.png",
+    "WN SE": "Gleis_Kurve_oben_rechts.png",
+    "ES NW": "Gleis_Kurve_unten_links.png",
+    "NE WS": "Gleis_Kurve_unten_rechts.png",
+    "NN SS": "Gleis_vertikal.png",
+    "NN SS EE WW ES NW SE WN": "Weiche_Double_Slip.png",
+    "EE WW EN SW": "Weiche_horizontal_oben_links.png",
+    "EE WW SE WN": "Weiche_horizontal_oben_rechts.png",
+    "EE WW ES NW": "Weiche_horizontal_unten_links.png",
+    "EE WW NE WS": "Weiche_horizontal_unten_rechts.png",
+    "NN SS EE WW NW ES": "Weiche_Single_Slip.png",
+    "NE NW ES WS": "Weiche_Symetrical.png",
+    "NN SS EN SW": "Weiche_vertikal_oben_links.png",
+    "NN SS SE WN": "Weiche_vertikal_oben_rechts.png",
+    "NN SS NW ES": "Weiche_vertikal_unten_links.png",
+    "NN SS NE WS": "Weiche_vertikal_unten_rechts.png",
+    "NE NW ES WS SS NN": "Weiche_Symetrical_gerade.png",
+    "NE EN SW WS": "Gleis_Kurve_oben_links_unten_rechts.png",
+}
+_LEVEL_FREE_DIAMOND = 666  # PILGL.DIAMOND_CROSSING_LEVEL_FREE_PSEUDO_TRANSITION
+_LEVEL_FREE_FILE = "Gleis_Diamond_Crossing_Level_Free.png"
+_BUILDING_FILES = [
+    "Buildings-Bank.png", "Buildings-Bar.png", "Buildings-Wohnhaus.png", "Buildings-Hochhaus.png",
+    "Buildings-Hotel.png", "Buildings-Office.png", "Buildings-Polizei.png", "Buildings-Post.png",
+    "Buildings-Supermarkt.png", "Buildings-Tankstelle.png", "Buildings-Fabrik_A.png", "Buildings-Fabrik_B.png",
+    "Buildings-Fabrik_C.png", "Buildings-Fabrik_D.png", "Buildings-Fabrik_E.png", "Buildings-Fabrik_F.png",
+    "Buildings-Fabrik_G.png", "Buildings-Fabrik_H.png", "Buildings-Fabrik_I.png",
+]  # fmt: skip
+_SCENERY_FILES = [
+    "Scenery-Laubbaume_A.png", "Scenery-Laubbaume_B.png", "Scenery-Laubbaume_C.png",
+    "Scenery-Nadelbaume_A.png", "Scenery-Nadelbaume_B.png", "Scenery-Bergwelt_B.png",
+]  # fmt: skip
+_SCENERY_D2_FILES = ["Scenery-Bergwelt_C_Teil_1_links.png", "Scenery-Bergwelt_C_Teil_2_rechts.png"]
+_SCENERY_D3_FILES = [
+    "Scenery-Bergwelt_A_Teil_1_links.png", "Scenery-Bergwelt_A_Teil_2_mitte.png",
+    "Scenery-Bergwelt_A_Teil_3_rechts.png",
+]  # fmt: skip
+_WATER_FILE = "Scenery_Water.png"
+# PILSVG.load_agent: train images by (direction in, direction out)
+_TRAIN_FILES = {(0, 0): "Zug_Gleis_#0091ea.png", (1, 2): "Zug_1_Weiche_#0091ea.png", (0, 3): "Zug_2_Weiche_#0091ea.png"}
+
+
+def _rail_sources() -> dict[int, tuple[str, int]]:
+    """{binary transitions: (file, clockwise rotation)}, later entries winning as in load_pngs."""
+    from flatland.envs.grid.rail_env_grid import RailEnvTransitions
+
+    transitions = RailEnvTransitions()
+    sources: dict[int, tuple[str, int]] = {}
+    for description, file in _RAIL_FILES.items():
+        bits = ["0"] * 16
+        for pair in description.split(" "):
+            if len(pair) == 2:
+                bits[4 * "NESW".index(pair[0]) + "NESW".index(pair[1])] = "1"
+        binary = int("".join(bits), 2)
+        sources[binary] = (file, 0)
+        for rotation in (90, 180, 270):
+            sources[transitions.rotate_transition(binary, rotation)] = (file, rotation)
+    return sources
+
+
+def _recolored(image: Image.Image, base, color) -> Image.Image:
+    """PILSVG.recolor_image for one colour: pixels exactly ``base`` become ``color``."""
+    rgba = np.array(image)
+    mask = np.all(rgba[:, :, 0:3] - base == 0, axis=2)
+    rgba[mask, 0:3] = color
+    return Image.fromarray(rgba)
+
+
+class _Tiles:
+    """flatland's PILSVG tile images, made on first use and kept only at cell size.
+
+    Each tile goes through flatland's steps (file → RGBA → composited on its background →
+    rotated → recoloured) at the files' 300 px and is then resized to the cell as
+    ``PILGL.draw_image_xy`` does; the full-size intermediates are dropped.
+    """
+
+    def __init__(self, cell_px: int) -> None:
+        self.cell_px = cell_px
+        self._rail_sources = _rail_sources()
+        self._cache: dict[object, Image.Image] = {}
+        self._files: dict[str, Image.Image] = {}  # decoded files, kept while a scene is drawn
+
+    def release_files(self) -> None:
+        """Drop the decoded full-size files (tiles made so far are kept)."""
+        self._files.clear()
+
+    def has_rail(self, transitions: int) -> bool:
+        return transitions in self._rail_sources or transitions == _LEVEL_FREE_DIAMOND
+
+    def rail(self, transitions: int) -> Image.Image:
+        return self._tile(("rail", transitions), lambda: self._rail_full(transitions))
+
+    def station(self, transitions: int, station: int) -> Image.Image:
+        def make():
+            mark = _recolored(self._file("Bahnhof_#d50000_target.png"), [0, 0, 0], _AGENT_COLORS[station % 18])
+            return Image.alpha_composite(self._rail_full(transitions), mark)
+
+        return self._tile(("station", transitions, station), make)
+
+    def selected_target(self) -> Image.Image:
+        return self._tile("selected_target", lambda: self._file("Selected_Target.png"))
+
+    def building(self, index: int) -> Image.Image:
+        return self._tile(("building", index), lambda: self._on("Background_city.png", _BUILDING_FILES[index]))
+
+    def scenery(self, index: int) -> Image.Image:
+        return self._tile(("scenery", index), lambda: self._on("Background_Light_green.png", _SCENERY_FILES[index]))
+
+    def scenery_d2(self, index: int) -> Image.Image:
+        return self._tile(("d2", index), lambda: self._on("Background_Light_green.png", _SCENERY_D2_FILES[index]))
+
+    def scenery_d3(self, index: int) -> Image.Image:
+        return self._tile(("d3", index), lambda: self._on("Background_Light_green.png", _SCENERY_D3_FILES[index]))
+
+    def water(self) -> Image.Image:
+        return self._tile("water", lambda: self._on("Background_Light_green.png", _WATER_FILE))
+
+    def white(self) -> Image.Image:
+        return self._tile("white", lambda: self._file("Background_white.png").convert("RGBA"))
+
+    def train(self, direction_in: int, direction_out: int, color_index: int) -> Image.Image:
+        def make():
+            for (file_in, file_out), file in _TRAIN_FILES.items():
+                for quarter in range(4):
+                    if ((file_in + quarter) % 4, (file_out + quarter) % 4) == (direction_in, direction_out):
+                        rotated = self._file(file).rotate(-quarter * 90)
+                        return _recolored(rotated, _PAINT, _AGENT_COLORS[color_index])
+            raise KeyError((direction_in, direction_out))
+
+        return self._tile(("train", direction_in, direction_out, color_index), make)
+
+    # -- helpers --
+
+    def _tile(self, key, make) -> Image.Image:
+        tile = self._cache.get(key)
+        if tile is None:
+            tile = self._cache[key] = make().resize((self.cell_px, self.cell_px))
+        return tile
+
+    def _file(self, name: str) -> Image.Image:
+        image = self._files.get(name)
+        if image is None:
+            import importlib_resources
+
+            data = importlib_resources.files("flatland.png").joinpath(name).read_bytes()
+            with io.BytesIO(data) as stream:
+                image = Image.open(stream)
+                image.load()
+            self._files[name] = image
+        return image
+
+    def _on(self, background: str, name: str) -> Image.Image:
+        return Image.alpha_composite(self._file(background).convert("RGBA"), self._file(name))
+
+    def _rail_full(self, transitions: int) -> Image.Image:
+        if transitions == _LEVEL_FREE_DIAMOND:
+            file, rotation = _LEVEL_FREE_FILE, 0
+        else:
+            file, rotation = self._rail_sources[transitions]
+        image = self._file(file).convert("RGBA")
+        image = Image.alpha_composite(self._file("Background_rail.png").convert("RGBA"), image)
+        image = Image.alpha_composite(image, self._file("Background_white_filter.png").convert("RGBA"))
+        return image.rotate(-rotation) if rotation else image
+
+
+# ---- one episode's picture -------------------------------------------------------------
+
+
+def _layer(size: tuple[int, int], opacity: int) -> Image.Image:
+    return Image.new("RGBA", size, (255, 255, 255, opacity))  # PILGL.create_image
+
+
+class _Scene:
+    """The static layers of one episode, and the per-step compositing of the trains.
+
+    flatland's layers, bottom to top: 0 rails and scenery (opaque), 1 predictions (unused),
+    2 stations, 3 trains, 4 selected agent (unused), 5 selected station. ``_below`` is
+    layers 0-2 composited, ``_static`` all layers without trains (RGB); a step copies
+    ``_static`` and recomposites only the boxes the trains were drawn into.
+    """
+
+    def __init__(self, rail_env, geometry: _Geometry, tiles: _Tiles, max_side: int) -> None:
+        self._env = rail_env
+        self._geometry = geometry
+        self._tiles = tiles
+        size = (geometry.width_px, geometry.height_px)
+        self._rails = _layer(size, 255)
+        stations_layer = _layer(size, 0)
+        self._selected = _layer(size, 0)
+        self._trains = _layer(size, 0)
+        self._trains_draw = ImageDraw.Draw(self._trains)
+        self._draw_rails(stations_layer)
+        tiles.release_files()
+        self._stations = stations_layer
+        self._below = Image.alpha_composite(self._rails, stations_layer)
+        self._static = np.array(Image.alpha_composite(self._below, self._selected).convert("RGB"))
+        self._rail_grid = rail_env.rail.grid
+        width, height = even_size(geometry.width_px, geometry.height_px)
+        self._crop = (width, height)
+        self._out_size = even_size(*_scaled(width, height, max_side))
+
+    def render(self) -> np.ndarray:
+        frame = self._static.copy()
+        boxes = self._draw_trains()
+        for box in boxes:
+            patch = Image.alpha_composite(self._below.crop(box), self._trains.crop(box))
+            patch = Image.alpha_composite(patch, self._selected.crop(box))
+            frame[box[1] : box[3], box[0] : box[2]] = np.asarray(patch)[:, :, :3]
+        for box in boxes:
+            self._trains.paste((255, 255, 255, 0), box)
+        width, height = self._crop
+        frame = frame[:height, :width]
+        if (width, height) != self._out_size:
+            frame = np.asarray(Image.fromarray(frame).resize(self._out_size, Image.BILINEAR))
+        return np.ascontiguousarray(frame)
+
+    # -- static picture: RenderLocal.update_background + render_env_svg's rail loop --
+
+    def _draw_rails(self, stations_layer: Image.Image) -> None:
+        env, tiles, cell = self._env, self._tiles, self._geometry.cell_px
+        stations = _stations(env)
+        distance = _distance_to_stations(env.width, env.height, stations)
+        grid = env.rail.grid
+        level_free = env.resource_map.level_free_positions
+        from flatland.envs.grid.rail_env_grid import RailEnvTransitionsEnum
+
+        diamond = RailEnvTransitionsEnum.diamond_crossing
+        city_size = max(1, np.log(1 + env.get_num_agents()) / 2.5)
+        for row in range(env.height):
+            for col in range(env.width):
+                transitions = int(grid[row, col])
+                station = stations.get((row, col))
+                if transitions == diamond and (row, col) in level_free:
+                    transitions = _LEVEL_FREE_DIAMOND
+                if tiles.has_rail(transitions):
+                    if station is not None:
+                        self._paste(stations_layer, tiles.station(transitions, station), row, col)
+                    if transitions == 0:
+                        track = self._scenery_tile(distance, grid, row, col, city_size)
+                    else:
+                        track = tiles.rail(transitions)
+                    self._paste(self._rails, track, row, col)
+                if station is not None:  # set_rail_at clears layer 5 for every station
+                    self._selected = _layer(self._selected.size, 0)
+                    self._paste(self._selected, tiles.selected_target(), row, col)
+
+    def _scenery_tile(self, distance, grid, row, col, city_size) -> Image.Image:
+        """PILSVG.set_rail_at for a cell without rails (may also draw on cells to its left)."""
+        tiles = self._tiles
+        track = tiles.rail(0)
+        d = distance[col][row]
+        if d <= 4 + np.ceil(((col * row + col) % 10) / city_size):
+            a = int(d) % len(_BUILDING_FILES)
+            if (col + row + col * row) % 13 > 11:
+                track = tiles.scenery(a % len(_SCENERY_FILES))
+            else:
+                if (col + row + col * row) % 3 == 0:
+                    a = (a + (col + row + col * row)) % len(_BUILDING_FILES)
+                track = tiles.building(a)
+        elif (d > 5 + ((col * row + col) % 3)) or ((col**3 + row**2 + col * row) % 10 == 0):
+            a = int(d) - 4
+            a2 = a + (col + row + col * row + col**3 + row**4)
+            if a2 % 64 > 11:
+                a = a2
+            a_l = a % len(_SCENERY_FILES)
+            if a2 % 50 == 49:
+                track = tiles.water()
+            else:
+                track = tiles.scenery(a_l)
+            mountain = a_l == len(_SCENERY_FILES) - 1
+            if a2 % 11 > 3:
+                if mountain and col > 1 and row % 7 == 1 and grid[row, col - 1] == 0:
+                    self._paste(self._rails, tiles.scenery_d2(0), row, col - 1)
+                    track = tiles.scenery_d2(1)
+            elif mountain and col > 2 and not (row % 7 == 1):
+                if grid[row, col - 2] == 0 and grid[row, col - 1] == 0:
+                    self._paste(self._rails, tiles.scenery_d3(0), row, col - 2)
+                    self._paste(self._rails, tiles.scenery_d3(1), row, col - 1)
+                    track = tiles.scenery_d3(2)
+        return track
+
+    # -- trains: render_env_svg's agent loop (ONE_STEP_BEHIND) + PILSVG.set_agent_at --
+
+    def _draw_trains(self) -> list[tuple[int, int, int, int]]:
+        boxes: dict[tuple[int, int, int, int], None] = {}
+        for index, agent in enumerate(self._env.agents):
+            if agent is None or agent.current_configuration is None:
+                continue
+            position, direction = agent.current_configuration
+            if position is None:
+                continue  # inactive agents are not shown
+            if agent.old_configuration is not None and agent.old_configuration[0] is not None:
+                position, direction_in = agent.old_configuration[0], agent.old_configuration[1]
+            else:
+                direction_in = direction
+            row, col = position
+            if (direction - direction_in) % 4 == 2:  # turning round at a dead end
+                direction_in = direction
+            self._paste(self._trains, self._tiles.train(direction_in % 4, direction % 4, index % 18), row, col)
+            box = self._cell_box(row, col, margin=0)
+            if self._rail_grid[row, col] == 0:  # a train off the rails: flatland whitens the cell
+                self._paste(self._rails, self._tiles.white(), row, col)
+                self._refresh_static(box)
+            if agent.malfunction_handler.malfunction_down_counter > 0:
+                corners = [(col, row), (col + 1, row + 1), (col, row + 1), (col + 1, row)]
+                cell = self._geometry.cell_px
+                self._trains_draw.line(
+                    [v * cell for point in corners for v in point], fill=(0, 0, 0, 255), width=2
+                )
+                box = self._cell_box(row, col, margin=2)
+            boxes[box] = None
+        return list(boxes)
+
+    def _refresh_static(self, box) -> None:
+        below = Image.alpha_composite(self._rails.crop(box), self._stations.crop(box))
+        self._below.paste(below, box)
+        static = Image.alpha_composite(below, self._selected.crop(box)).convert("RGB")
+        self._static[box[1] : box[3], box[0] : box[2]] = np.asarray(static)
+
+    def _cell_box(self, row: int, col: int, *, margin: int) -> tuple[int, int, int, int]:
+        g = self._geometry
+        return (
+            max(0, col * g.cell_px - margin),
+            max(0, row * g.cell_px - margin),
+            min(g.width_px, (col + 1) * g.cell_px + margin),
+            min(g.height_px, (row + 1) * g.cell_px + margin),
+        )
+
+    def _paste(self, layer: Image.Image, tile: Image.Image, row: int, col: int) -> None:
+        cell = self._geometry.cell_px
+        layer.paste(tile, (col * cell, row * cell), tile if tile.mode == "RGBA" else None)
+
+
+def _stations(rail_env) -> dict[tuple[int, int], int]:
+    """RenderLocal.update_background: every waypoint position, with station colour 4."""
+    stations: dict[tuple[int, int], int] = {}
+    for agent in rail_env.agents:
+        if agent is None:
+            continue
+        for waypoints in agent.waypoints:
+            for waypoint in waypoints:
+                stations.setdefault(waypoint.position, 4)
+    return stations
+
+
+def _distance_to_stations(width: int, height: int, stations) -> np.ndarray:
+    """PILGL.build_background_map, vectorised: [x][y] = 2 * floor(distance to nearest station)."""
+    grid = np.full((width, height), float(int(np.ceil(np.sqrt(width**2.0 + height**2.0)))))
+    if stations:
+        xs = np.arange(width)[:, None, None]
+        ys = np.arange(height)[None, :, None]
+        rows = np.array([rc[0] for rc in stations])[None, None, :]
+        cols = np.array([rc[1] for rc in stations])[None, None, :]
+        d = (np.floor(np.sqrt((xs - cols) ** 2 + (ys - rows) ** 2)) / 0.5).astype(np.int64)
+        grid = np.minimum(grid, d.min(axis=2))
+    return grid
 
 
 def _scaled(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -1,0 +1,23 @@
+# `make run`  : set up .venv (if needed) and run the main job on the embedded defaults.
+# `make test` : set up .venv (if needed) and run the whole test suite.
+# Extra arguments: make run ARGS="training.iterations=10 env=medium"; make test PYTEST_ARGS="-k naming".
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python run_eval.py $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,118 @@
+"""From the Hydra config to an RLlib ``PPOConfig`` (no recording yet: see api.add_recording).
+
+Holds:
+  UserError        a mistake in what the user asked for; the entry point prints its
+                   one-sentence message and exits with code 2.
+  check_config()   refuses configs that cannot work, before anything starts.
+  env_config()     the RLlib env_config of an env preset.
+  ppo_config()     the PPO config: shared policy for all trains, training and
+                   evaluation settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from eval_recorder.callback import TRAINING_RENDER_REFUSED
+from eval_recorder.envs import ENV_NAME, RENDER_MODES
+
+__all__ = ["POLICY_ID", "UserError", "check_config", "env_config", "ppo_config"]
+
+POLICY_ID = "p0"  # one policy shared by all trains
+
+_ENV_KEYS = (
+    "n_agents",
+    "x_dim",
+    "y_dim",
+    "n_cities",
+    "max_rail_pairs_in_city",
+    "max_rails_between_cities",
+    "malfunction_interval",
+    "tree_depth",
+    "predictor_depth",
+)
+
+
+class UserError(Exception):
+    """What the user asked for cannot work; the message says what to do instead."""
+
+
+def check_config(cfg) -> None:
+    """Raise UserError for a config that cannot work (nothing has started yet)."""
+    if cfg.env.render is not None:
+        raise UserError(TRAINING_RENDER_REFUSED)
+    if cfg.evaluation.render is not None and cfg.evaluation.render not in RENDER_MODES:
+        raise UserError(f"evaluation.render must be one of {list(RENDER_MODES)} or null, got {cfg.evaluation.render!r}.")
+    positive = {
+        "training.iterations": cfg.training.iterations,
+        "training.train_batch_size": cfg.training.train_batch_size,
+        "training.minibatch_size": cfg.training.minibatch_size,
+        "training.num_epochs": cfg.training.num_epochs,
+        "evaluation.interval": cfg.evaluation.interval,
+        "evaluation.episodes": cfg.evaluation.episodes,
+        "recording.fps": cfg.recording.fps,
+        "ray.num_cpus": cfg.ray.num_cpus,
+        "env.n_agents": cfg.env.n_agents,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"{key} must be at least 1, got {value}.")
+    if cfg.training.num_env_runners < 0 or cfg.evaluation.num_env_runners < 0:
+        raise UserError("training.num_env_runners and evaluation.num_env_runners cannot be negative.")
+    if cfg.evaluation.parallel_to_training and cfg.evaluation.num_env_runners < 1:
+        raise UserError(
+            "evaluation.parallel_to_training=true needs evaluation.num_env_runners of at least 1 "
+            "(evaluation then runs beside training)."
+        )
+    runners = cfg.training.num_env_runners + cfg.evaluation.num_env_runners
+    if runners > cfg.ray.num_cpus:
+        raise UserError(
+            f"{runners} env runners need {runners} CPUs but ray.num_cpus={cfg.ray.num_cpus}; "
+            f"lower training.num_env_runners / evaluation.num_env_runners or raise ray.num_cpus."
+        )
+
+
+def env_config(env_cfg, *, seed: int) -> dict[str, Any]:
+    """RLlib env_config for ``eval_recorder.envs.make_env`` from an env preset."""
+    config = {key: env_cfg[key] for key in _ENV_KEYS}
+    config["seed"] = seed
+    return config
+
+
+def ppo_config(cfg) -> PPOConfig:
+    """PPO on the Flatland env of ``cfg.env`` with evaluation as ``cfg.evaluation`` says."""
+    training, evaluation = cfg.training, cfg.evaluation
+    return (
+        PPOConfig()
+        .environment(ENV_NAME, env_config=env_config(cfg.env, seed=training.seed))
+        .multi_agent(policies={POLICY_ID}, policy_mapping_fn=_shared_policy)
+        .rl_module(
+            rl_module_spec=MultiRLModuleSpec(
+                rl_module_specs={POLICY_ID: RLModuleSpec(model_config={"fcnet_hiddens": list(training.hidden)})}
+            )
+        )
+        .env_runners(num_env_runners=training.num_env_runners, num_cpus_per_env_runner=1)
+        .training(
+            train_batch_size_per_learner=training.train_batch_size,
+            minibatch_size=training.minibatch_size,
+            num_epochs=training.num_epochs,
+            lr=training.lr,
+        )
+        .evaluation(
+            evaluation_interval=evaluation.interval,
+            evaluation_duration=evaluation.episodes,
+            evaluation_duration_unit="episodes",
+            evaluation_num_env_runners=evaluation.num_env_runners,
+            evaluation_parallel_to_training=evaluation.parallel_to_training,
+            evaluation_config={"explore": evaluation.explore, "seed": evaluation.seed},
+        )
+        .debugging(seed=training.seed)
+    )
+
+
+def _shared_policy(agent_id, *args, **kwargs) -> str:
+    return POLICY_ID

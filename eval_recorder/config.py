@@ -1,0 +1,161 @@
+"""The configuration schema of ``run_eval.py``: Hydra structured configs.
+
+Holds the dataclasses (one per config group / section, each field documented where it
+is declared) and ``register_configs()``, which puts them in Hydra's ConfigStore.
+YAML files in ``conf/`` only choose and override; a wrong type or an unknown key fails
+with Hydra's own message before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+__all__ = [
+    "EnvConfig",
+    "EvaluationConfig",
+    "MainConfig",
+    "RayConfig",
+    "RecordingConfig",
+    "TrainingConfig",
+    "WandbConfig",
+    "WandbMode",
+    "register_configs",
+]
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class EnvConfig:
+    """A Flatland rail world (``flatland.env_generation.env_generator``)."""
+
+    name: str = MISSING
+    """Name of this env preset (small, medium)."""
+    n_agents: int = 2
+    """Number of trains."""
+    x_dim: int = 30
+    """Grid width in cells."""
+    y_dim: int = 30
+    """Grid height in cells."""
+    n_cities: int = 2
+    """Cities (stations) the rail generator tries to place."""
+    max_rail_pairs_in_city: int = 2
+    """Parallel track pairs in a city."""
+    max_rails_between_cities: int = 2
+    """Rails connecting two cities."""
+    malfunction_interval: int = 0
+    """Mean steps between train malfunctions; 0 = no malfunctions."""
+    tree_depth: int = 2
+    """Depth of the tree observation."""
+    predictor_depth: int = 10
+    """Steps the shortest-path predictor looks ahead."""
+    render: Optional[str] = None
+    """Render mode of the TRAINING env runners: must stay null (recording is evaluation-only; use evaluation.render)."""
+
+
+@dataclass
+class TrainingConfig:
+    """PPO training."""
+
+    iterations: int = 3
+    """Training iterations (train() calls) to run."""
+    train_batch_size: int = 400
+    """Env steps per training iteration."""
+    minibatch_size: int = 128
+    """SGD minibatch size."""
+    num_epochs: int = 2
+    """Passes over each training batch."""
+    lr: float = 3e-4
+    """Learning rate."""
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer sizes of the shared policy network."""
+    num_env_runners: int = 0
+    """Remote training env runners (0 = sample in the driver)."""
+    seed: int = 0
+    """Seed of training (env generation and sampling)."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N iterations (0 = only at the end; the last one is always saved)."""
+
+
+@dataclass
+class EvaluationConfig:
+    """Periodic (or standalone) evaluation; only evaluation episodes are recorded."""
+
+    interval: int = 1
+    """Evaluate every N training iterations."""
+    episodes: int = 2
+    """Recorded episodes per evaluation round."""
+    parallel_to_training: bool = False
+    """Evaluate while the next iteration trains (videos then show the previous iteration's weights)."""
+    num_env_runners: int = 1
+    """Remote evaluation env runners (0 = evaluate in the driver process)."""
+    seed: int = 1000
+    """Seed of the evaluation episodes (same seed, same episodes)."""
+    explore: bool = False
+    """Sample actions (true) instead of acting greedily (false)."""
+    render: Optional[str] = "human"
+    """Record evaluation episodes: human = render off-screen frames into videos; null = no recording."""
+
+
+@dataclass
+class RecordingConfig:
+    """Where and how videos are written."""
+
+    video_dir: str = "${hydra:runtime.output_dir}/videos"
+    """Folder for videos, sidecars and manifest (default: inside this run's Hydra output folder)."""
+    fps: int = 10
+    """Frames per second of the videos."""
+    max_side: int = 0
+    """Longest frame side in pixels (0 = flatland's own size)."""
+    resume: bool = False
+    """Continue the run wandb.run_id in its own video folder (appends, never overwrites)."""
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases publishing."""
+
+    mode: WandbMode = WandbMode.offline
+    """offline (default: no account or network; upload later with wandb sync) | online | disabled."""
+    project: str = "eval_recorder"
+    """wandb project."""
+    entity: Optional[str] = None
+    """wandb entity (team or user); null = your default."""
+    run_id: Optional[str] = None
+    """Run id (wandb id, folder owner, part of file names); null = a new one."""
+
+
+@dataclass
+class RayConfig:
+    """The Ray runtime."""
+
+    num_cpus: int = 2
+    """CPUs the local Ray may use."""
+
+
+@dataclass
+class MainConfig:
+    """Everything ``run_eval.py`` takes (conf/config.yaml picks the defaults)."""
+
+    env: EnvConfig = MISSING
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it)."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=MainConfig)
+    store.store(group="env", name="base_env", node=EnvConfig)

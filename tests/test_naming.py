@@ -1,0 +1,96 @@
+"""Names, tags and metadata: pure functions."""
+
+import pytest
+
+from eval_recorder.naming import (
+    TrainingTag,
+    WeightsHistory,
+    caption,
+    check_run_id,
+    numbered_stem,
+    video_metadata,
+    video_stem,
+)
+from helpers import episode
+
+
+def test_video_stem_puts_zero_padded_iteration_first():
+    stem = video_stem(tag=TrainingTag(12, 4800), evaluation_round=3, episode_index=1, run_id="abc123")
+    assert stem == "flatland-it000012-ev0003-ep001-abc123"
+
+
+def test_name_order_is_training_order():
+    stems = [
+        video_stem(tag=TrainingTag(it, 0), evaluation_round=r, episode_index=e, run_id="r")
+        for it, r, e in [(100, 10, 0), (9, 1, 2), (10, 2, 0), (9, 1, 10)]
+    ]
+    assert sorted(stems) == [stems[1], stems[3], stems[2], stems[0]]
+
+
+def test_numbered_stem_first_try_is_the_stem_itself():
+    assert [numbered_stem("a", n) for n in (1, 2, 3)] == ["a", "a-2", "a-3"]
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "../up", "a/b", "x" * 65])
+def test_run_id_must_be_safe_in_file_names(bad):
+    with pytest.raises(ValueError, match="may hold only letters"):
+        check_run_id(bad)
+
+
+def test_serial_evaluation_tags_the_iteration_that_just_trained():
+    history = WeightsHistory()
+    history.record(weights_seq_no=0, training_iteration=0, env_steps=0)
+    # train() call 1: training updated the learner (version 1), then evaluation ran.
+    assert history.tag_for(1, env_steps_now=400) == TrainingTag(1, 400)
+    history.record(weights_seq_no=1, training_iteration=1, env_steps=400)
+    assert history.tag_for(2, env_steps_now=800) == TrainingTag(2, 800)
+
+
+def test_parallel_evaluation_tags_the_previous_iteration():
+    history = WeightsHistory()
+    history.record(weights_seq_no=0, training_iteration=0, env_steps=0)
+    # train() call 1: evaluation synced version 0 before training finished.
+    assert history.tag_for(0, env_steps_now=123) == TrainingTag(0, 0)
+    history.record(weights_seq_no=1, training_iteration=1, env_steps=400)
+    # call 2 evaluates version 1 = weights after iteration 1, with its env steps.
+    assert history.tag_for(1, env_steps_now=555) == TrainingTag(1, 400)
+
+
+def test_iterations_without_update_share_a_version_and_the_latest_wins():
+    history = WeightsHistory()
+    history.record(weights_seq_no=4, training_iteration=7, env_steps=70)
+    history.record(weights_seq_no=4, training_iteration=8, env_steps=80)
+    assert history.tag_for(4, env_steps_now=0) == TrainingTag(8, 80)
+
+
+def test_resumed_run_tags_continue_from_the_restored_iteration():
+    history = WeightsHistory()
+    history.record(weights_seq_no=5, training_iteration=5, env_steps=2000)
+    assert history.tag_for(6, env_steps_now=2400) == TrainingTag(6, 2400)
+
+
+def test_unknown_old_version_is_an_error():
+    history = WeightsHistory()
+    history.record(weights_seq_no=5, training_iteration=5, env_steps=2000)
+    with pytest.raises(ValueError, match="weights version 3 belongs to no recorded training iteration"):
+        history.tag_for(3, env_steps_now=0)
+
+
+def test_metadata_has_every_field_with_exact_values():
+    metadata = video_metadata(
+        episode=episode(), tag=TrainingTag(12, 4800), evaluation_round=3, episode_index=1, run_id="abc123",
+        checkpoint=None, file_name="f.mp4", sha256="ff", created="2026-01-01T00:00:00+00:00",
+    )
+    assert metadata == {
+        "file": "f.mp4", "training_iteration": 12, "env_steps": 4800, "evaluation_round": 3, "episode_index": 1,
+        "env_seed": 77, "episode_length": 41, "num_agents": 3, "agents_arrived": 2, "completion": 2 / 3,
+        "episode_return": -12.5, "frames": 42, "fps": 10, "width": 484, "height": 484, "run_id": "abc123",
+        "checkpoint": None, "created": "2026-01-01T00:00:00+00:00", "bytes": 12, "sha256": "ff",
+        "weights_seq_no": 3, "runner": {"index": 1, "host": "nodeA", "pid": 4242},
+    }
+
+
+def test_caption_says_iteration_steps_completion_and_return():
+    metadata = {"training_iteration": 12, "env_steps": 4800, "episode_index": 1, "agents_arrived": 2,
+                "num_agents": 3, "episode_return": -12.5}
+    assert caption(metadata) == "iteration 12 · 4800 env steps · episode 1 · 2/3 arrived · return -12.50"
