@@ -155,7 +155,15 @@ class MainConfig:
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it)."""
+    """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it),
+    and the resolver that puts the option reference into ``--help``."""
+    from omegaconf import OmegaConf
+
+    from eval_recorder.options_doc import options_help
+
+    if not OmegaConf.has_resolver("eval_recorder_options"):
+        # Hydra fills its help template with string.Template: a literal "$" is "$$".
+        OmegaConf.register_new_resolver("eval_recorder_options", lambda: options_help().replace("$", "$$"))
     store = ConfigStore.instance()
     store.store(name="base_config", node=MainConfig)
     store.store(group="env", name="base_env", node=EnvConfig)

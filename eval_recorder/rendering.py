@@ -183,11 +183,15 @@ def _rail_sources() -> dict[int, tuple[str, int]]:
     return sources
 
 
+def _paint_mask(rgba: np.ndarray, base) -> np.ndarray:
+    """Pixels whose RGB is exactly ``base`` (PILSVG.recolor_image's mask)."""
+    return (rgba[:, :, 0] == base[0]) & (rgba[:, :, 1] == base[1]) & (rgba[:, :, 2] == base[2])
+
+
 def _recolored(image: Image.Image, base, color) -> Image.Image:
     """PILSVG.recolor_image for one colour: pixels exactly ``base`` become ``color``."""
     rgba = np.array(image)
-    mask = np.all(rgba[:, :, 0:3] - base == 0, axis=2)
-    rgba[mask, 0:3] = color
+    rgba[_paint_mask(rgba, base), 0:3] = color
     return Image.fromarray(rgba)
 
 
@@ -204,10 +208,12 @@ class _Tiles:
         self._rail_sources = _rail_sources()
         self._cache: dict[object, Image.Image] = {}
         self._files: dict[str, Image.Image] = {}  # decoded files, kept while a scene is drawn
+        self._train_images: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def release_files(self) -> None:
-        """Drop the decoded full-size files (tiles made so far are kept)."""
+        """Drop the decoded full-size images (tiles made so far are kept)."""
         self._files.clear()
+        self._train_images.clear()
 
     def has_rail(self, transitions: int) -> bool:
         return transitions in self._rail_sources or transitions == _LEVEL_FREE_DIAMOND
@@ -245,14 +251,23 @@ class _Tiles:
 
     def train(self, direction_in: int, direction_out: int, color_index: int) -> Image.Image:
         def make():
-            for (file_in, file_out), file in _TRAIN_FILES.items():
-                for quarter in range(4):
-                    if ((file_in + quarter) % 4, (file_out + quarter) % 4) == (direction_in, direction_out):
-                        rotated = self._file(file).rotate(-quarter * 90)
-                        return _recolored(rotated, _PAINT, _AGENT_COLORS[color_index])
-            raise KeyError((direction_in, direction_out))
+            rgba, mask = self._train_paint(direction_in, direction_out)
+            rgba = rgba.copy()
+            rgba[mask, 0:3] = _AGENT_COLORS[color_index]
+            return Image.fromarray(rgba)
 
         return self._tile(("train", direction_in, direction_out, color_index), make)
+
+    def _train_paint(self, direction_in: int, direction_out: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rotated full-size train image for a turn, and where its paint is (shared by colours)."""
+        key = (direction_in, direction_out)
+        if key not in self._train_images:
+            for (file_in, file_out), file in _TRAIN_FILES.items():
+                for quarter in range(4):
+                    if ((file_in + quarter) % 4, (file_out + quarter) % 4) == key:
+                        rgba = np.array(self._file(file).rotate(-quarter * 90))
+                        self._train_images[key] = (rgba, _paint_mask(rgba, _PAINT))
+        return self._train_images[key]
 
     # -- helpers --
 

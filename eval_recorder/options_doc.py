@@ -1,0 +1,95 @@
+"""The option reference, generated from the structured config (one source of truth).
+
+Holds:
+  option_rows()    (key, type, default, doc) of every option of ``run_eval.py``, read from
+                   the dataclasses in ``eval_recorder/config.py`` and the docstring written
+                   under each field.
+  options_table()  those rows as the Markdown table the README carries (a test fails if
+                   the README's copy drifts).
+  options_help()   the same as plain text, for ``python run_eval.py --help``.
+
+Run ``python -m eval_recorder.options_doc`` to print the Markdown table.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+from enum import Enum
+
+from eval_recorder import config as config_module
+
+__all__ = ["option_rows", "options_help", "options_table"]
+
+_SECTIONS = {
+    "env": config_module.EnvConfig,
+    "training": config_module.TrainingConfig,
+    "evaluation": config_module.EvaluationConfig,
+    "recording": config_module.RecordingConfig,
+    "wandb": config_module.WandbConfig,
+    "ray": config_module.RayConfig,
+}
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """{field: the string literal written right under it} of a dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
+            value = following.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                docs[node.target.id] = " ".join(value.value.split())
+    return docs
+
+
+def _default(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "(required)"
+    if isinstance(value, Enum):
+        value = value.value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value == "???":
+        return "(from the env preset)"
+    return str(value)
+
+
+def _type_name(field: dataclasses.Field) -> str:
+    enum = getattr(config_module, str(field.type), None)
+    if isinstance(enum, type) and issubclass(enum, Enum):
+        return "/".join(member.value for member in enum)
+    return str(field.type).replace("Optional[", "").replace("]", "").replace("[int", "[int]")
+
+
+def option_rows() -> list[tuple[str, str, str, str]]:
+    rows = []
+    for section, cls in _SECTIONS.items():
+        docs = _field_docs(cls)
+        for field in dataclasses.fields(cls):
+            rows.append((f"{section}.{field.name}", _type_name(field), _default(field), docs.get(field.name, "")))
+    return rows
+
+
+def options_table() -> str:
+    lines = ["| option | type | default | what it does |", "|---|---|---|---|"]
+    for key, type_name, default, doc in option_rows():
+        lines.append(f"| `{key}` | {type_name} | `{default}` | {doc.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines) + "\n"
+
+
+def options_help() -> str:
+    width = max(len(key) for key, *_ in option_rows())
+    return "\n".join(f"  {key:<{width}}  {doc} (default: {default})" for key, _, default, doc in option_rows())
+
+
+if __name__ == "__main__":
+    print(options_table(), end="")

@@ -1,0 +1,86 @@
+"""`python run_eval.py` as a user runs it: a real subprocess, real Ray, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import av
+import pytest
+
+from conftest import TINY, run_eval_command
+from eval_recorder.video_store import MANIFEST, read_manifest
+from helpers import snapshot
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """The main job, 2 iterations, into a folder that already holds other files."""
+    tmp = tmp_path_factory.mktemp("main")
+    videos = tmp / "videos"
+    videos.mkdir()
+    # Earlier files, one of them under exactly the name our first video would get.
+    (videos / "flatland-it000001-ev0001-ep000-mainrun.mp4").write_bytes(b"an earlier video, not ours")
+    (videos / "notes.txt").write_text("keep me\n")
+    (videos / MANIFEST).write_text('{"file": "old.mp4", "training_iteration": 0}\n')
+    before = snapshot(videos)
+    proc = subprocess.run(
+        run_eval_command(*TINY, "training.iterations=2", "wandb.run_id=mainrun", f"recording.video_dir={videos}",
+                         f"hydra.run.dir={tmp / 'run'}"),
+        capture_output=True, text=True, timeout=600,
+    )
+    return tmp, videos, before, proc
+
+
+def test_main_job_exits_0_and_prints_where_everything_is(main_run):
+    tmp, videos, _, proc = main_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"run mainrun: videos go to {videos}"
+    iteration_lines = [line for line in lines if line.startswith("iteration ")]
+    assert [line.split(" | ")[0] for line in iteration_lines] == ["iteration 1/2", "iteration 2/2"]
+    assert all(line.endswith("videos written 2") for line in iteration_lines)
+    (run_dir,) = (tmp / "run" / "wandb").glob("offline-run-*-mainrun")
+    assert lines[-5:] == [
+        f"videos written: 4 in {videos}",
+        f"manifest: {videos / MANIFEST}",
+        f"checkpoint: {tmp / 'run' / 'checkpoints' / 'it000002'}",
+        f"wandb run: {run_dir}",
+        f"upload it with: wandb sync {run_dir}",
+    ]
+
+
+def test_every_round_arrives_including_the_last(main_run):
+    _, videos, _, proc = main_run
+    ours = [r for r in read_manifest(videos) if r.get("run_id") == "mainrun"]
+    assert [(r["training_iteration"], r["episode_index"]) for r in ours] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for record in ours:
+        with av.open(str(videos / record["file"])) as container:
+            assert sum(1 for _ in container.decode(video=0)) == record["frames"]
+
+
+def test_earlier_files_are_byte_for_byte_unchanged_and_taken_names_skipped(main_run):
+    _, videos, before, _ = main_run
+    after = snapshot(videos)
+    for name, digest in before.items():
+        if name != MANIFEST:
+            assert after[name] == digest, name
+    assert (videos / MANIFEST).read_text().startswith('{"file": "old.mp4", "training_iteration": 0}\n')
+    mp4s = sorted(p.name for p in videos.glob("*.mp4"))
+    assert mp4s == [
+        "flatland-it000001-ev0001-ep000-mainrun-2.mp4",
+        "flatland-it000001-ev0001-ep000-mainrun.mp4",
+        "flatland-it000001-ev0001-ep001-mainrun.mp4",
+        "flatland-it000002-ev0002-ep000-mainrun.mp4",
+        "flatland-it000002-ev0002-ep001-mainrun.mp4",
+    ]
+    assert (videos / "flatland-it000001-ev0001-ep000-mainrun.mp4").read_bytes() == b"an earlier video, not ours"
+    sidecar = json.loads((videos / "flatland-it000001-ev0001-ep000-mainrun-2.json").read_text())
+    assert sidecar["file"] == "flatland-it000001-ev0001-ep000-mainrun-2.mp4"
+
+
+def test_checkpoint_is_saved_as_an_rllib_checkpoint(main_run):
+    tmp, *_ = main_run
+    checkpoint = tmp / "run" / "checkpoints" / "it000002"
+    assert (checkpoint / "algorithm_state.pkl").is_file() or (checkpoint / "rllib_checkpoint.json").is_file()
+    assert (checkpoint / "learner_group").is_dir()
