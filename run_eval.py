@@ -2,6 +2,7 @@
 
     python run_eval.py                      # defaults: small env, 3 iterations, wandb offline
     python run_eval.py training.iterations=10 env=medium
+    python run_eval.py checkpoint=PATH      # evaluate and record a saved checkpoint (or a run folder of them)
     python run_eval.py --help               # every option with its documentation
 
 Options are documented in eval_recorder/config.py (the schema) and in README.md.
@@ -20,10 +21,17 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg) -> None:
-    from eval_recorder.main_job import train_with_recording
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.checkpoint is None:
+        from eval_recorder.main_job import train_with_recording
 
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    code = train_with_recording(cfg, output_dir)
+        code = train_with_recording(cfg, output_dir)
+    else:
+        from eval_recorder.standalone import evaluate_checkpoints
+
+        env_overridden = any(o.split("=")[0].lstrip("+~").split(".")[0] == "env" for o in hydra_cfg.overrides.task)
+        code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
     if code:
         sys.exit(code)
 

@@ -14,7 +14,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
-from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class
+from eval_recorder.callback import TRAINING_RENDER_REFUSED, RecordingCallback, bound_session_token, callback_class
 from eval_recorder.envs import ENV_NAME, RENDER_MODES, register_env
 from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
 
@@ -64,9 +64,15 @@ def add_recording(
     evaluation_overrides["disable_env_checking"] = True
     recorded.evaluation(evaluation_config=evaluation_overrides)
     token = register_session(session)
-    users = [cls for cls in force_list(config.callbacks_class) if cls is not RLlibCallback]
+    # Keep the user's callbacks; drop RLlib's no-op default and any recording callback a
+    # config brings along (e.g. one restored from a checkpoint, bound to a gone session).
+    users = [cls for cls in force_list(config.callbacks_class) if cls is not RLlibCallback and not _is_recording(cls)]
     recorded.callbacks(callbacks_class=users + [callback_class(token)])
     return recorded
+
+
+def _is_recording(cls) -> bool:
+    return bound_session_token(cls) is not None or (isinstance(cls, type) and issubclass(cls, RecordingCallback))
 
 
 def recording_session(config: AlgorithmConfig) -> RecordingSession:

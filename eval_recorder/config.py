@@ -146,6 +146,8 @@ class RayConfig:
 class MainConfig:
     """Everything ``run_eval.py`` takes (conf/config.yaml picks the defaults)."""
 
+    checkpoint: Optional[str] = None
+    """Evaluate this saved RLlib checkpoint (or every checkpoint in this run folder) instead of training."""
     env: EnvConfig = MISSING
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

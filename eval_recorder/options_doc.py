@@ -23,6 +23,7 @@ from eval_recorder import config as config_module
 __all__ = ["option_rows", "options_help", "options_table"]
 
 _SECTIONS = {
+    "": config_module.MainConfig,
     "env": config_module.EnvConfig,
     "training": config_module.TrainingConfig,
     "evaluation": config_module.EvaluationConfig,
@@ -75,7 +76,9 @@ def option_rows() -> list[tuple[str, str, str, str]]:
     for section, cls in _SECTIONS.items():
         docs = _field_docs(cls)
         for field in dataclasses.fields(cls):
-            rows.append((f"{section}.{field.name}", _type_name(field), _default(field), docs.get(field.name, "")))
+            if dataclasses.is_dataclass(field.type) or field.name in _SECTIONS:
+                continue  # a section: its fields are listed under it
+            rows.append((f"{section}.{field.name}".lstrip("."), _type_name(field), _default(field), docs.get(field.name, "")))
     return rows
 
 

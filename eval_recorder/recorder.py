@@ -4,8 +4,9 @@ Holds:
   RecordedEpisode   what an eval runner hands to the driver for one finished episode:
                     the complete mp4 bytes plus the episode's facts. It travels through
                     Ray (an actor call), never through a shared path.
-  EpisodeRecorder   per env: starts a recording at reset, captures a frame per step,
-                    and on episode end returns a RecordedEpisode.
+  EpisodeRecorder   per env: starts a recording at reset, captures a frame every
+                    ``frame_every`` steps (the reset frame and the last step's frame
+                    always), and on episode end returns a RecordedEpisode.
 
 The encoder writes into a private temporary file on the runner's own machine (not the
 video folder, which only the driver writes), so memory stays flat during the episode.
@@ -44,18 +45,30 @@ class RecordedEpisode:
     runner_host: str
     runner_pid: int
     runner_sequence: int  # n-th recorded episode of this env on that runner
+    frame_every: int = 1  # a frame was recorded every this many env steps (plus the last step)
 
 
 class EpisodeRecorder:
-    """Records the episodes of one ``RailEnv`` into mp4 files, one episode at a time."""
+    """Records the episodes of one ``RailEnv`` into mp4 files, one episode at a time.
 
-    def __init__(self, rail_env, *, fps: int, max_side: int, runner_index: int) -> None:
+    ``frame_every=k`` records the reset frame, then the frame after every k-th step,
+    and always the frame after the episode's last step (so a video shows how the
+    episode ended). The video plays at ``fps`` either way: k > 1 makes it k times
+    faster and cheaper (fewer frames rendered and encoded).
+    """
+
+    def __init__(self, rail_env, *, fps: int, max_side: int, runner_index: int, frame_every: int = 1) -> None:
+        if frame_every < 1:
+            raise ValueError(f"frame_every must be >= 1, got {frame_every}")
         self._renderer = FrameRenderer(rail_env, max_side=max_side)
         self._fps = fps
+        self._frame_every = frame_every
         self._runner_index = runner_index
         self._encoder: StreamingEncoder | None = None
         self._seed = 0
         self._sequence = 0
+        self._steps = 0
+        self._last_step_skipped = False
 
     @property
     def recording(self) -> bool:
@@ -71,11 +84,17 @@ class EpisodeRecorder:
         os.close(fd)
         self._encoder = StreamingEncoder(Path(tmp), width=width, height=height, fps=self._fps)
         self._seed = env_seed
+        self._steps = 0
+        self._last_step_skipped = False
         self._encoder.add(frame)
 
     def capture(self) -> None:
-        """Add the frame of the env's current state."""
-        if self._encoder is not None:
+        """Called after every env step: adds the frame of the env's current state if it is due."""
+        if self._encoder is None:
+            return
+        self._steps += 1
+        self._last_step_skipped = self._steps % self._frame_every != 0
+        if not self._last_step_skipped:
             self._encoder.add(self._renderer.render())
 
     def finish(
@@ -84,6 +103,10 @@ class EpisodeRecorder:
         """Finish the mp4 of the current episode and return it with the episode's facts."""
         if self._encoder is None:
             raise RuntimeError("finish() without a recording in progress")
+        if self._last_step_skipped:
+            # The env still shows the last step: a reset would have discarded this recording.
+            self._encoder.add(self._renderer.render())
+            self._last_step_skipped = False
         encoder, self._encoder = self._encoder, None
         try:
             frames = encoder.close()
@@ -107,6 +130,7 @@ class EpisodeRecorder:
             runner_host=socket.gethostname(),
             runner_pid=os.getpid(),
             runner_sequence=self._sequence,
+            frame_every=self._frame_every,
         )
 
     def discard(self) -> None:

@@ -79,6 +79,7 @@ class RecordingSession:
         self.wandb: WandbSink | None = None
         self.evaluation_round = 0
         self.videos: list[StoredVideo] = []
+        self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
 
     @property
     def video_dir(self) -> Path:
@@ -121,7 +122,7 @@ class RecordingSession:
                               run_id=self.options.run_id)
             path, metadata = self.store.store(
                 episode=episode, stem=stem, tag=tag, evaluation_round=self.evaluation_round,
-                episode_index=index, checkpoint=self.options.checkpoint,
+                episode_index=index, checkpoint=self.checkpoint,
             )
             stored.append(StoredVideo(path, metadata))
         self.videos.extend(stored)
@@ -130,6 +131,16 @@ class RecordingSession:
             self.wandb.log_videos([(v.path, v.metadata) for v in at_step], metrics=evaluation_metrics(at_step),
                                   step=step)
         return stored
+
+    def publish_summary_table(self) -> None:
+        """One wandb table row per video of this session: iteration, return, completion, length, video."""
+        if self.wandb is None or not self.videos:
+            return
+        columns = ["training_iteration", "env_steps", "episode_index", "episode_return", "completion",
+                   "episode_length", "checkpoint", "video"]
+        rows = [[v.metadata[c] for c in columns[:-1]] + [v.path] for v in self.videos]
+        step = max(v.metadata["training_iteration"] for v in self.videos)
+        self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
 
     def log_training(self, metrics: dict[str, float], *, step: int) -> None:
         if self.wandb is not None:

@@ -96,6 +96,20 @@ class WandbSink:
         except Exception as error:
             self._fail("log videos", error)
 
+    def log_table(self, key: str, *, columns: list[str], rows: list[list], step: int) -> None:
+        """Log a table whose last column holds video paths (embedded as videos)."""
+        if self._run is None:
+            return
+        import wandb
+
+        try:
+            table = wandb.Table(columns=columns)
+            for *values, path in rows:
+                table.add_data(*values, wandb.Video(str(path), format="mp4"))
+            self._run.log({key: table}, step=step)
+        except Exception as error:
+            self._fail("log table", error)
+
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
         if self._run is None:
             return
