@@ -1,9 +1,11 @@
-"""Streaming H.264 encoding of RGB frames into an mp4 file (PyAV, libx264, yuv420p).
+"""Streaming H.264 encoding of frames into an mp4 file (PyAV, libx264, yuv420p).
 
 Holds:
   StreamingEncoder  frames in, mp4 out; encodes on a background thread so the env
                     keeps stepping while frames are compressed, and memory stays flat
                     (a small bounded queue of frames, never the whole episode).
+                    Takes RGB frames, or frames already in yuv420p (BT.601, limited
+                    range), which skip the encoder's colour conversion.
   even_size         the (width, height) H.264/yuv420p can take for a frame size.
 """
 
@@ -23,6 +25,10 @@ __all__ = ["StreamingEncoder", "even_size"]
 # episode length: a producer faster than the encoder waits instead of piling up frames.
 _QUEUE_FRAMES = 8
 _STOP = object()
+# H.264 colour tags (ffmpeg's AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic
+# SMPTE 170M = BT.601, AVColorRange MPEG = limited): what PyAV's rgb24 conversion and
+# rendering.FrameRenderer.render_yuv420p produce, so players need not guess.
+_BT601, _LIMITED_RANGE = 6, 1
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -31,15 +37,19 @@ def even_size(width: int, height: int) -> tuple[int, int]:
 
 
 class StreamingEncoder:
-    """Encode RGB uint8 frames of one fixed size into an H.264 mp4 at ``path``.
+    """Encode uint8 frames of one fixed size into an H.264 mp4 at ``path``.
 
-    ``add(frame)`` hands a frame to the encoder thread and returns at once (blocking
-    only if the thread is ``_QUEUE_FRAMES`` frames behind). ``close()`` flushes the
-    encoder, finishes the mp4 and returns the number of frames written. A failure on
-    the encoder thread is raised again by the next ``add`` or by ``close``.
+    ``add(frame)`` (RGB) or ``add_yuv420p(frame)`` hands a frame to the encoder thread
+    and returns at once (blocking only if the thread is ``_QUEUE_FRAMES`` frames
+    behind). ``close()`` flushes the encoder, finishes the mp4 and returns the number of
+    frames written. A failure on the encoder thread is raised again by the next ``add``
+    or by ``close``. libx264 runs with ``threads`` threads (default 1: the frames of an
+    env are small and the stepping thread needs the other core).
     """
 
-    def __init__(self, path: Path, *, width: int, height: int, fps: int, crf: int = 23) -> None:
+    def __init__(
+        self, path: Path, *, width: int, height: int, fps: int, crf: int = 23, preset: str = "veryfast", threads: int = 1
+    ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"H.264 with yuv420p needs even frame sides, got {width}x{height}")
         self.path = Path(path)
@@ -49,7 +59,11 @@ class StreamingEncoder:
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps, 1))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self._stream.options = {"crf": str(crf), "preset": preset}
+        context = self._stream.codec_context
+        context.thread_count = threads
+        context.colorspace = context.color_primaries = context.color_trc = _BT601
+        context.color_range = _LIMITED_RANGE
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_FRAMES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="eval-recorder-encoder", daemon=True)
@@ -62,7 +76,18 @@ class StreamingEncoder:
             raise ValueError(
                 f"frame must be uint8 of shape {(self.height, self.width, 3)}, got {frame.dtype} {frame.shape}"
             )
-        self._queue.put(frame)
+        self._queue.put((frame, "rgb24"))
+        self.frames += 1
+
+    def add_yuv420p(self, frame: np.ndarray) -> None:
+        """Queue one frame in yuv420p layout: uint8 of shape (height * 3 // 2, width)."""
+        self._raise_if_failed()
+        if frame.shape != (self.height * 3 // 2, self.width) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"yuv420p frame must be uint8 of shape {(self.height * 3 // 2, self.width)}, "
+                f"got {frame.dtype} {frame.shape}"
+            )
+        self._queue.put((frame, "yuv420p"))
         self.frames += 1
 
     def close(self) -> int:
@@ -84,8 +109,9 @@ class StreamingEncoder:
     def _run(self) -> None:
         stopped = False
         try:
-            while (frame := self._queue.get()) is not _STOP:
-                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            while (item := self._queue.get()) is not _STOP:
+                frame, pixel_format = item
+                video_frame = av.VideoFrame.from_ndarray(frame, format=pixel_format)
                 self._container.mux(self._stream.encode(video_frame))
             stopped = True
             self._container.mux(self._stream.encode(None))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from eval_recorder.algo_config import UserError, check_config, ppo_config
 from eval_recorder.api import add_recording
+from eval_recorder.envs import register_env
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingOptions, RecordingSession, new_run_id
 from eval_recorder.video_store import MANIFEST
@@ -70,6 +71,7 @@ def _train(cfg, output_dir: Path, session: RecordingSession) -> int:
 
     _say(f"starting Ray ({cfg.ray.num_cpus} CPUs) ...")
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, ignore_reinit_error=True)
+    register_env()
     config = ppo_config(cfg)
     if cfg.evaluation.render is not None:
         config = add_recording(config, session, render=cfg.evaluation.render)

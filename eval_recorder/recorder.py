@@ -78,15 +78,15 @@ class EpisodeRecorder:
         """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
         self.discard()
         self._renderer.new_episode()
-        frame = self._renderer.render()
-        height, width = frame.shape[:2]
+        frame = self._renderer.render_yuv420p()
+        height, width = frame.shape[0] * 2 // 3, frame.shape[1]
         fd, tmp = tempfile.mkstemp(prefix="eval-recorder-episode-", suffix=".mp4")
         os.close(fd)
         self._encoder = StreamingEncoder(Path(tmp), width=width, height=height, fps=self._fps)
         self._seed = env_seed
         self._steps = 0
         self._last_step_skipped = False
-        self._encoder.add(frame)
+        self._encoder.add_yuv420p(frame)
 
     def capture(self) -> None:
         """Called after every env step: adds the frame of the env's current state if it is due."""
@@ -95,7 +95,7 @@ class EpisodeRecorder:
         self._steps += 1
         self._last_step_skipped = self._steps % self._frame_every != 0
         if not self._last_step_skipped:
-            self._encoder.add(self._renderer.render())
+            self._encoder.add_yuv420p(self._renderer.render_yuv420p())
 
     def finish(
         self, *, weights_seq_no: int, episode_length: int, num_agents: int, agents_arrived: int, episode_return: float
@@ -105,7 +105,7 @@ class EpisodeRecorder:
             raise RuntimeError("finish() without a recording in progress")
         if self._last_step_skipped:
             # The env still shows the last step: a reset would have discarded this recording.
-            self._encoder.add(self._renderer.render())
+            self._encoder.add_yuv420p(self._renderer.render_yuv420p())
             self._last_step_skipped = False
         encoder, self._encoder = self._encoder, None
         try:

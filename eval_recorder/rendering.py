@@ -76,11 +76,27 @@ class FrameRenderer:
         self._scene = _Scene(self._env, geometry, self._tiles, self._max_side)
 
     def render(self) -> np.ndarray:
-        """The frame of the env's current state, (height, width, 3) uint8, even sides."""
-        global _FRAMES_RENDERED
+        """The frame of the env's current state, (height, width, 3) uint8 RGB, even sides."""
+        return self._count(self._current_scene().render())
+
+    def render_yuv420p(self) -> np.ndarray:
+        """The same frame as ``render()``, as planar YUV 4:2:0 (BT.601, limited range).
+
+        Shape (height * 3 // 2, width): the Y plane, then U, then V, as
+        ``av.VideoFrame.from_ndarray(..., format="yuv420p")`` takes it. Only the cells the
+        trains touch are converted per step (the static picture is converted once per
+        episode), which spares the encoder a full-frame colour conversion per frame.
+        """
+        return self._count(self._current_scene().render_yuv420p())
+
+    def _current_scene(self) -> "_Scene":
         if self._scene is None:
             self.new_episode()
-        frame = self._scene.render()
+        return self._scene
+
+    @staticmethod
+    def _count(frame: np.ndarray) -> np.ndarray:
+        global _FRAMES_RENDERED
         _FRAMES_RENDERED += 1
         return frame
 
@@ -333,26 +349,52 @@ class _Scene:
         tiles.release_files()
         self._stations = stations_layer
         self._below = Image.alpha_composite(self._rails, stations_layer)
-        self._static = np.array(Image.alpha_composite(self._below, self._selected).convert("RGB"))
-        self._rail_grid = rail_env.rail.grid
         width, height = even_size(geometry.width_px, geometry.height_px)
-        self._crop = (width, height)
+        self._even = (width, height)
         self._out_size = even_size(*_scaled(width, height, max_side))
+        static = Image.alpha_composite(self._below, self._selected).convert("RGB")
+        self._static = np.ascontiguousarray(np.asarray(static)[:height, :width])
+        self._static_yuv = _yuv420p(self._static) if self._out_size == self._even else None
+        self._rail_grid = rail_env.rail.grid
 
     def render(self) -> np.ndarray:
         frame = self._static.copy()
+        for (x0, y0, x1, y1), rgb in self._changed_cells():
+            frame[y0:y1, x0:x1] = rgb
+        if self._out_size != self._even:
+            frame = np.asarray(Image.fromarray(frame).resize(self._out_size, Image.BILINEAR))
+        return frame
+
+    def render_yuv420p(self) -> np.ndarray:
+        if self._static_yuv is None:  # scaled frames: no cheap per-cell update
+            return _yuv420p(self.render())
+        width, height = self._even
+        frame = self._static_yuv.copy()
+        y_plane, u_plane, v_plane = _planes(frame, width, height)
+        for (x0, y0, x1, y1), rgb in self._changed_cells():
+            y, u, v = _planes(_yuv420p(rgb), x1 - x0, y1 - y0)
+            y_plane[y0:y1, x0:x1] = y
+            u_plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = u
+            v_plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = v
+        return frame
+
+    def _changed_cells(self) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+        """Draw the trains; the boxes (even-aligned) that differ from the static picture, in RGB."""
+        width, height = self._even
         boxes = self._draw_trains()
-        for box in boxes:
+        aligned = {}
+        for x0, y0, x1, y1 in boxes:
+            box = (x0 - x0 % 2, y0 - y0 % 2, min(x1 + x1 % 2, width), min(y1 + y1 % 2, height))
+            if box[0] < box[2] and box[1] < box[3]:
+                aligned[box] = None
+        changed = []
+        for box in aligned:
             patch = Image.alpha_composite(self._below.crop(box), self._trains.crop(box))
             patch = Image.alpha_composite(patch, self._selected.crop(box))
-            frame[box[1] : box[3], box[0] : box[2]] = np.asarray(patch)[:, :, :3]
+            changed.append((box, np.asarray(patch.convert("RGB"))))
         for box in boxes:
             self._trains.paste((255, 255, 255, 0), box)
-        width, height = self._crop
-        frame = frame[:height, :width]
-        if (width, height) != self._out_size:
-            frame = np.asarray(Image.fromarray(frame).resize(self._out_size, Image.BILINEAR))
-        return np.ascontiguousarray(frame)
+        return changed
 
     # -- static picture: RenderLocal.update_background + render_env_svg's rail loop --
 
@@ -452,10 +494,13 @@ class _Scene:
         return list(boxes)
 
     def _refresh_static(self, box) -> None:
+        """Layer 0 changed inside ``box``: recomposite the static picture there."""
         below = Image.alpha_composite(self._rails.crop(box), self._stations.crop(box))
         self._below.paste(below, box)
-        static = Image.alpha_composite(below, self._selected.crop(box)).convert("RGB")
-        self._static[box[1] : box[3], box[0] : box[2]] = np.asarray(static)
+        static = Image.alpha_composite(self._below, self._selected).convert("RGB")
+        width, height = self._even
+        self._static = np.ascontiguousarray(np.asarray(static)[:height, :width])
+        self._static_yuv = _yuv420p(self._static) if self._static_yuv is not None else None
 
     def _cell_box(self, row: int, col: int, *, margin: int) -> tuple[int, int, int, int]:
         g = self._geometry
@@ -494,6 +539,33 @@ def _distance_to_stations(width: int, height: int, stations) -> np.ndarray:
         d = (np.floor(np.sqrt((xs - cols) ** 2 + (ys - rows) ** 2)) / 0.5).astype(np.int64)
         grid = np.minimum(grid, d.min(axis=2))
     return grid
+
+
+def _yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """RGB (h, w, 3) uint8 with even sides → yuv420p (h * 3 // 2, w): BT.601, limited range.
+
+    The integer BT.601 formulas; chroma from the mean of each 2x2 block. Decoders (and
+    PyAV's rgb24 conversion) read untagged or SMPTE 170M tagged H.264 this way.
+    """
+    height, width = rgb.shape[:2]
+    r, g, b = (rgb[:, :, i].astype(np.int32) for i in range(3))
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    r4, g4, b4 = (c.reshape(height // 2, 2, width // 2, 2).sum(axis=(1, 3)) for c in (r, g, b))
+    u = ((-38 * r4 - 74 * g4 + 112 * b4 + 512) >> 10) + 128
+    v = ((112 * r4 - 94 * g4 - 18 * b4 + 512) >> 10) + 128
+    flat = np.concatenate([y.ravel(), u.ravel(), v.ravel()]).astype(np.uint8)
+    return flat.reshape(height * 3 // 2, width)
+
+
+def _planes(yuv: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y, U and V planes of a yuv420p array."""
+    flat = yuv.reshape(-1)
+    size = width * height
+    return (
+        flat[:size].reshape(height, width),
+        flat[size : size * 5 // 4].reshape(height // 2, width // 2),
+        flat[size * 5 // 4 :].reshape(height // 2, width // 2),
+    )
 
 
 def _scaled(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -53,10 +53,10 @@ def _load_pickle(path: Path, checkpoint: Path):
             f"checkpoint {checkpoint} is incomplete: {path.relative_to(checkpoint)} is missing; "
             f"point checkpoint= at a complete RLlib checkpoint."
         ) from None
-    except Exception as error:
+    except Exception:
         raise UserError(
-            f"checkpoint {checkpoint} is corrupt: {path.relative_to(checkpoint)} cannot be read "
-            f"({type(error).__name__}); point checkpoint= at an intact RLlib checkpoint."
+            f"checkpoint {checkpoint} is corrupt: {path.relative_to(checkpoint)} cannot be read; "
+            f"point checkpoint= at an intact RLlib checkpoint."
         ) from None
 
 

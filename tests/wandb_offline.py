@@ -44,13 +44,21 @@ def _payloads(data: bytes):
             pending = b""
 
 
-def history_rows(run_dir: Path) -> list[dict]:
-    """Every history row of the offline run in ``run_dir`` as {key: decoded json value}."""
+def run_records(run_dir: Path) -> list:
+    """Every ``wandb_internal_pb2.Record`` of the offline run in ``run_dir``, in order."""
     (log,) = Path(run_dir).glob("run-*.wandb")
-    rows = []
+    records = []
     for payload in _payloads(log.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def history_rows(run_dir: Path) -> list[dict]:
+    """Every history row of the offline run in ``run_dir`` as {flattened key: decoded json value}."""
+    rows = []
+    for record in run_records(run_dir):
         if record.WhichOneof("record_type") == "history":
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
