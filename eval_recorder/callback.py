@@ -91,21 +91,30 @@ class RecordingCallback(RLlibCallback):
     @override(RLlibCallback)
     def on_evaluate_end(self, *, algorithm, evaluation_metrics=None, **kwargs) -> None:
         """Fires on the driver after each evaluation round: tags, stores, publishes."""
+        if not self.publish_finished(algorithm):
+            logger.warning("evaluation round ended without a recorded episode")
+
+    def publish_finished(self, algorithm, *, timeout_seconds: float | None = None) -> int:
+        """Collect the videos finished on the eval runners (through Ray), tag, store and
+        publish them; returns how many. A runner that does not answer within
+        ``timeout_seconds`` (None = wait) is skipped."""
         group = algorithm.eval_env_runner_group
         if group is None:
-            return
+            return 0
         recorded = [
             episode
-            for per_runner in group.foreach_env_runner(collect_recorded, local_env_runner=True)
-            for episode in per_runner
+            for per_runner in group.foreach_env_runner(
+                collect_recorded, local_env_runner=True, timeout_seconds=timeout_seconds
+            )
+            for episode in per_runner or []
         ]
+        if not recorded:
+            return 0
         recorded.sort(key=lambda e: (e.runner_index, e.runner_sequence))
         env_steps_now = int(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
         tagged = [(e, self._history.tag_for(e.weights_seq_no, env_steps_now=env_steps_now)) for e in recorded]
-        if not tagged:
-            logger.warning("evaluation round ended without a recorded episode")
-            return
         get_session(self.session_token).publish_round(tagged)
+        return len(tagged)
 
     @override(RLlibCallback)
     def on_train_result(self, *, algorithm, result: dict, **kwargs) -> None:

@@ -67,7 +67,7 @@ class TrainingConfig:
     """PPO training."""
 
     iterations: int = 3
-    """Training iterations (train() calls) to run."""
+    """Train until this many iterations (train() calls) are done; a resumed run continues up to it."""
     train_batch_size: int = 400
     """Env steps per training iteration."""
     minibatch_size: int = 128

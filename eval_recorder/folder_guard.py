@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class FolderRefused(Exception):
 class FolderClaim:
     path: Path  # resolved, symlinks followed
     run_id: str
+    owner: dict  # the owner record: the run that first claimed the folder
     _lock_fd: int
 
     def release(self) -> None:
@@ -61,12 +63,15 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def claim_folder(video_dir: str | os.PathLike, *, run_id: str, resume: bool) -> FolderClaim:
+def claim_folder(
+    video_dir: str | os.PathLike, *, run_id: str, resume: bool, owner_details: dict | None = None
+) -> FolderClaim:
     """Take ``video_dir`` for ``run_id``, or raise FolderRefused having changed nothing.
 
     Refused: a path that is a file or cannot be created; a folder owned by another run
     id; a folder of this run id unless ``resume``; a folder whose lock a live process
-    holds.
+    holds. ``owner_details`` (e.g. where the run saves checkpoints) go into the owner
+    record when this claim creates it.
     """
     path = Path(video_dir).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -85,7 +90,7 @@ def claim_folder(video_dir: str | os.PathLike, *, run_id: str, resume: bool) -> 
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _read_json(path / LOCK_FILE)
+        holder = _holder(path / LOCK_FILE)
         os.close(lock_fd)
         raise FolderRefused(
             f"video folder {path} is in use by {_describe(holder)}; choose another recording.video_dir, "
@@ -102,8 +107,18 @@ def claim_folder(video_dir: str | os.PathLike, *, run_id: str, resume: bool) -> 
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, (json.dumps(me) + "\n").encode(), 0)
     if not owner:
-        _write_new(path / OWNER_FILE, json.dumps(me, indent=2) + "\n")
-    return FolderClaim(path=path, run_id=run_id, _lock_fd=lock_fd)
+        owner = {**me, **(owner_details or {})}
+        _write_new(path / OWNER_FILE, json.dumps(owner, indent=2) + "\n")
+    return FolderClaim(path=path, run_id=run_id, owner=owner, _lock_fd=lock_fd)
+
+
+def _holder(lock_file: Path, wait_s: float = 2.0) -> dict:
+    """The live holder recorded in the lock file; a holder that has just taken the lock
+    writes it a moment later, so wait briefly for it."""
+    deadline = time.monotonic() + wait_s
+    while not (holder := _read_json(lock_file)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return holder
 
 
 def _check_owner(path: Path, owner: dict, *, run_id: str, resume: bool) -> None:

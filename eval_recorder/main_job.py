@@ -2,35 +2,57 @@
 
 Holds:
   train_with_recording(cfg, output_dir)   claims the video folder (before Ray starts),
-      trains ``training.iterations`` iterations with recorded evaluation, saves
-      checkpoints, prints one line per iteration and a summary; returns an exit code.
-  checkpoint_dir()   where the checkpoint of an iteration goes.
+      trains until ``training.iterations`` iterations with recorded evaluation (resuming
+      the run's latest checkpoint with ``recording.resume=true``), saves checkpoints,
+      prints one line per iteration and a summary; returns an exit code.
+  checkpoint_path()   where the checkpoint of an iteration goes.
+  latest_checkpoint() the newest intact checkpoint in a checkpoints folder.
 
 Exit codes: 0 done; 2 the user asked for something that cannot work (one sentence on
-stderr says what and what to do; nothing of the user's was touched).
+stderr says what and what to do; nothing of the user's was touched); 130 interrupted
+(Ctrl-C): finished videos are written, the wandb run finished, the folder released.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 from eval_recorder.algo_config import UserError, check_config, ppo_config
 from eval_recorder.api import add_recording
+from eval_recorder.callback import RecordingCallback
 from eval_recorder.envs import register_env
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingOptions, RecordingSession, new_run_id
 from eval_recorder.video_store import MANIFEST
 
-__all__ = ["checkpoint_dir", "train_with_recording"]
+__all__ = ["checkpoint_path", "latest_checkpoint", "train_with_recording"]
 
 logger = logging.getLogger(__name__)
 
+# On Ctrl-C, how long to wait for eval runners to hand over episodes they finished.
+_INTERRUPT_COLLECT_SECONDS = 30.0
 
-def checkpoint_dir(output_dir: Path, iteration: int) -> Path:
-    """``<output_dir>/checkpoints/it000012``: one folder per saved iteration."""
-    return Path(output_dir) / "checkpoints" / f"it{iteration:06d}"
+
+def checkpoint_path(checkpoints: Path, iteration: int) -> Path:
+    """``<checkpoints>/it000012``: one folder per saved iteration."""
+    return Path(checkpoints) / f"it{iteration:06d}"
+
+
+def latest_checkpoint(checkpoints: Path):
+    """The intact checkpoint of the highest iteration in ``checkpoints`` (None if none).
+    Unfinished ones (hidden ``.it*`` folders of a crashed save) are not considered."""
+    from eval_recorder.standalone import inspect_checkpoint
+
+    candidates = sorted(Path(checkpoints).glob("it[0-9]*"), reverse=True) if Path(checkpoints).is_dir() else []
+    for candidate in candidates:
+        try:
+            return inspect_checkpoint(candidate)
+        except UserError as error:
+            logger.warning("skipping checkpoint %s: %s", candidate, error)
+    return None
 
 
 def _say(message: str) -> None:
@@ -42,6 +64,8 @@ def train_with_recording(cfg, output_dir: Path) -> int:
     output_dir = Path(output_dir)
     try:
         check_config(cfg)
+        if cfg.recording.resume and not cfg.wandb.run_id:
+            raise UserError("recording.resume=true needs the id of the run to continue: add wandb.run_id=<run id>.")
         run_id = cfg.wandb.run_id or new_run_id()
         options = RecordingOptions(
             video_dir=cfg.recording.video_dir,
@@ -49,24 +73,38 @@ def train_with_recording(cfg, output_dir: Path) -> int:
             resume=cfg.recording.resume,
             fps=cfg.recording.fps,
             max_side=cfg.recording.max_side,
-            wandb_mode=cfg.wandb.mode.value if hasattr(cfg.wandb.mode, "value") else str(cfg.wandb.mode),
+            wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
             wandb_project=cfg.wandb.project,
             wandb_entity=cfg.wandb.entity,
             wandb_dir=str(output_dir),
             config=_plain(cfg),
+            checkpoint_dir=str(output_dir / "checkpoints"),
         )
         session = RecordingSession(options).open()  # refuses a folder in use before Ray starts
     except (UserError, FolderRefused, ValueError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    _say(f"run {run_id}: videos go to {session.video_dir}")
+    # A resumed run keeps saving into, and restores from, its own checkpoints folder.
+    checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
+    code = 0
     try:
-        return _train(cfg, output_dir, session)
+        _say(f"run {run_id}: videos go to {session.video_dir}")
+        resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
+        if cfg.recording.resume:
+            _say(f"resuming run {run_id} from {resume_from.path}" if resume_from
+                 else f"resuming run {run_id}: it saved no checkpoint, training starts over")
+        code = _train(cfg, checkpoints, session, resume_from)
+    except KeyboardInterrupt:
+        code = 130
     finally:
-        session.close()
+        session.close(exit_code=code)
+    if code == 130:
+        print(f"interrupted: {len(session.videos)} videos written in {session.video_dir}; "
+              f"continue with recording.resume=true wandb.run_id={run_id}", file=sys.stderr, flush=True)
+    return code
 
 
-def _train(cfg, output_dir: Path, session: RecordingSession) -> int:
+def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from) -> int:
     import ray
 
     _say(f"starting Ray ({cfg.ray.num_cpus} CPUs) ...")
@@ -78,20 +116,45 @@ def _train(cfg, output_dir: Path, session: RecordingSession) -> int:
     _say("building PPO (env runners start, the first rail drawing takes a few seconds) ...")
     algo = config.build_algo()
     try:
-        last_checkpoint = None
-        for _ in range(cfg.training.iterations):
-            before = len(session.videos)
-            result = algo.train()
-            iteration = result["training_iteration"]
-            _say(_iteration_line(result, new_videos=session.videos[before:], total=cfg.training.iterations))
-            every = cfg.training.checkpoint_every
-            if (every and iteration % every == 0) or iteration == cfg.training.iterations:
-                last_checkpoint = algo.save_to_path(str(checkpoint_dir(output_dir, iteration)))
+        if resume_from is not None:
+            _say(f"restoring iteration {resume_from.training_iteration} ...")
+            algo.load_checkpoint(str(resume_from.path))
+        last_checkpoint = resume_from.path if resume_from else None
+        try:
+            while algo.iteration < cfg.training.iterations:
+                before = len(session.videos)
+                result = algo.train()
+                iteration = result["training_iteration"]
+                _say(_iteration_line(result, new_videos=session.videos[before:], total=cfg.training.iterations))
+                every = cfg.training.checkpoint_every
+                if (every and iteration % every == 0) or iteration == cfg.training.iterations:
+                    last_checkpoint = _save(algo, checkpoint_path(checkpoints, iteration))
+        except KeyboardInterrupt:
+            _publish_finished(algo)
+            raise
         _summary(session, last_checkpoint)
         return 0
     finally:
         algo.stop()
         ray.shutdown()
+
+
+def _save(algo, final: Path) -> Path:
+    """Save a checkpoint so that it appears under ``final`` only when complete."""
+    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    algo.save_to_path(str(partial))
+    partial.rename(final)
+    return final
+
+
+def _publish_finished(algo) -> None:
+    """After Ctrl-C: store the episodes eval runners finished but had not handed over."""
+    for callback in algo.callbacks if isinstance(algo.callbacks, list) else [algo.callbacks]:
+        if isinstance(callback, RecordingCallback):
+            try:
+                callback.publish_finished(algo, timeout_seconds=_INTERRUPT_COLLECT_SECONDS)
+            except Exception as error:  # interrupted: keep what is written, report the rest
+                logger.warning("could not collect the last finished episodes: %s", error)
 
 
 def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:

@@ -58,6 +58,9 @@ class RecordingOptions:
     """Checkpoint the evaluated weights came from (standalone evaluation), else None."""
     config: dict = field(default_factory=dict)
     """Run configuration stored with the wandb run."""
+    checkpoint_dir: str | None = None
+    """Where this run saves its checkpoints; kept in the folder's owner record so that a
+    resumed run finds them."""
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -90,7 +93,9 @@ class RecordingSession:
         if self.claim is not None:
             return self
         options = self.options
-        self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume)
+        details = {"checkpoint_dir": options.checkpoint_dir} if options.checkpoint_dir else None
+        self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume,
+                                  owner_details=details)
         self.store = VideoStore(self.claim.path, run_id=options.run_id)
         # A resumed run goes on counting its evaluation rounds.
         self.evaluation_round = max(

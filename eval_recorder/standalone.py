@@ -120,7 +120,13 @@ def find_checkpoints(path: str | Path) -> list[CheckpointInfo]:
         raise UserError(f"checkpoint {path} does not exist; pass an RLlib checkpoint folder or a run folder holding checkpoints.")
     if (path / _MARKER).exists():
         return [inspect_checkpoint(path)]
-    found = sorted(marker.parent for marker in path.rglob(_MARKER) if not _nested(marker.parent, path))
+    found = sorted(
+        marker.parent
+        for marker in path.rglob(_MARKER)
+        # hidden folders are unfinished saves (see main_job._save); nested ones are components
+        if not any(part.startswith(".") for part in marker.parent.relative_to(path).parts)
+        and not _nested(marker.parent, path)
+    )
     if not found:
         raise UserError(f"{path} is not an RLlib checkpoint and holds none (no {_MARKER} in it or below); "
                         f"pass an RLlib checkpoint folder or a run folder holding checkpoints.")

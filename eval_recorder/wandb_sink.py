@@ -3,6 +3,7 @@
 Holds:
   WANDB_MODES   the modes understood: offline (default; no account, no network),
                 online, disabled.
+  api_key_configured()  whether wandb would find an API key (online mode needs one).
   WandbSink     one wandb run per training run (or per standalone evaluation):
                 videos at step = training iteration under stable keys
                 (``eval/video/episode_<i>``), with captions; evaluation and training
@@ -14,6 +15,9 @@ Holds:
 from __future__ import annotations
 
 import logging
+import netrc
+import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,21 @@ __all__ = ["WANDB_MODES", "WandbSink", "video_key"]
 logger = logging.getLogger(__name__)
 
 WANDB_MODES = ("offline", "online", "disabled")
+
+# Longest wait for wandb's servers in online mode before falling back to offline
+# (wandb itself adds about 10 s of retries on top).
+ONLINE_INIT_TIMEOUT_S = 15.0
+
+
+def api_key_configured() -> bool:
+    """True if wandb would find an API key: WANDB_API_KEY or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def video_key(episode_index: int) -> str:
@@ -66,17 +85,37 @@ class WandbSink:
         return self._run is not None
 
     def start(self) -> None:
+        """Start the wandb run. ``online`` without an API key, or with wandb unreachable
+        within ``ONLINE_INIT_TIMEOUT_S``, falls back to ``offline`` with one warning."""
         if self.mode == "disabled" or self._run is not None:
             return
         import wandb
 
         Path(self._init_args["dir"]).mkdir(parents=True, exist_ok=True)
-        try:
-            self._run = wandb.init(**self._init_args)
-        except Exception as error:  # wandb is a publisher; its faults cost no video
-            self._fail("start", error)
-            return
-        self.run_dir = Path(self._run.dir).parent
+        if self.mode == "online":
+            if not api_key_configured():
+                self._fall_back_offline("no wandb API key is set (run `wandb login` or set WANDB_API_KEY)")
+            else:
+                try:
+                    self._run = wandb.init(**self._init_args,
+                                           settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S))
+                except Exception as error:
+                    self._fall_back_offline(f"wandb could not be reached ({type(error).__name__})")
+                    wandb.teardown()  # the failed attempt still holds the run id in wandb's service
+        if self._run is None and self.mode == "offline":
+            try:
+                self._run = wandb.init(**{**self._init_args, "mode": "offline"})
+            except Exception as error:  # wandb is a publisher; its faults cost no video
+                self._fail("start", error)
+                return
+        if self._run is not None:
+            self.run_dir = Path(self._run.dir).parent
+
+    def _fall_back_offline(self, reason: str) -> None:
+        logger.warning(
+            "%s; wandb.mode=online falls back to offline: videos and metrics go to a local wandb run "
+            "(its `wandb sync` command is printed at the end) and recording goes on.", reason)
+        self.mode = "offline"
 
     def log_videos(self, records: list[tuple[Path, dict]], *, metrics: dict[str, float], step: int) -> None:
         """Log each (path, metadata) video once, plus ``metrics``, at ``step``."""

@@ -1,0 +1,206 @@
+"""Faults, for real: two processes racing for a folder, Ctrl-C, kill -9, resume, wandb faults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from conftest import TINY, run_eval_command
+from eval_recorder.folder_guard import claim_folder
+from eval_recorder.video_store import MANIFEST, read_manifest
+from wandb_offline import run_records
+
+HOST = socket.gethostname()
+
+
+class Job:
+    """``run_eval.py`` in its own session, so that it and its Ray processes can be cleaned up."""
+
+    def __init__(self, tmp: Path, name: str, *overrides: str, env: dict | None = None):
+        self.run_dir = tmp / name
+        self.stdout_path, self.stderr_path = tmp / f"{name}.out", tmp / f"{name}.err"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                run_eval_command(*TINY, *overrides, f"hydra.run.dir={self.run_dir}"),
+                stdout=out, stderr=err, text=True, start_new_session=True, env=env,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait(self, timeout: float = 600) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def cleanup(self) -> None:
+        """Kill whatever the job left (its Ray processes share its session)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture
+def jobs():
+    started = []
+
+    def start(*args, **kwargs):
+        job = Job(*args, **kwargs)
+        started.append(job)
+        return job
+
+    yield start
+    for job in started:
+        job.cleanup()
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def check_folder_is_consistent(videos: Path) -> list[dict]:
+    """Every file under a final .mp4 name decodes fully; every manifest line names an
+    existing file whose sha256 matches."""
+    manifest = read_manifest(videos)
+    for record in manifest:
+        data = (videos / record["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+    frames = {record["file"]: record["frames"] for record in manifest}
+    for path in videos.glob("*.mp4"):
+        with av.open(str(path)) as container:
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert decoded == frames.get(path.name, decoded) and decoded > 0
+    return manifest
+
+
+def test_two_runs_racing_for_a_folder_one_refused_then_ctrl_c_stops_cleanly(tmp_path, jobs):
+    videos = tmp_path / "videos"
+    common = ("training.iterations=50", f"recording.video_dir={videos}")
+    racers = {name: jobs(tmp_path, name, *common, f"wandb.run_id={name}") for name in ("raceA", "raceB")}
+    wait_for(lambda: any(job.proc.poll() is not None for job in racers.values()), 60, "one racer to be refused")
+    (loser,) = [name for name, job in racers.items() if job.proc.poll() is not None]
+    (winner,) = [name for name in racers if name != loser]
+    assert racers[loser].proc.returncode == 2, racers[loser].stderr
+    assert "starting Ray" not in racers[loser].stdout
+    pid = racers[winner].proc.pid
+    assert racers[loser].stderr.strip().splitlines()[-1] in (
+        f"error: video folder {videos} is in use by run {winner} (host {HOST}, pid {pid}); choose another "
+        f"recording.video_dir, or wait for that run to end and resume it with recording.resume=true.",
+        f"error: video folder {videos} belongs to run {winner} (host {HOST}, pid {pid}); choose another "
+        f"recording.video_dir, or resume that run with recording.resume=true wandb.run_id={winner}.",
+    )
+
+    # Ctrl-C the winner once its first round of videos is written.
+    wait_for(lambda: len(read_manifest(videos)) >= 2, 300, "the first evaluation round")
+    os.kill(pid, signal.SIGINT)
+    assert racers[winner].wait(timeout=180) == 130
+    manifest = check_folder_is_consistent(videos)
+    assert racers[winner].stderr.strip().splitlines()[-1] == (
+        f"interrupted: {len(manifest)} videos written in {videos}; "
+        f"continue with recording.resume=true wandb.run_id={winner}"
+    )
+    assert {record["run_id"] for record in manifest} == {winner}
+    claim_folder(videos, run_id=winner, resume=True).release()  # the lock is free
+    (wandb_run,) = (tmp_path / winner / "wandb").glob(f"offline-run-*-{winner}")
+    exits = [r.exit.exit_code for r in run_records(wandb_run) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [130]  # the wandb run was finished
+
+
+def test_kill_9_mid_run_leaves_only_complete_files_and_the_run_resumes(tmp_path, jobs):
+    videos = tmp_path / "videos"
+    first = jobs(tmp_path, "first", "training.iterations=50", "training.checkpoint_every=1",
+                 f"recording.video_dir={videos}", "wandb.run_id=crashC")
+    wait_for(lambda: len(read_manifest(videos)) >= 3, 300, "the second evaluation round")
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.cleanup()
+    before = check_folder_is_consistent(videos)
+    manifest_bytes = (videos / MANIFEST).read_bytes()
+    claim_folder(videos, run_id="crashC", resume=True).release()  # the OS freed the lock
+
+    checkpoints = sorted((tmp_path / "first" / "checkpoints").glob("it[0-9]*"))
+    last = int(checkpoints[-1].name[2:])
+    resumed = jobs(tmp_path, "resumed", f"training.iterations={last + 1}", f"recording.video_dir={videos}",
+                   "recording.resume=true", "wandb.run_id=crashC")
+    assert resumed.wait() == 0, resumed.stderr[-3000:]
+    assert f"resuming run crashC from {checkpoints[-1]}" in resumed.stdout
+    assert (videos / MANIFEST).read_bytes().startswith(manifest_bytes)  # appended, not rewritten
+    after = check_folder_is_consistent(videos)
+    new = after[len(before):]
+    assert [record["training_iteration"] for record in new] == [last + 1, last + 1]
+    assert min(record["evaluation_round"] for record in new) == max(r["evaluation_round"] for r in before) + 1
+    assert (tmp_path / "first" / "checkpoints" / f"it{last + 1:06d}").is_dir()  # saved with its run's checkpoints
+    assert list((tmp_path / "resumed" / "wandb").glob("offline-run-*-crashC"))  # the same wandb run id
+    for record in before:  # earlier videos untouched
+        assert hashlib.sha256((videos / record["file"]).read_bytes()).hexdigest() == record["sha256"]
+
+
+def test_online_without_api_key_warns_once_falls_back_offline_and_records(tmp_path, jobs):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc
+    videos = tmp_path / "videos"
+    job = jobs(tmp_path, "nokey", "training.iterations=1", "wandb.mode=online", f"recording.video_dir={videos}",
+               "wandb.run_id=nokey", env=env)
+    assert job.wait() == 0, job.stderr[-3000:]
+    warning = ("no wandb API key is set (run `wandb login` or set WANDB_API_KEY); wandb.mode=online falls back "
+               "to offline")
+    assert job.stderr.count(warning) + job.stdout.count(warning) == 1
+    assert len(read_manifest(videos)) == 2
+    assert list((tmp_path / "nokey" / "wandb").glob("offline-run-*-nokey"))
+
+
+def test_online_with_wandb_unreachable_falls_back_offline_in_bounded_time(tmp_path, caplog):
+    """wandb's server on a closed loopback port: a real online init that cannot connect."""
+    from eval_recorder.wandb_sink import ONLINE_INIT_TIMEOUT_S, WandbSink
+
+    saved = {k: os.environ.get(k) for k in ("WANDB_BASE_URL", "WANDB_API_KEY")}
+    os.environ["WANDB_BASE_URL"] = "http://127.0.0.1:9"
+    os.environ["WANDB_API_KEY"] = "x" * 40
+    try:
+        sink = WandbSink(mode="online", project="p", run_id="unreach1", run_dir=tmp_path)
+        started = time.monotonic()
+        sink.start()
+        took = time.monotonic() - started
+        sink.log_metrics({"eval/return_mean": 1.0}, step=1)
+        sink.finish()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert sink.mode == "offline"
+    assert took < ONLINE_INIT_TIMEOUT_S + 30
+    warnings = [r.getMessage() for r in caplog.records if "falls back to offline" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("wandb could not be reached (CommError)")
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*-unreach1")
+    assert any(r.WhichOneof("record_type") == "history" for r in run_records(run_dir))
+
+
+def test_video_dir_that_is_a_file_exits_2_and_is_left_alone(tmp_path):
+    target = tmp_path / "videos"
+    target.write_bytes(b"not a folder")
+    proc = subprocess.run(run_eval_command(f"recording.video_dir={target}", f"hydra.run.dir={tmp_path / 'run'}"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: recording.video_dir {target} is a file, not a folder; choose another recording.video_dir."
+    )
+    assert target.read_bytes() == b"not a folder"
