@@ -58,6 +58,7 @@ def add_recording(
         "render": render,
         "fps": session.options.fps,
         "max_side": session.options.max_side,
+        "overlay": session.options.overlay,
     }
     # RLlib's env checker resets and steps each new env once; on a recording env that
     # renders frames nobody keeps. Training runners check the very same env anyway.

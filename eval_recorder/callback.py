@@ -19,7 +19,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, WEIGHTS_SEQ_NO
 
-from eval_recorder.envs import RecordingRailEnv, collect_recorded
+from eval_recorder.envs import RecordingRailEnv, collect_recorded, set_label_iteration
 from eval_recorder.naming import WeightsHistory
 from eval_recorder.session import get_session
 
@@ -87,6 +87,15 @@ class RecordingCallback(RLlibCallback):
     def on_checkpoint_loaded(self, *, algorithm, **kwargs) -> None:
         """Fires on the driver after a checkpoint was restored: training goes on from it."""
         self._record_start(algorithm)
+
+    @override(RLlibCallback)
+    def on_evaluate_start(self, *, algorithm, **kwargs) -> None:
+        """Fires on the driver after the eval runners got the weights: tells them which
+        training iteration their weights are, for the burned-in labels."""
+        group = algorithm.eval_env_runner_group
+        if group is not None:
+            history = self._history
+            group.foreach_env_runner(lambda runner: set_label_iteration(runner, history), local_env_runner=True)
 
     @override(RLlibCallback)
     def on_evaluate_end(self, *, algorithm, evaluation_metrics=None, **kwargs) -> None:

@@ -116,6 +116,8 @@ class RecordingConfig:
     """Frames per second of the videos."""
     max_side: int = 0
     """Longest frame side in pixels (0 = flatland's own size)."""
+    overlay: bool = True
+    """Burn a small label into each frame: training iteration, env step of the episode, agents arrived / total."""
     resume: bool = False
     """Continue the run wandb.run_id in its own video folder (appends, never overwrites)."""
 

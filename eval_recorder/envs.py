@@ -9,6 +9,8 @@ Holds:
                        an encoder) and keeps the finished videos until the driver
                        collects them.
   collect_recorded()   run on an env runner (via Ray): hands over its finished videos.
+  set_label_iteration() run on an eval runner (via Ray) before a round: the iteration
+                       its burned-in labels show.
   RENDER_MODES         the ``render`` values understood.
 """
 
@@ -23,6 +25,7 @@ from flatland.envs.step_utils.states import TrainState
 from flatland.ml.observations.flatten_tree_observation_for_rail_env import FlattenedNormalizedTreeObsForRailEnv
 from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
 
+from eval_recorder.overlay import label_text
 from eval_recorder.recorder import EpisodeRecorder, RecordedEpisode
 
 __all__ = ["ENV_NAME", "RENDER_MODES", "RecordingRailEnv", "collect_recorded", "make_env", "register_env"]
@@ -69,6 +72,7 @@ def make_env(env_config: dict[str, Any]) -> RayMultiAgentWrapper:
         max_side=env_config.get("max_side", 0),
         runner_index=getattr(env_config, "worker_index", 0),
         seed=env_config.get("seed"),
+        overlay=env_config.get("overlay", True),
     )
 
 
@@ -81,12 +85,27 @@ class RecordingRailEnv(RayMultiAgentWrapper):
     gets a concrete seed, kept with its video, so it can be replayed.
     """
 
-    def __init__(self, rail_env, *, fps: int, max_side: int, runner_index: int, seed: int | None) -> None:
+    def __init__(
+        self, rail_env, *, fps: int, max_side: int, runner_index: int, seed: int | None, overlay: bool = True
+    ) -> None:
         super().__init__(rail_env)  # no render_mode: flatland would open a window
         self._recorder = EpisodeRecorder(rail_env, fps=fps, max_side=max_side, runner_index=runner_index)
+        self._overlay = overlay  # burned-in label: wired into the recorder once it takes one
         self._seeds = np.random.default_rng(seed)
         self._steps = 0
         self._finished: list[RecordedEpisode] = []
+        # Training iteration of the weights this runner evaluates with (set by the driver
+        # before each evaluation round); shown in the burned-in label.
+        self.label_iteration: int | None = None
+
+    def _label(self) -> str:
+        rail_env = self.wrap()
+        return label_text(
+            training_iteration=self.label_iteration,
+            step=self._steps,
+            arrived=_arrived(rail_env),
+            agents=rail_env.get_num_agents(),
+        )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
@@ -114,7 +133,7 @@ class RecordingRailEnv(RayMultiAgentWrapper):
                 weights_seq_no=weights_seq_no,
                 episode_length=self._steps,
                 num_agents=rail_env.get_num_agents(),
-                agents_arrived=sum(agent.state == TrainState.DONE for agent in rail_env.agents),
+                agents_arrived=_arrived(rail_env),
                 episode_return=episode_return,
             )
         )
@@ -127,6 +146,24 @@ class RecordingRailEnv(RayMultiAgentWrapper):
     def close(self) -> None:
         self._recorder.discard()
         super().close()
+
+
+def _arrived(rail_env) -> int:
+    return sum(agent.state == TrainState.DONE for agent in rail_env.agents)
+
+
+def set_label_iteration(env_runner, history) -> None:
+    """Runs on an eval runner before a round: label its videos with the training iteration
+    of the weights version it holds (``history`` is the driver's WeightsHistory)."""
+    version = getattr(env_runner, "_weights_seq_no", None)  # RLlib stamps this on every action
+    if version is None:
+        return
+    try:
+        iteration = history.tag_for(version, env_steps_now=0).training_iteration
+    except ValueError:
+        iteration = None
+    for env in recording_envs(env_runner):
+        env.label_iteration = iteration
 
 
 def recording_envs(env_runner) -> list[RecordingRailEnv]:

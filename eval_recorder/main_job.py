@@ -73,6 +73,7 @@ def train_with_recording(cfg, output_dir: Path) -> int:
             resume=cfg.recording.resume,
             fps=cfg.recording.fps,
             max_side=cfg.recording.max_side,
+            overlay=cfg.recording.overlay,
             wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
             wandb_project=cfg.wandb.project,
             wandb_entity=cfg.wandb.entity,

@@ -47,6 +47,8 @@ class RecordingOptions:
     """Frames per second of the videos."""
     max_side: int = 0
     """Longest frame side in pixels; 0 keeps flatland's size."""
+    overlay: bool = True
+    """Burn a label (iteration, episode step, agents arrived) into each frame."""
     wandb_mode: str = "offline"
     """offline (default, no account needed; ``wandb sync`` later) | online | disabled."""
     wandb_project: str = "eval_recorder"
@@ -137,14 +139,20 @@ class RecordingSession:
                                   step=step)
         return stored
 
-    def publish_summary_table(self) -> None:
-        """One wandb table row per video of this session: iteration, return, completion, length, video."""
-        if self.wandb is None or not self.videos:
+    def publish_manifest_table(self) -> None:
+        """The manifest of this run as a wandb table (``eval/episodes``), one row per video
+        with the video embedded: iteration, env steps, episode, return, completion, length,
+        checkpoint. A resumed run's table holds the videos of its earlier processes too."""
+        if self.wandb is None or not self.wandb.active or self.claim is None:
+            return
+        records = [r for r in read_manifest(self.claim.path)
+                   if r.get("run_id") == self.options.run_id and (self.claim.path / r["file"]).exists()]
+        if not records:
             return
         columns = ["training_iteration", "env_steps", "episode_index", "episode_return", "completion",
                    "episode_length", "checkpoint", "video"]
-        rows = [[v.metadata[c] for c in columns[:-1]] + [v.path] for v in self.videos]
-        step = max(v.metadata["training_iteration"] for v in self.videos)
+        rows = [[r[c] for c in columns[:-1]] + [self.claim.path / r["file"]] for r in records]
+        step = max(r["training_iteration"] for r in records)
         self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
 
     def log_training(self, metrics: dict[str, float], *, step: int) -> None:
@@ -152,8 +160,9 @@ class RecordingSession:
             self.wandb.log_metrics(metrics, step=step)
 
     def close(self, exit_code: int = 0) -> None:
-        """Finish the wandb run and release the folder (both safe to call twice)."""
+        """Log the manifest table, finish the wandb run and release the folder (safe twice)."""
         if self.wandb is not None:
+            self.publish_manifest_table()
             self.wandb.finish(exit_code=exit_code)
         if self.claim is not None:
             self.claim.release()

@@ -173,6 +173,7 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
             resume=cfg.recording.resume,
             fps=cfg.recording.fps,
             max_side=cfg.recording.max_side,
+            overlay=cfg.recording.overlay,
             wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
             wandb_project=cfg.wandb.project,
             wandb_entity=cfg.wandb.entity,
@@ -188,7 +189,6 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
     try:
         _evaluate(cfg, infos, env_configs, session)
         _print_table(session)
-        session.publish_summary_table()
         return 0
     finally:
         session.close()

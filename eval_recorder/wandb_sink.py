@@ -26,6 +26,7 @@ __all__ = ["WANDB_MODES", "WandbSink", "video_key"]
 logger = logging.getLogger(__name__)
 
 WANDB_MODES = ("offline", "online", "disabled")
+STEP_METRIC = "training_iteration"
 
 # Longest wait for wandb's servers in online mode before falling back to offline
 # (wandb itself adds about 10 s of retries on top).
@@ -78,6 +79,7 @@ class WandbSink:
             reinit="create_new",
         )
         self._run = None
+        self._last_step = 0  # wandb drops rows logged at a step below one already used
         self.run_dir: Path | None = None
 
     @property
@@ -110,6 +112,16 @@ class WandbSink:
                 return
         if self._run is not None:
             self.run_dir = Path(self._run.dir).parent
+            self._declare_step_metric()
+
+    def _declare_step_metric(self) -> None:
+        """Charts and the media slider use training iterations, not wandb's internal steps."""
+        try:
+            self._run.define_metric(STEP_METRIC)
+            for pattern in ("eval/*", "train/*", "env_steps"):
+                self._run.define_metric(pattern, step_metric=STEP_METRIC)
+        except Exception as error:
+            self._fail("define metrics", error)
 
     def _fall_back_offline(self, reason: str) -> None:
         logger.warning(
@@ -131,7 +143,7 @@ class WandbSink:
                 payload[video_key(metadata["episode_index"])] = wandb.Video(
                     str(path), caption=caption(metadata), format="mp4"
                 )
-            self._run.log(payload, step=step)
+            self._log(payload, step)
         except Exception as error:
             self._fail("log videos", error)
 
@@ -145,7 +157,7 @@ class WandbSink:
             table = wandb.Table(columns=columns)
             for *values, path in rows:
                 table.add_data(*values, wandb.Video(str(path), format="mp4"))
-            self._run.log({key: table}, step=step)
+            self._log({key: table}, max(step, self._last_step))
         except Exception as error:
             self._fail("log table", error)
 
@@ -153,9 +165,13 @@ class WandbSink:
         if self._run is None:
             return
         try:
-            self._run.log(metrics, step=step)
+            self._log(metrics, step)
         except Exception as error:
             self._fail("log metrics", error)
+
+    def _log(self, payload: dict, step: int) -> None:
+        self._run.log({STEP_METRIC: step, **payload}, step=step)
+        self._last_step = max(self._last_step, step)
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is None:

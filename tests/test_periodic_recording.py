@@ -21,7 +21,7 @@ from eval_recorder.rendering import frames_rendered
 from eval_recorder.session import RecordingOptions
 from eval_recorder.video_store import read_manifest
 from eval_recorder.wandb_sink import video_key
-from wandb_offline import history_rows
+from wandb_offline import history_rows, run_records
 
 
 class UserCallback(RLlibCallback):
@@ -152,6 +152,13 @@ def test_wandb_offline_run_has_every_video_once_at_its_iteration(serial_run):
                 assert row[f"{video_key(episode_index)}/caption"].startswith(f"iteration {row['_step']} · ")
     on_disk = {(m["training_iteration"], m["episode_index"]): m["sha256"] for m in read_manifest(tmp / "videos")}
     assert logged == on_disk
+    table_rows = [row for row in rows if "eval/episodes/_type" in row]
+    assert [(row["_step"], row["eval/episodes/_type"], row["eval/episodes/nrows"]) for row in table_rows] == [
+        (2, "table-file", 4)
+    ]
+    metrics = {(r.metric.glob_name or r.metric.name, r.metric.step_metric)
+               for r in run_records(run_dir) if r.WhichOneof("record_type") == "metric"}
+    assert {("eval/*", "training_iteration"), ("train/*", "training_iteration")} <= metrics
     eval_rows = [row for row in rows if "eval/completion_rate" in row]
     assert [row["_step"] for row in eval_rows] == [1, 2]
     for row in eval_rows:
