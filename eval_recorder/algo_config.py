@@ -7,6 +7,8 @@ Holds:
   env_config()     the RLlib env_config of an env preset.
   ppo_config()     the PPO config: shared policy for all trains, training and
                    evaluation settings.
+  evaluation_overrides()  the RLlib evaluation_config of ``cfg.evaluation``.
+  start_ray()      a local Ray, or joins the cluster at ``ray.address``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from eval_recorder.callback import TRAINING_RENDER_REFUSED
 from eval_recorder.envs import ENV_NAME, RENDER_MODES
 
-__all__ = ["POLICY_ID", "UserError", "check_config", "env_config", "ppo_config"]
+__all__ = ["POLICY_ID", "UserError", "check_config", "env_config", "evaluation_overrides", "ppo_config", "start_ray"]
 
 POLICY_ID = "p0"  # one policy shared by all trains
 
@@ -69,7 +71,7 @@ def check_config(cfg) -> None:
             "(evaluation then runs beside training)."
         )
     runners = cfg.training.num_env_runners + cfg.evaluation.num_env_runners
-    if runners > cfg.ray.num_cpus:
+    if cfg.ray.address is None and runners > cfg.ray.num_cpus:
         raise UserError(
             f"{runners} env runners need {runners} CPUs but ray.num_cpus={cfg.ray.num_cpus}; "
             f"lower training.num_env_runners / evaluation.num_env_runners or raise ray.num_cpus."
@@ -108,10 +110,29 @@ def ppo_config(cfg) -> PPOConfig:
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=evaluation.num_env_runners,
             evaluation_parallel_to_training=evaluation.parallel_to_training,
-            evaluation_config={"explore": evaluation.explore, "seed": evaluation.seed},
+            evaluation_config=evaluation_overrides(cfg),
         )
         .debugging(seed=training.seed)
     )
+
+
+def evaluation_overrides(cfg) -> dict[str, Any]:
+    """RLlib evaluation_config from ``cfg.evaluation``: exploration, seed, runner resources."""
+    overrides: dict[str, Any] = {"explore": cfg.evaluation.explore, "seed": cfg.evaluation.seed}
+    if cfg.evaluation.runner_resources:
+        overrides["custom_resources_per_env_runner"] = dict(cfg.evaluation.runner_resources)
+    return overrides
+
+
+def start_ray(cfg) -> str:
+    """Start a local Ray, or join the cluster at ``ray.address``; says which."""
+    import ray
+
+    if cfg.ray.address is None:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, ignore_reinit_error=True)
+        return f"started a local Ray ({cfg.ray.num_cpus} CPUs)"
+    ray.init(address=cfg.ray.address, ignore_reinit_error=True)
+    return f"joined the Ray cluster at {cfg.ray.address} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
 def _shared_policy(agent_id, *args, **kwargs) -> str:

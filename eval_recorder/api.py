@@ -14,7 +14,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
-from eval_recorder.callback import TRAINING_RENDER_REFUSED, RecordingCallback, bound_session_token, callback_class
+from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class, is_recording_callback
 from eval_recorder.envs import ENV_NAME, RENDER_MODES, register_env
 from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
 
@@ -31,7 +31,10 @@ def add_recording(
     not ask its training env runners to render. Nothing is written until the Algorithm
     is built: then the driver claims ``options.video_dir`` and starts the wandb run
     (pass an already opened RecordingSession to claim the folder earlier).
-    Callbacks already in ``config`` stay and fire as before.
+    Callbacks already in ``config`` stay and fire as before. With
+    ``options.video_dir=None`` (Ray Tune), every trial's driver opens its own session:
+    videos in ``videos/`` inside its trial folder, its trial id as run id, its own wandb
+    run named after the trial.
 
     Example::
 
@@ -64,16 +67,16 @@ def add_recording(
     # renders frames nobody keeps. Training runners check the very same env anyway.
     evaluation_overrides["disable_env_checking"] = True
     recorded.evaluation(evaluation_config=evaluation_overrides)
-    token = register_session(session)
+    if session.options.video_dir is None:  # e.g. Tune trials: each opens its own session
+        recording = callback_class(options=session.options)
+    else:
+        recording = callback_class(session_token=register_session(session))
     # Keep the user's callbacks; drop RLlib's no-op default and any recording callback a
     # config brings along (e.g. one restored from a checkpoint, bound to a gone session).
-    users = [cls for cls in force_list(config.callbacks_class) if cls is not RLlibCallback and not _is_recording(cls)]
-    recorded.callbacks(callbacks_class=users + [callback_class(token)])
+    users = [cls for cls in force_list(config.callbacks_class)
+             if cls is not RLlibCallback and not is_recording_callback(cls)]
+    recorded.callbacks(callbacks_class=users + [recording])
     return recorded
-
-
-def _is_recording(cls) -> bool:
-    return bound_session_token(cls) is not None or (isinstance(cls, type) and issubclass(cls, RecordingCallback))
 
 
 def recording_session(config: AlgorithmConfig) -> RecordingSession:
@@ -82,4 +85,6 @@ def recording_session(config: AlgorithmConfig) -> RecordingSession:
         token = bound_session_token(cls)
         if token is not None:
             return get_session(token)
+    if any(is_recording_callback(cls) for cls in force_list(config.callbacks_class)):
+        raise ValueError("this config records without a video_dir: each Algorithm (Tune trial) holds its own session")
     raise ValueError("this config has no recording; make it with add_recording()")

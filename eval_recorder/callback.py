@@ -12,8 +12,11 @@ Holds:
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import functools
 import logging
+import re
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils.annotations import override
@@ -21,9 +24,12 @@ from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LI
 
 from eval_recorder.envs import RecordingRailEnv, collect_recorded, set_label_iteration
 from eval_recorder.naming import WeightsHistory
-from eval_recorder.session import get_session
+from eval_recorder.session import RecordingSession, get_session, new_run_id
 
-__all__ = ["RecordingCallback", "TRAINING_RENDER_REFUSED", "bound_session_token", "callback_class"]
+__all__ = [
+    "RecordingCallback", "TRAINING_RENDER_REFUSED", "bound_session_token", "callback_class", "is_recording_callback",
+    "trial_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,25 +40,44 @@ TRAINING_RENDER_REFUSED = (
 )
 
 
-def callback_class(session_token: str) -> functools.partial:
+def callback_class(*, session_token: str | None = None, options=None) -> functools.partial:
     """What RLlib instantiates per env runner and on the driver: a RecordingCallback bound
-    to the driver session registered under ``session_token`` (an opaque id: it carries
-    no path). A ``partial`` of a module-level class, so configs and results pickle."""
-    return functools.partial(RecordingCallback, session_token=session_token)
+    to the driver session registered under ``session_token`` (an opaque id: it carries no
+    path), or, for Tune trials, to ``options`` without a video folder: each trial's driver
+    then opens its own session inside its trial folder. A ``partial`` of a module-level
+    class, so configs and results pickle."""
+    return functools.partial(RecordingCallback, session_token=session_token, options=options)
 
 
 def bound_session_token(callbacks_class) -> str | None:
     """The session token of a ``callback_class()`` result, else None."""
-    if isinstance(callbacks_class, functools.partial) and callbacks_class.func is RecordingCallback:
+    if is_recording_callback(callbacks_class):
         return callbacks_class.keywords.get("session_token")
     return None
 
 
+def is_recording_callback(callbacks_class) -> bool:
+    """True for a ``callback_class()`` result (or the RecordingCallback class itself)."""
+    if isinstance(callbacks_class, functools.partial):
+        return callbacks_class.func is RecordingCallback
+    return isinstance(callbacks_class, type) and issubclass(callbacks_class, RecordingCallback)
+
+
 class RecordingCallback(RLlibCallback):
-    def __init__(self, session_token: str | None = None) -> None:
+    def __init__(self, session_token: str | None = None, options=None) -> None:
         super().__init__()
         self.session_token = session_token
+        self.options = options
+        self._own_session = None  # a Tune trial's own session (options without a folder)
         self._history = WeightsHistory()
+
+    def session(self):
+        """The driver session this callback publishes to."""
+        if self.session_token is not None:
+            return get_session(self.session_token)
+        if self._own_session is None:
+            raise RuntimeError("the recording session opens when the Algorithm starts (on_algorithm_init)")
+        return self._own_session
 
     # ---- on env runners -------------------------------------------------------------
 
@@ -80,7 +105,20 @@ class RecordingCallback(RLlibCallback):
     @override(RLlibCallback)
     def on_algorithm_init(self, *, algorithm, **kwargs) -> None:
         """Fires on the driver when the Algorithm is built: opens the session."""
-        get_session(self.session_token).open()
+        if self.session_token is None:
+            self._own_session = session = RecordingSession(trial_options(self.options, algorithm))
+            # RLlib has no "algorithm stopped" callback; Tune stops a trial with
+            # Trainable.stop() -> cleanup(), and may end the process right after: finish
+            # the wandb run and release the folder there (atexit covers a plain exit).
+            cleanup = algorithm.cleanup
+
+            def cleanup_and_close() -> None:
+                session.close()
+                cleanup()
+
+            algorithm.cleanup = cleanup_and_close
+            atexit.register(session.close)
+        self.session().open()
         self._record_start(algorithm)
 
     @override(RLlibCallback)
@@ -122,7 +160,7 @@ class RecordingCallback(RLlibCallback):
         recorded.sort(key=lambda e: (e.runner_index, e.runner_sequence))
         env_steps_now = int(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
         tagged = [(e, self._history.tag_for(e.weights_seq_no, env_steps_now=env_steps_now)) for e in recorded]
-        get_session(self.session_token).publish_round(tagged)
+        self.session().publish_round(tagged)
         return len(tagged)
 
     @override(RLlibCallback)
@@ -137,7 +175,7 @@ class RecordingCallback(RLlibCallback):
         train_return = result.get(ENV_RUNNER_RESULTS, {}).get("episode_return_mean")
         if train_return is not None:
             metrics["train/return_mean"] = float(train_return)
-        get_session(self.session_token).log_training(metrics, step=iteration)
+        self.session().log_training(metrics, step=iteration)
 
     def _record_start(self, algorithm) -> None:
         env_steps = int(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
@@ -146,6 +184,52 @@ class RecordingCallback(RLlibCallback):
             training_iteration=algorithm.iteration,
             env_steps=env_steps,
         )
+
+
+def algorithm_folder(algorithm):
+    """The folder an Algorithm's own outputs belong in: a Tune trial's directory when its
+    storage is a local filesystem (what the user sees under storage_path), else the
+    Algorithm's log folder (for remote storage: synced with SyncConfig(sync_artifacts=True))."""
+    from pathlib import Path
+
+    storage = getattr(algorithm, "_storage", None)
+    if storage is not None and getattr(storage, "trial_dir_name", None):
+        import pyarrow.fs
+
+        if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return Path(storage.trial_fs_path)
+    return Path(algorithm.logdir)
+
+
+# Tune names a trial "<trainable>_<experiment tag>_<index>" (e.g. PPO_env_3d32c_00000) and
+# its directory "<trial name>_<n>_<params>_<date>".
+_TRIAL_DIR = re.compile(r"^(?P<name>.+?_(?P<id>[0-9a-f]{5}_\d{5}))(_|$)")
+
+
+def trial_identity(algorithm) -> tuple[str | None, str | None]:
+    """(trial id, trial name) of the Tune trial running ``algorithm``, else (None, None).
+    RLlib drops Tune's trial info when it turns the config into an AlgorithmConfig, so
+    Trainable.trial_id reads "default"; the trial directory still carries both."""
+    if getattr(algorithm, "trial_id", "default") not in (None, "default"):
+        return algorithm.trial_id, algorithm.trial_name
+    storage = getattr(algorithm, "_storage", None)
+    match = _TRIAL_DIR.match(getattr(storage, "trial_dir_name", None) or "")
+    return (match["id"], match["name"]) if match else (None, None)
+
+
+def trial_options(options, algorithm):
+    """``options`` for this Algorithm's own folder: ``videos/`` in its trial folder (see
+    algorithm_folder), the trial id as run id, the trial name as wandb run name."""
+    logdir = algorithm_folder(algorithm)
+    trial_id, trial_name = trial_identity(algorithm)
+    run_id = re.sub(r"[^A-Za-z0-9_.-]", "_", trial_id)[:64] if trial_id else new_run_id()
+    return dataclasses.replace(
+        options,
+        video_dir=str(logdir / "videos"),
+        run_id=run_id,
+        wandb_dir=str(logdir),
+        wandb_name=trial_name or run_id,
+    )
 
 
 def _learner_weights_version(algorithm) -> int:

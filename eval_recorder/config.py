@@ -104,6 +104,8 @@ class EvaluationConfig:
     """Sample actions (true) instead of acting greedily (false)."""
     render: Optional[str] = "human"
     """Record evaluation episodes: human = render off-screen frames into videos; null = no recording."""
+    runner_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each eval runner needs, e.g. {eval_node:1} pins eval runners to nodes offering it."""
 
 
 @dataclass
@@ -140,8 +142,10 @@ class WandbConfig:
 class RayConfig:
     """The Ray runtime."""
 
+    address: Optional[str] = None
+    """null = start a local Ray; auto or ray://host:10001 = join that running Ray cluster."""
     num_cpus: int = 2
-    """CPUs the local Ray may use."""
+    """CPUs the local Ray may use (ignored when joining a cluster)."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from eval_recorder.algo_config import UserError, check_config, ppo_config
+from eval_recorder.algo_config import UserError, check_config, ppo_config, start_ray
 from eval_recorder.api import add_recording
 from eval_recorder.callback import RecordingCallback
 from eval_recorder.envs import register_env
@@ -108,8 +108,8 @@ def train_with_recording(cfg, output_dir: Path) -> int:
 def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from) -> int:
     import ray
 
-    _say(f"starting Ray ({cfg.ray.num_cpus} CPUs) ...")
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, ignore_reinit_error=True)
+    _say("starting Ray ..." if cfg.ray.address is None else f"joining the Ray cluster at {cfg.ray.address} ...")
+    _say(start_ray(cfg))
     register_env()
     config = ppo_config(cfg)
     if cfg.evaluation.render is not None:

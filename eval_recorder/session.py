@@ -37,8 +37,10 @@ def new_run_id() -> str:
 class RecordingOptions:
     """Where and how the driver stores and publishes videos."""
 
-    video_dir: str
-    """Folder the videos, sidecars and manifest go to (only the driver writes it)."""
+    video_dir: str | None
+    """Folder the videos, sidecars and manifest go to (only the driver writes it). None: a
+    ``videos/`` folder inside the Algorithm's own log folder (a Tune trial's folder),
+    chosen on the driver when the Algorithm starts."""
     run_id: str = field(default_factory=new_run_id)
     """Identifies the run: owner of the folder, wandb run id, part of every file name."""
     resume: bool = False
@@ -56,6 +58,8 @@ class RecordingOptions:
     wandb_dir: str | None = None
     """Folder the wandb run directory is made in; default: next to ``video_dir``."""
     wandb_job_type: str = "train"
+    wandb_name: str | None = None
+    """Display name of the wandb run (default: the run id)."""
     checkpoint: str | None = None
     """Checkpoint the evaluated weights came from (standalone evaluation), else None."""
     config: dict = field(default_factory=dict)
@@ -112,6 +116,7 @@ class RecordingSession:
             run_id=options.run_id,
             run_dir=wandb_dir,
             job_type=options.wandb_job_type,
+            name=options.wandb_name,
             resume=options.resume,
             config=options.config,
         )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval_recorder.algo_config import POLICY_ID, UserError, check_config, env_config
+from eval_recorder.algo_config import POLICY_ID, UserError, check_config, env_config, evaluation_overrides, start_ray
 from eval_recorder.envs import ENV_NAME
 
 __all__ = ["CheckpointInfo", "evaluate_checkpoints", "find_checkpoints", "inspect_checkpoint"]
@@ -198,7 +198,7 @@ def _evaluate(cfg, infos: list[CheckpointInfo], env_configs: list[dict], session
     import ray
     from tqdm import tqdm
 
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, ignore_reinit_error=True)
+    print(start_ray(cfg), flush=True)
     algo, built_for = None, None
     try:
         bar = tqdm(total=len(infos) * cfg.evaluation.episodes, unit="episode", desc="evaluating", file=sys.stdout)
@@ -240,7 +240,7 @@ def _build(cfg, info: CheckpointInfo, env_cfg: dict, session):
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=cfg.evaluation.num_env_runners,
             evaluation_parallel_to_training=False,
-            evaluation_config={"explore": cfg.evaluation.explore, "seed": cfg.evaluation.seed},
+            evaluation_config=evaluation_overrides(cfg),
         )
     )
     config = add_recording(config, session, render=cfg.evaluation.render or "human")

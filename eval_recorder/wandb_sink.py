@@ -61,6 +61,7 @@ class WandbSink:
         run_dir: Path,
         entity: str | None = None,
         job_type: str = "train",
+        name: str | None = None,
         resume: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -71,6 +72,7 @@ class WandbSink:
             project=project,
             entity=entity,
             id=run_id,
+            name=name,
             dir=str(run_dir),
             mode=mode,
             job_type=job_type,
