@@ -13,10 +13,16 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from eval_recorder.config import register_configs
 
 register_configs()
+
+
+class JobRefused(Exception):
+    """A multirun job refused to start (its one-sentence reason is printed above)."""
+
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -32,6 +38,9 @@ def main(cfg) -> None:
 
         env_overridden = any(o.split("=")[0].lstrip("+~").split(".")[0] == "env" for o in hydra_cfg.overrides.task)
         code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
+    if code == 2 and hydra_cfg.mode == RunMode.MULTIRUN:
+        # Let the sweep's other jobs run; Hydra reports this job's failure at the end.
+        raise JobRefused(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) was refused; see the error above")
     if code:
         sys.exit(code)
 
