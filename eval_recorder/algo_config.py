@@ -5,6 +5,7 @@ Holds:
                    one-sentence message and exits with code 2.
   check_config()   refuses configs that cannot work, before anything starts.
   env_config()     the RLlib env_config of an env preset.
+  recording_options()  the driver's RecordingOptions from the config.
   ppo_config()     the PPO config: shared policy for all trains, training and
                    evaluation settings.
   evaluation_overrides()  the RLlib evaluation_config of ``cfg.evaluation``.
@@ -13,6 +14,7 @@ Holds:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -20,23 +22,15 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from eval_recorder.callback import TRAINING_RENDER_REFUSED
-from eval_recorder.envs import ENV_NAME, RENDER_MODES
+from eval_recorder.envs import ENV_CONFIG_KEYS, ENV_NAME, RENDER_MODES
 
-__all__ = ["POLICY_ID", "UserError", "check_config", "env_config", "evaluation_overrides", "ppo_config", "start_ray"]
+__all__ = [
+    "POLICY_ID", "UserError", "check_config", "env_config", "evaluation_overrides", "ppo_config", "recording_options",
+    "start_ray",
+]
 
 POLICY_ID = "p0"  # one policy shared by all trains
 
-_ENV_KEYS = (
-    "n_agents",
-    "x_dim",
-    "y_dim",
-    "n_cities",
-    "max_rail_pairs_in_city",
-    "max_rails_between_cities",
-    "malfunction_interval",
-    "tree_depth",
-    "predictor_depth",
-)
 
 
 class UserError(Exception):
@@ -78,9 +72,30 @@ def check_config(cfg) -> None:
         )
 
 
+def recording_options(cfg, *, output_dir: Path, **overrides):
+    """The driver's RecordingOptions from ``cfg.recording`` and ``cfg.wandb`` (wandb run and
+    checkpoints under ``output_dir``); ``overrides`` replace fields."""
+    from eval_recorder.session import RecordingOptions, new_run_id
+
+    options = dict(
+        video_dir=cfg.recording.video_dir,
+        run_id=cfg.wandb.run_id or new_run_id(),
+        resume=cfg.recording.resume,
+        fps=cfg.recording.fps,
+        max_side=cfg.recording.max_side,
+        overlay=cfg.recording.overlay,
+        wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
+        wandb_project=cfg.wandb.project,
+        wandb_entity=cfg.wandb.entity,
+        wandb_dir=str(output_dir),
+    )
+    options.update(overrides)
+    return RecordingOptions(**options)
+
+
 def env_config(env_cfg, *, seed: int) -> dict[str, Any]:
     """RLlib env_config for ``eval_recorder.envs.make_env`` from an env preset."""
-    config = {key: env_cfg[key] for key in _ENV_KEYS}
+    config = {key: env_cfg[key] for key in ENV_CONFIG_KEYS if key != "seed"}
     config["seed"] = seed
     return config
 

@@ -28,12 +28,12 @@ from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
 from eval_recorder.overlay import label_text
 from eval_recorder.recorder import EpisodeRecorder, RecordedEpisode
 
-__all__ = ["ENV_NAME", "RENDER_MODES", "RecordingRailEnv", "collect_recorded", "make_env", "register_env"]
+__all__ = ["ENV_CONFIG_KEYS", "ENV_NAME", "RENDER_MODES", "RecordingRailEnv", "collect_recorded", "make_env", "register_env"]
 
 ENV_NAME = "eval_recorder_flatland"
 RENDER_MODES = ("human",)
 
-# env_config keys that shape the rail world (passed to flatland's env_generator).
+# env_config keys that shape the rail world (passed to flatland's env_generator) ...
 _GENERATOR_KEYS = (
     "n_agents",
     "x_dim",
@@ -44,6 +44,8 @@ _GENERATOR_KEYS = (
     "malfunction_interval",
     "seed",
 )
+# ... and all keys of the world and its observations (render, fps, ... are recording's).
+ENV_CONFIG_KEYS = (*_GENERATOR_KEYS, "tree_depth", "predictor_depth")
 
 
 def register_env() -> None:

@@ -20,12 +20,12 @@ import os
 import sys
 from pathlib import Path
 
-from eval_recorder.algo_config import UserError, check_config, ppo_config, start_ray
+from eval_recorder.algo_config import UserError, check_config, ppo_config, recording_options, start_ray
 from eval_recorder.api import add_recording
 from eval_recorder.callback import RecordingCallback
 from eval_recorder.envs import register_env
 from eval_recorder.folder_guard import FolderRefused
-from eval_recorder.session import RecordingOptions, RecordingSession, new_run_id
+from eval_recorder.session import RecordingSession
 from eval_recorder.video_store import MANIFEST
 
 __all__ = ["checkpoint_path", "latest_checkpoint", "train_with_recording"]
@@ -66,21 +66,10 @@ def train_with_recording(cfg, output_dir: Path) -> int:
         check_config(cfg)
         if cfg.recording.resume and not cfg.wandb.run_id:
             raise UserError("recording.resume=true needs the id of the run to continue: add wandb.run_id=<run id>.")
-        run_id = cfg.wandb.run_id or new_run_id()
-        options = RecordingOptions(
-            video_dir=cfg.recording.video_dir,
-            run_id=run_id,
-            resume=cfg.recording.resume,
-            fps=cfg.recording.fps,
-            max_side=cfg.recording.max_side,
-            overlay=cfg.recording.overlay,
-            wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
-            wandb_project=cfg.wandb.project,
-            wandb_entity=cfg.wandb.entity,
-            wandb_dir=str(output_dir),
-            config=_plain(cfg),
-            checkpoint_dir=str(output_dir / "checkpoints"),
+        options = recording_options(
+            cfg, output_dir=output_dir, config=_plain(cfg), checkpoint_dir=str(output_dir / "checkpoints")
         )
+        run_id = options.run_id
         session = RecordingSession(options).open()  # refuses a folder in use before Ray starts
     except (UserError, FolderRefused, ValueError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

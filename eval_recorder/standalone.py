@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval_recorder.algo_config import POLICY_ID, UserError, check_config, env_config, evaluation_overrides, start_ray
+from eval_recorder.algo_config import (
+    POLICY_ID,
+    UserError,
+    check_config,
+    env_config,
+    evaluation_overrides,
+    recording_options,
+    start_ray,
+)
 from eval_recorder.envs import ENV_NAME
 
 __all__ = ["CheckpointInfo", "evaluate_checkpoints", "find_checkpoints", "inspect_checkpoint"]
@@ -156,7 +164,7 @@ def _check_spaces(info: CheckpointInfo, env_cfg: dict) -> None:
 def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool) -> int:
     """Evaluate and record every checkpoint at ``checkpoint``; returns the exit code."""
     from eval_recorder.folder_guard import FolderRefused
-    from eval_recorder.session import RecordingOptions, RecordingSession, new_run_id
+    from eval_recorder.session import RecordingSession
 
     try:
         check_config(cfg)
@@ -166,21 +174,9 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
             env_cfg = env_config(cfg.env, seed=cfg.training.seed) if env_overridden else dict(info.config["env_config"])
             _check_spaces(info, env_cfg)
             env_configs.append(env_cfg)
-        run_id = cfg.wandb.run_id or new_run_id()
-        options = RecordingOptions(
-            video_dir=cfg.recording.video_dir,
-            run_id=run_id,
-            resume=cfg.recording.resume,
-            fps=cfg.recording.fps,
-            max_side=cfg.recording.max_side,
-            overlay=cfg.recording.overlay,
-            wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
-            wandb_project=cfg.wandb.project,
-            wandb_entity=cfg.wandb.entity,
-            wandb_dir=str(output_dir),
-            wandb_job_type="eval",
-            config={"checkpoints": [str(info.path) for info in infos]},
-        )
+        options = recording_options(cfg, output_dir=output_dir, wandb_job_type="eval",
+                                    config={"checkpoints": [str(info.path) for info in infos]})
+        run_id = options.run_id
         session = RecordingSession(options).open()
     except (UserError, FolderRefused, ValueError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
