@@ -19,8 +19,10 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from eval_recorder.encoding import StreamingEncoder
+from eval_recorder.overlay import burn_label
 from eval_recorder.rendering import FrameRenderer
 
 __all__ = ["RecordedEpisode", "EpisodeRecorder"]
