@@ -165,6 +165,7 @@ def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:
 def _summary(session: RecordingSession, checkpoint) -> None:
     _say(f"videos written: {len(session.videos)} in {session.video_dir}")
     _say(f"manifest: {session.video_dir / MANIFEST}")
+    _say(f"gallery: {session.gallery_path} (open it in a browser, no server needed)")
     if checkpoint is not None:
         _say(f"checkpoint: {checkpoint}")
     run_dir = session.wandb.run_dir if session.wandb else None

@@ -4,8 +4,8 @@ Holds:
   RecordingOptions   everything the driver needs to store and publish videos. It stays
                      on the driver: env runners never see it (nor the video folder).
   RecordingSession   opens the folder claim and the wandb run, stores each evaluation
-                     round's videos (tagged by the caller) and publishes them; closes
-                     both at the end. Used by periodic and standalone evaluation alike.
+                     round's videos (tagged by the caller), rewrites the offline gallery
+                     and publishes them to wandb; closes both at the end. Used by periodic and standalone evaluation alike.
   register_session() / get_session()   the driver-process registry through which the
                      RLlib callback finds its session by an opaque token.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval_recorder.folder_guard import FolderClaim, claim_folder
+from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import TrainingTag, check_run_id, video_stem
 from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.video_store import VideoStore, read_manifest
@@ -138,11 +139,24 @@ class RecordingSession:
             )
             stored.append(StoredVideo(path, metadata))
         self.videos.extend(stored)
+        self.write_gallery()
         for step in sorted({video.metadata["training_iteration"] for video in stored}):
             at_step = [video for video in stored if video.metadata["training_iteration"] == step]
             self.wandb.log_videos([(v.path, v.metadata) for v in at_step], metrics=evaluation_metrics(at_step),
                                   step=step)
         return stored
+
+    def write_gallery(self) -> Path | None:
+        """Rewrite the folder's offline gallery (index.html); a failure is logged, not raised."""
+        try:
+            return write_gallery(self.claim.path)
+        except OSError as error:
+            logger.warning("could not write the gallery in %s: %s", self.claim.path, error)
+            return None
+
+    @property
+    def gallery_path(self) -> Path:
+        return self.video_dir / GALLERY
 
     def publish_manifest_table(self) -> None:
         """The manifest of this run as a wandb table (``eval/episodes``), one row per video

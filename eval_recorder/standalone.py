@@ -252,3 +252,4 @@ def _print_table(session) -> None:
               f"{m['episode_return']:>9.2f}  {m['agents_arrived']:>3}/{m['num_agents']:<3}  {m['episode_length']:>6}  "
               f"{video.path}", flush=True)
     print(f"videos written: {len(session.videos)} in {session.video_dir}", flush=True)
+    print(f"gallery: {session.gallery_path} (open it in a browser, no server needed)", flush=True)

@@ -41,9 +41,10 @@ def test_main_job_exits_0_and_prints_where_everything_is(main_run):
     assert [line.split(" | ")[0] for line in iteration_lines] == ["iteration 1/2", "iteration 2/2"]
     assert all(line.endswith("videos written 2") for line in iteration_lines)
     (run_dir,) = (tmp / "run" / "wandb").glob("offline-run-*-mainrun")
-    assert lines[-5:] == [
+    assert lines[-6:] == [
         f"videos written: 4 in {videos}",
         f"manifest: {videos / MANIFEST}",
+        f"gallery: {videos / 'index.html'} (open it in a browser, no server needed)",
         f"checkpoint: {tmp / 'run' / 'checkpoints' / 'it000002'}",
         f"wandb run: {run_dir}",
         f"upload it with: wandb sync {run_dir}",
@@ -62,6 +63,8 @@ def test_every_round_arrives_including_the_last(main_run):
 def test_earlier_files_are_byte_for_byte_unchanged_and_taken_names_skipped(main_run):
     _, videos, before, _ = main_run
     after = snapshot(videos)
+    assert "index.html" in after  # the gallery, rewritten after every round: our 4 videos ("old.mp4" has no file)
+    assert (videos / "index.html").read_text().count("<video") == 4
     for name, digest in before.items():
         if name != MANIFEST:
             assert after[name] == digest, name

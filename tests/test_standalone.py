@@ -86,6 +86,7 @@ def test_final_table_lists_every_video_with_its_metrics(single):
             str(videos / record["file"]),
         ]
     assert lines[start + 3] == f"videos written: 2 in {videos}"
+    assert lines[start + 4] == f"gallery: {videos / 'index.html'} (open it in a browser, no server needed)"
     assert "2/2" in proc.stdout and "episode" in proc.stdout  # the progress bar over episodes
 
 
