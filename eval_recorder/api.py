@@ -61,6 +61,7 @@ def add_recording(
         "render": render,
         "fps": session.options.fps,
         "max_side": session.options.max_side,
+        "frame_every": session.options.frame_every,
         "overlay": session.options.overlay,
     }
     # RLlib's env checker resets and steps each new env once; on a recording env that

@@ -116,8 +116,10 @@ class RecordingConfig:
     """Folder for videos, sidecars and manifest (default: inside this run's Hydra output folder)."""
     fps: int = 10
     """Frames per second of the videos."""
-    max_side: int = 0
-    """Longest frame side in pixels (0 = flatland's own size)."""
+    max_side: int = 800
+    """Longest frame side in pixels: larger frames are scaled down (0 = flatland's own size, uncapped)."""
+    frame_every: int = 1
+    """Record every k-th env step (plus the reset frame and the last step); k > 1 gives shorter, cheaper videos."""
     overlay: bool = True
     """Burn a small label into each frame: training iteration, env step of the episode, agents arrived / total."""
     resume: bool = False

@@ -27,6 +27,7 @@ from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
 
 from eval_recorder.overlay import label_text
 from eval_recorder.recorder import EpisodeRecorder, RecordedEpisode
+from eval_recorder.rendering import DEFAULT_MAX_SIDE
 
 __all__ = ["ENV_CONFIG_KEYS", "ENV_NAME", "RENDER_MODES", "RecordingRailEnv", "collect_recorded", "make_env", "register_env"]
 
@@ -71,10 +72,11 @@ def make_env(env_config: dict[str, Any]) -> RayMultiAgentWrapper:
     return RecordingRailEnv(
         rail_env,
         fps=env_config.get("fps", 10),
-        max_side=env_config.get("max_side", 0),
+        max_side=env_config.get("max_side", DEFAULT_MAX_SIDE),
         runner_index=getattr(env_config, "worker_index", 0),
         seed=env_config.get("seed"),
         overlay=env_config.get("overlay", True),
+        frame_every=env_config.get("frame_every", 1),
     )
 
 
@@ -88,11 +90,21 @@ class RecordingRailEnv(RayMultiAgentWrapper):
     """
 
     def __init__(
-        self, rail_env, *, fps: int, max_side: int, runner_index: int, seed: int | None, overlay: bool = True
+        self,
+        rail_env,
+        *,
+        fps: int,
+        max_side: int,
+        runner_index: int,
+        seed: int | None,
+        overlay: bool = True,
+        frame_every: int = 1,
     ) -> None:
         super().__init__(rail_env)  # no render_mode: flatland would open a window
-        self._recorder = EpisodeRecorder(rail_env, fps=fps, max_side=max_side, runner_index=runner_index)
-        self._overlay = overlay  # burned-in label: wired into the recorder once it takes one
+        self._recorder = EpisodeRecorder(
+            rail_env, fps=fps, max_side=max_side, runner_index=runner_index, frame_every=frame_every,
+            label=self._label if overlay else None,
+        )
         self._seeds = np.random.default_rng(seed)
         self._steps = 0
         self._finished: list[RecordedEpisode] = []

@@ -117,6 +117,7 @@ def video_metadata(
         "completion": episode.agents_arrived / episode.num_agents if episode.num_agents else 0.0,
         "episode_return": episode.episode_return,
         "frames": episode.frames,
+        "frame_every": episode.frame_every,
         "fps": episode.fps,
         "width": episode.width,
         "height": episode.height,

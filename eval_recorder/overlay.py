@@ -3,8 +3,9 @@
 Holds:
   label_text()   ``iteration 12 | step 40 | arrived 1/3``: training iteration of the
                  weights, env step of the episode, agents arrived / total.
-  burn_label()   the frame with that text in a dark strip along its bottom edge; the
-                 pixels above the strip are untouched.
+  burn_label()   the RGB frame with that text in a dark strip along its bottom edge;
+                 the pixels above the strip are untouched.
+  burn_label_yuv420p()  the same on a yuv420p frame (what the recorder encodes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["burn_label", "label_text"]
+__all__ = ["burn_label", "burn_label_yuv420p", "label_text", "strip_height"]
 
 
 def label_text(*, training_iteration: int | None, step: int, arrived: int, agents: int) -> str:
@@ -28,17 +29,38 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def strip_height(frame_height: int) -> int:
-    """Height in pixels of the label strip on a frame of ``frame_height`` (legible at any size)."""
-    return max(14, frame_height // 20)
+    """Height in pixels (even) of the label strip on a frame of ``frame_height``."""
+    height = max(14, frame_height // 20)
+    return height + height % 2
+
+
+def _band(width: int, height: int, text: str) -> np.ndarray:
+    strip = strip_height(height)
+    band = Image.new("RGB", (width, strip), (20, 20, 20))
+    ImageDraw.Draw(band).text((4, strip // 2), text, fill=(255, 255, 255), font=_font(max(10, strip - 4)), anchor="lm")
+    return np.asarray(band)
 
 
 def burn_label(frame: np.ndarray, text: str) -> np.ndarray:
     """A copy of the RGB ``frame`` with ``text`` in white on a dark strip at the bottom."""
     height, width = frame.shape[:2]
-    strip = strip_height(height)
-    font = _font(max(10, strip - 4))
-    band = Image.new("RGB", (width, strip), (20, 20, 20))
-    ImageDraw.Draw(band).text((4, strip // 2), text, fill=(255, 255, 255), font=font, anchor="lm")
     labelled = frame.copy()
-    labelled[height - strip :] = np.asarray(band)
+    labelled[height - strip_height(height) :] = _band(width, height, text)
+    return labelled
+
+
+def burn_label_yuv420p(frame: np.ndarray, text: str) -> np.ndarray:
+    """A copy of the yuv420p ``frame`` ((h * 3 / 2, w) planes) with the label strip of
+    ``burn_label``: the strip is drawn in RGB, converted as the renderer converts, and
+    replaces the bottom rows of the three planes."""
+    from eval_recorder.rendering import _planes, _yuv420p
+
+    width, height = frame.shape[1], frame.shape[0] * 2 // 3
+    strip = strip_height(height)
+    labelled = frame.copy()
+    y, u, v = _planes(labelled, width, height)
+    band_y, band_u, band_v = _planes(_yuv420p(_band(width, height, text)), width, strip)
+    y[height - strip :] = band_y
+    u[(height - strip) // 2 :] = band_u
+    v[(height - strip) // 2 :] = band_v
     return labelled

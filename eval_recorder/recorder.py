@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from eval_recorder.encoding import StreamingEncoder
-from eval_recorder.overlay import burn_label
+from eval_recorder.overlay import burn_label_yuv420p
 from eval_recorder.rendering import FrameRenderer
+from eval_recorder.scratch import new_episode_file, remove_orphans
 
 __all__ = ["RecordedEpisode", "EpisodeRecorder"]
 
@@ -59,10 +58,22 @@ class EpisodeRecorder:
     faster and cheaper (fewer frames rendered and encoded).
     """
 
-    def __init__(self, rail_env, *, fps: int, max_side: int, runner_index: int, frame_every: int = 1) -> None:
+    def __init__(
+        self,
+        rail_env,
+        *,
+        fps: int,
+        max_side: int,
+        runner_index: int,
+        frame_every: int = 1,
+        label: Callable[[], str] | None = None,
+    ) -> None:
+        """``label``, if given, returns the text burned into each frame as it is captured."""
         if frame_every < 1:
             raise ValueError(f"frame_every must be >= 1, got {frame_every}")
+        remove_orphans()  # unfinished episodes of eval runners that died on this machine
         self._renderer = FrameRenderer(rail_env, max_side=max_side)
+        self._label = label
         self._fps = fps
         self._frame_every = frame_every
         self._runner_index = runner_index
@@ -80,11 +91,9 @@ class EpisodeRecorder:
         """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
         self.discard()
         self._renderer.new_episode()
-        frame = self._renderer.render_yuv420p()
+        frame = self._frame()
         height, width = frame.shape[0] * 2 // 3, frame.shape[1]
-        fd, tmp = tempfile.mkstemp(prefix="eval-recorder-episode-", suffix=".mp4")
-        os.close(fd)
-        self._encoder = StreamingEncoder(Path(tmp), width=width, height=height, fps=self._fps)
+        self._encoder = StreamingEncoder(new_episode_file(), width=width, height=height, fps=self._fps)
         self._seed = env_seed
         self._steps = 0
         self._last_step_skipped = False
@@ -97,7 +106,12 @@ class EpisodeRecorder:
         self._steps += 1
         self._last_step_skipped = self._steps % self._frame_every != 0
         if not self._last_step_skipped:
-            self._encoder.add_yuv420p(self._renderer.render_yuv420p())
+            self._encoder.add_yuv420p(self._frame())
+
+    def _frame(self):
+        """The yuv420p frame of the env's current state, labelled if a label is set."""
+        frame = self._renderer.render_yuv420p()
+        return frame if self._label is None else burn_label_yuv420p(frame, self._label())
 
     def finish(
         self, *, weights_seq_no: int, episode_length: int, num_agents: int, agents_arrived: int, episode_return: float
@@ -107,7 +121,7 @@ class EpisodeRecorder:
             raise RuntimeError("finish() without a recording in progress")
         if self._last_step_skipped:
             # The env still shows the last step: a reset would have discarded this recording.
-            self._encoder.add_yuv420p(self._renderer.render_yuv420p())
+            self._encoder.add_yuv420p(self._frame())
             self._last_step_skipped = False
         encoder, self._encoder = self._encoder, None
         try:

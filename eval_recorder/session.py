@@ -48,8 +48,10 @@ class RecordingOptions:
     """Continue run ``run_id`` in its own folder (appends; never overwrites)."""
     fps: int = 10
     """Frames per second of the videos."""
-    max_side: int = 0
+    max_side: int = 800
     """Longest frame side in pixels; 0 keeps flatland's size."""
+    frame_every: int = 1
+    """Record every k-th env step (plus the reset frame and the last step)."""
     overlay: bool = True
     """Burn a label (iteration, episode step, agents arrived) into each frame."""
     wandb_mode: str = "offline"

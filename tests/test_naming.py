@@ -84,7 +84,7 @@ def test_metadata_has_every_field_with_exact_values():
     assert metadata == {
         "file": "f.mp4", "training_iteration": 12, "env_steps": 4800, "evaluation_round": 3, "episode_index": 1,
         "env_seed": 77, "episode_length": 41, "num_agents": 3, "agents_arrived": 2, "completion": 2 / 3,
-        "episode_return": -12.5, "frames": 42, "fps": 10, "width": 484, "height": 484, "run_id": "abc123",
+        "episode_return": -12.5, "frames": 42, "frame_every": 1, "fps": 10, "width": 484, "height": 484, "run_id": "abc123",
         "checkpoint": None, "created": "2026-01-01T00:00:00+00:00", "bytes": 12, "sha256": "ff",
         "weights_seq_no": 3, "runner": {"index": 1, "host": "nodeA", "pid": 4242},
     }

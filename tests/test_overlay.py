@@ -40,3 +40,23 @@ def test_an_eval_runner_labels_with_the_iteration_of_the_weights_it_holds():
     assert env.label_iteration == 3
     env.reset(seed=1)
     assert env._label() == "iteration 3 | step 0 | arrived 0/2"
+
+
+def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered():
+    from eval_recorder.overlay import burn_label_yuv420p
+    from eval_recorder.recorder import EpisodeRecorder
+    from eval_recorder.rendering import FrameRenderer
+
+    env = make_env(SMALL)
+    env.reset(seed=5)
+    rail_env = env.wrap()
+    plain = FrameRenderer(rail_env).render_yuv420p().copy()
+    off = EpisodeRecorder(rail_env, fps=10, max_side=800, runner_index=0)._frame()
+    text = "iteration 1 | step 0 | arrived 0/2"
+    on = EpisodeRecorder(rail_env, fps=10, max_side=800, runner_index=0, label=lambda: text)._frame()
+    height = plain.shape[0] * 2 // 3
+    strip = strip_height(height)
+    assert np.array_equal(off, plain)  # overlay off: pixel-identical to the renderer's frame
+    assert np.array_equal(on, burn_label_yuv420p(plain, text))
+    assert np.array_equal(on[: height - strip], plain[: height - strip])  # luma above the strip untouched
+    assert not np.array_equal(on[height - strip : height], plain[height - strip : height])
