@@ -346,9 +346,10 @@ class _Scene:
     """The static layers of one episode, and the per-step compositing of the trains.
 
     flatland's layers, bottom to top: 0 rails and scenery (opaque), 1 predictions (unused),
-    2 stations, 3 trains, 4 selected agent (unused), 5 selected station. ``_below`` is
-    layers 0-2 composited, ``_static`` all layers without trains (RGB); a step copies
-    ``_static`` and recomposites only the boxes the trains were drawn into.
+    2 stations, 3 trains, 4 selected agent (unused), 5 selected station. Kept as arrays:
+    ``_below_px`` (layers 0-2 composited), ``_stations_px`` (2), ``_trains`` (3),
+    ``_selected_px`` (5), and ``_static`` / ``_static_yuv``, the frame without trains. A
+    step copies the static frame and recomposites only the boxes the trains were drawn into.
     """
 
     def __init__(self, rail_env, geometry: _Geometry, tiles: _Tiles, max_side: int) -> None:
@@ -357,21 +358,22 @@ class _Scene:
         self._tiles = tiles
         tiles.colors = min(len(_AGENT_COLORS), max(1, rail_env.get_num_agents()))
         size = (geometry.width_px, geometry.height_px)
-        self._rails = _layer(size, 255)
-        stations_layer = _layer(size, 0)
+        self._rails = _layer(size, 255)  # PIL layers while the static picture is drawn
+        stations = _layer(size, 0)
         self._selected = _layer(size, 0)
-        self._trains = np.array(_layer(size, 0))  # layer 3, drawn as PIL would, in numpy
-        self._draw_rails(stations_layer)
+        self._draw_rails(stations)
         tiles.release_files()
-        self._stations = stations_layer
-        self._below = Image.alpha_composite(self._rails, stations_layer)
-        self._below_px = np.asarray(self._below)
-        self._selected_px = np.asarray(self._selected)
+        below = Image.alpha_composite(self._rails, stations)
+        del self._rails
+        static = Image.alpha_composite(below, self._selected).convert("RGB")
+        self._below_px, self._stations_px = np.array(below), np.array(stations)
+        self._selected_px = np.array(self._selected)
+        del self._selected, below, stations
+        self._trains = np.array(_layer(size, 0))  # layer 3, drawn as PIL would, in numpy
         width, height = even_size(geometry.width_px, geometry.height_px)
         self._even = (width, height)
         self._out_size = even_size(*_scaled(width, height, max_side))
-        static = Image.alpha_composite(self._below, self._selected).convert("RGB")
-        self._static = np.ascontiguousarray(np.asarray(static)[:height, :width])
+        self._static = np.array(static)[:height, :width].copy()
         self._static_yuv = _yuv420p(self._static) if self._out_size == self._even else None
         self._rail_grid = rail_env.rail.grid
 
@@ -518,8 +520,7 @@ class _Scene:
             box = self._cell_box(row, col, margin=0)
             _paste_pixels(self._trains, tile, box)
             if self._rail_grid[row, col] == 0:  # a train off the rails: flatland whitens the cell
-                self._paste(self._rails, self._tiles.white(), row, col)
-                self._refresh_static(box)
+                self._whiten(box)
             if agent.malfunction_handler.malfunction_down_counter > 0:
                 box = self._cell_box(row, col, margin=2)
                 self._draw_malfunction(row, col, box)
@@ -535,15 +536,16 @@ class _Scene:
         ImageDraw.Draw(mask).line([(x * cell - x0, y * cell - y0) for x, y in corners], fill=255, width=2)
         self._trains[y0:y1, x0:x1][np.asarray(mask) > 0] = (0, 0, 0, 255)
 
-    def _refresh_static(self, box) -> None:
-        """Layer 0 changed inside ``box``: recomposite the static picture there."""
-        below = Image.alpha_composite(self._rails.crop(box), self._stations.crop(box))
-        self._below.paste(below, box)
-        self._below_px = np.asarray(self._below)
-        static = Image.alpha_composite(self._below, self._selected).convert("RGB")
+    def _whiten(self, box: tuple[int, int, int, int]) -> None:
+        """PILSVG.set_agent_at under a train off the rails: an opaque white tile on layer 0, for good."""
+        x0, y0, x1, y1 = box
+        below = Image.alpha_composite(self._tiles.white(), Image.fromarray(self._stations_px[y0:y1, x0:x1]))
+        self._below_px[y0:y1, x0:x1] = np.asarray(below)
+        static = Image.alpha_composite(below, Image.fromarray(self._selected_px[y0:y1, x0:x1])).convert("RGB")
         width, height = self._even
-        self._static = np.ascontiguousarray(np.asarray(static)[:height, :width])
-        self._static_yuv = _yuv420p(self._static) if self._static_yuv is not None else None
+        self._static[y0 : min(y1, height), x0 : min(x1, width)] = np.asarray(static)[: height - y0, : width - x0]
+        if self._static_yuv is not None:
+            self._static_yuv = _yuv420p(self._static)
 
     def _cell_box(self, row: int, col: int, *, margin: int) -> tuple[int, int, int, int]:
         g = self._geometry
