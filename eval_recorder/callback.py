@@ -155,13 +155,10 @@ class RecordingCallback(RLlibCallback):
             )
             for episode in per_runner or []
         ]
-        if not recorded:
-            return 0
         recorded.sort(key=lambda e: (e.runner_index, e.runner_sequence))
         env_steps_now = int(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
         tagged = [(e, self._history.tag_for(e.weights_seq_no, env_steps_now=env_steps_now)) for e in recorded]
-        self.session().publish_round(tagged)
-        return len(tagged)
+        return len(self.session().publish_round(tagged))
 
     @override(RLlibCallback)
     def on_train_result(self, *, algorithm, result: dict, **kwargs) -> None:

@@ -105,7 +105,7 @@ class EvaluationConfig:
     render: Optional[str] = "human"
     """Record evaluation episodes: human = render off-screen frames into videos; null = no recording."""
     runner_resources: dict[str, float] = field(default_factory=dict)
-    """Custom Ray resources each eval runner needs, e.g. {eval_node:1} pins eval runners to nodes offering it."""
+    """Custom Ray resources each eval runner needs: +evaluation.runner_resources={eval_node:1} pins eval runners to nodes offering eval_node."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ Run ``python -m eval_recorder.options_doc`` to print the Markdown table.
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 import inspect
 from enum import Enum
@@ -68,7 +69,9 @@ def _type_name(field: dataclasses.Field) -> str:
     enum = getattr(config_module, str(field.type), None)
     if isinstance(enum, type) and issubclass(enum, Enum):
         return "/".join(member.value for member in enum)
-    return str(field.type).replace("Optional[", "").replace("]", "").replace("[int", "[int]")
+    name = str(field.type)
+    optional = re.fullmatch(r"Optional\[(.*)\]", name)
+    return optional.group(1) if optional else name
 
 
 def option_rows() -> list[tuple[str, str, str, str]]:

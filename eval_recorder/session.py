@@ -130,7 +130,9 @@ class RecordingSession:
         """Store one evaluation round's videos in the folder, then log them to wandb."""
         if self.store is None:
             raise RuntimeError("publish_round() before open()")
-        self.evaluation_round += 1
+        self.evaluation_round += 1  # also for a round that recorded nothing (e.g. its runner died)
+        if not episodes:
+            return []
         stored = []
         for index, (episode, tag) in enumerate(episodes):
             stem = video_stem(tag=tag, evaluation_round=self.evaluation_round, episode_index=index,
