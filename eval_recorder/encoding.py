@@ -88,7 +88,8 @@ class StreamingEncoder:
         self._log = tempfile.TemporaryFile(prefix="eval-recorder-encoder-")
         arguments = [str(self.path), str(width), str(height), str(fps), str(crf), preset, str(threads)]
         self._process = subprocess.Popen(
-            [sys.executable, "-I", str(Path(__file__).resolve()), *arguments],
+            # -P: this file's folder (the package) is not put on sys.path; the process imports only PyAV.
+            [sys.executable, "-P", str(Path(__file__).resolve()), *arguments],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
@@ -254,5 +255,5 @@ def _main(arguments: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the encoder process: python -I encoding.py PATH WIDTH HEIGHT FPS CRF PRESET THREADS
+if __name__ == "__main__":  # the encoder process: python -P encoding.py PATH WIDTH HEIGHT FPS CRF PRESET THREADS
     sys.exit(_main(sys.argv[1:]))

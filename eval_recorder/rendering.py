@@ -8,6 +8,8 @@ Holds:
   frames_rendered    how many frames this process has rendered: lets a test prove
                      that training env runners never render.
   DEFAULT_MAX_SIDE   the default cap on the longest frame side, in pixels.
+  rgb_to_yuv420p     RGB → the yuv420p the encoder takes (what render_yuv420p uses).
+  paste_rows_yuv420p put RGB rows (e.g. a burned-in label strip) into a yuv420p frame.
 
 Why not call RenderTool per step: it loads and recolours every tile image at full size
 (~2 s and ~200 MB per RenderTool), resizes a 300 px tile for every cell it draws
@@ -38,7 +40,7 @@ from PIL import Image, ImageDraw
 
 from eval_recorder.encoding import even_size
 
-__all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer", "frames_rendered"]
+__all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer", "frames_rendered", "paste_rows_yuv420p", "rgb_to_yuv420p"]
 
 DEFAULT_MAX_SIDE = 800
 """Default cap on the longest frame side. Flatland sizes its picture for an 800x600
@@ -374,7 +376,7 @@ class _Scene:
         self._even = (width, height)
         self._out_size = even_size(*_scaled(width, height, max_side))
         self._static = np.array(static)[:height, :width].copy()
-        self._static_yuv = _yuv420p(self._static) if self._out_size == self._even else None
+        self._static_yuv = rgb_to_yuv420p(self._static) if self._out_size == self._even else None
         self._rail_grid = rail_env.rail.grid
 
     def render(self) -> np.ndarray:
@@ -388,13 +390,14 @@ class _Scene:
 
     def render_yuv420p(self) -> np.ndarray:
         if self._static_yuv is None:  # scaled frames: no cheap per-cell update
-            return _yuv420p(self.render())
+            return rgb_to_yuv420p(self.render())
         width, height = self._even
         frame = self._static_yuv.copy()
         y_plane, u_plane, v_plane = _planes(frame, width, height)
         for boxes, rgb in self._changed_boxes():
             count, box_height, box_width = rgb.shape[:3]
-            y, u, v = _planes(_yuv420p(rgb.reshape(count * box_height, box_width, 3)), box_width, count * box_height)
+            stacked = rgb_to_yuv420p(rgb.reshape(count * box_height, box_width, 3))
+            y, u, v = _planes(stacked, box_width, count * box_height)
             rows, cols = _box_indices(boxes, box_height, box_width)
             y_plane[rows, cols] = y.reshape(count, box_height, box_width)
             rows, cols = _box_indices(boxes // 2, box_height // 2, box_width // 2)
@@ -545,7 +548,7 @@ class _Scene:
         width, height = self._even
         self._static[y0 : min(y1, height), x0 : min(x1, width)] = np.asarray(static)[: height - y0, : width - x0]
         if self._static_yuv is not None:
-            self._static_yuv = _yuv420p(self._static)
+            self._static_yuv = rgb_to_yuv420p(self._static)
 
     def _cell_box(self, row: int, col: int, *, margin: int) -> tuple[int, int, int, int]:
         g = self._geometry
@@ -586,7 +589,7 @@ def _distance_to_stations(width: int, height: int, stations) -> np.ndarray:
     return grid
 
 
-def _yuv420p(rgb: np.ndarray) -> np.ndarray:
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """RGB (h, w, 3) uint8 with even sides → yuv420p (h * 3 // 2, w): BT.601, limited range.
 
     Chroma is the BT.601 chroma of each 2x2 block's mean colour. Luma is then chosen per
@@ -616,6 +619,26 @@ def _yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 
 _BAND_ROWS = 64  # even
+_yuv420p = rgb_to_yuv420p  # the name overlay.burn_label_yuv420p imports
+
+
+def paste_rows_yuv420p(frame: np.ndarray, top: int, rgb_rows: np.ndarray) -> None:
+    """Overwrite rows ``top ..`` of the yuv420p ``frame`` (h * 3 // 2, w) with ``rgb_rows`` (n, w, 3).
+
+    ``top`` and ``n`` must be even (4:2:0 chroma covers 2x2 pixels). For a label strip
+    burned into recorded frames: only the strip is converted, not the frame.
+    """
+    rows, width = rgb_rows.shape[:2]
+    height = frame.shape[0] * 2 // 3
+    if top % 2 or rows % 2 or top < 0 or top + rows > height or width != frame.shape[1]:
+        raise ValueError(
+            f"rows {top}..{top + rows} of width {width} do not fit a {frame.shape[1]}x{height} frame evenly"
+        )
+    y_plane, u_plane, v_plane = _planes(frame, width, height)
+    y, u, v = _planes(rgb_to_yuv420p(rgb_rows), width, rows)
+    y_plane[top : top + rows] = y
+    u_plane[top // 2 : (top + rows) // 2] = u
+    v_plane[top // 2 : (top + rows) // 2] = v
 
 
 def _paste_pixels(layer: np.ndarray, tile: np.ndarray, box: tuple[int, int, int, int]) -> None:

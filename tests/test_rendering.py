@@ -11,7 +11,13 @@ import pytest
 
 from eval_recorder.encoding import StreamingEncoder
 from eval_recorder.recorder import EpisodeRecorder
-from eval_recorder.rendering import DEFAULT_MAX_SIDE, FrameRenderer, frames_rendered
+from eval_recorder.rendering import (
+    DEFAULT_MAX_SIDE,
+    FrameRenderer,
+    frames_rendered,
+    paste_rows_yuv420p,
+    rgb_to_yuv420p,
+)
 
 STEPS = 40
 SEED = 7
@@ -95,6 +101,7 @@ def test_yuv420p_frames_are_the_rgb_frames(episode):
     for rgb, yuv, _ in episode["states"]:
         height, width = rgb.shape[:2]
         assert yuv.shape == (height * 3 // 2, width) and yuv.dtype == np.uint8
+        assert np.array_equal(yuv, rgb_to_yuv420p(rgb))  # per-cell updates == converting the whole frame
         back = av.VideoFrame.from_ndarray(yuv, format="yuv420p").to_ndarray(format="rgb24")
         assert psnr(back, rgb) >= 30.0  # what 4:2:0 chroma subsampling alone costs, no codec yet
 
@@ -113,6 +120,18 @@ def test_decoded_mp4_is_within_30_db_of_the_frames_given_to_the_encoder(episode,
     for (rgb, yuv, _), (decoded_yuv, decoded_rgb) in zip(states, decoded):
         assert psnr(decoded_yuv, yuv) >= 30.0  # the frames as given to the encoder
         assert psnr(decoded_rgb, rgb) >= 30.0  # and as rendered, before 4:2:0
+
+
+def test_paste_rows_yuv420p_replaces_just_those_rows(episode):
+    rgb, yuv, _ = episode["states"][-1]
+    strip = np.full((24, rgb.shape[1], 3), (20, 20, 20), dtype=np.uint8)
+    labelled = yuv.copy()
+    paste_rows_yuv420p(labelled, 460, strip)
+    expected = rgb.copy()
+    expected[460:] = strip
+    assert np.array_equal(labelled, rgb_to_yuv420p(expected))
+    with pytest.raises(ValueError, match="do not fit"):
+        paste_rows_yuv420p(labelled, 461, strip)
 
 
 def test_max_side_scales_flatland_frame_down_to_even_sides(episode):
