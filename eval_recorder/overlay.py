@@ -51,16 +51,10 @@ def burn_label(frame: np.ndarray, text: str) -> np.ndarray:
 
 def burn_label_yuv420p(frame: np.ndarray, text: str) -> np.ndarray:
     """A copy of the yuv420p ``frame`` ((h * 3 / 2, w) planes) with the label strip of
-    ``burn_label``: the strip is drawn in RGB, converted as the renderer converts, and
-    replaces the bottom rows of the three planes."""
-    from eval_recorder.rendering import _planes, _yuv420p
+    ``burn_label``: only the strip is drawn in RGB and converted, as the renderer converts."""
+    from eval_recorder.rendering import paste_rows_yuv420p
 
     width, height = frame.shape[1], frame.shape[0] * 2 // 3
-    strip = strip_height(height)
     labelled = frame.copy()
-    y, u, v = _planes(labelled, width, height)
-    band_y, band_u, band_v = _planes(_yuv420p(_band(width, height, text)), width, strip)
-    y[height - strip :] = band_y
-    u[(height - strip) // 2 :] = band_u
-    v[(height - strip) // 2 :] = band_v
+    paste_rows_yuv420p(labelled, height - strip_height(height), _band(width, height, text))
     return labelled

@@ -619,9 +619,6 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 
 _BAND_ROWS = 64  # even
-_yuv420p = rgb_to_yuv420p  # the name overlay.burn_label_yuv420p imports
-
-
 def paste_rows_yuv420p(frame: np.ndarray, top: int, rgb_rows: np.ndarray) -> None:
     """Overwrite rows ``top ..`` of the yuv420p ``frame`` (h * 3 // 2, w) with ``rgb_rows`` (n, w, 3).
 
