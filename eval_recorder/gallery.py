@@ -23,13 +23,12 @@ from __future__ import annotations
 import html
 import logging
 import os
-import tempfile
 from itertools import groupby
 from pathlib import Path
 from urllib.parse import quote
 
 from eval_recorder.naming import caption
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_store import fsync_dir, read_manifest, write_temporary
 
 __all__ = ["GALLERY", "render_gallery", "write_gallery"]
 
@@ -132,22 +131,13 @@ def write_gallery(folder: Path) -> Path:
                    len(records) - len(present), len(records))
     data = render_gallery(present).encode()
     path = folder / GALLERY
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{GALLERY}.", suffix=".tmp")
+    tmp = write_temporary(folder, GALLERY, data)
     try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(folder)
     return path
 
 

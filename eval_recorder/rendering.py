@@ -440,7 +440,7 @@ class _Scene:
     # -- static picture: RenderLocal.update_background + render_env_svg's rail loop --
 
     def _draw_rails(self, stations_layer: Image.Image) -> None:
-        env, tiles, cell = self._env, self._tiles, self._geometry.cell_px
+        env, tiles = self._env, self._tiles
         stations = _stations(env)
         distance = _distance_to_stations(env.width, env.height, stations)
         grid = env.rail.grid

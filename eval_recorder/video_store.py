@@ -5,6 +5,8 @@ Holds:
   VideoStore        writes an mp4 + its JSON sidecar under a name no file has, each
                     complete before it appears, and appends the manifest line.
   read_manifest()   the records of a folder's manifest.
+  write_temporary() / fsync_dir()   the flushed hidden temporary file and the folder
+                    flush that every atomic write here is made of.
 
 How a file appears: its bytes go to a hidden temporary name in the same folder, are
 flushed to disk, then a hard link gives them the final name (``os.link`` fails if the
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from eval_recorder.naming import numbered_stem, video_metadata
 
-__all__ = ["MANIFEST", "VideoStore", "read_manifest"]
+__all__ = ["MANIFEST", "VideoStore", "fsync_dir", "read_manifest", "write_temporary"]
 
 MANIFEST = "manifest.jsonl"
 _MAX_NAME_ATTEMPTS = 10_000
@@ -88,21 +90,14 @@ class VideoStore:
 
     def _publish(self, data: bytes, final: Path) -> bool:
         """Make ``data`` appear complete at ``final``; False (nothing changed) if taken."""
-        fd, tmp_name = tempfile.mkstemp(dir=self.folder, prefix=f".{final.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
+        tmp = write_temporary(self.folder, final.name, data)
         try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                return False
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
         finally:
             tmp.unlink()  # our own temporary name; the data lives on under `final`
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return True
 
     def _append_manifest(self, metadata: dict) -> None:
@@ -115,7 +110,25 @@ class VideoStore:
             os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def write_temporary(folder: Path, name: str, data: bytes) -> Path:
+    """``data``, flushed to disk, under a new hidden temporary name for ``name`` in
+    ``folder`` (``.<name>.<random>.tmp``, mode 0644); nothing is left if writing fails."""
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (new names) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
