@@ -36,7 +36,6 @@ POLICY_ID = "p0"  # one policy shared by all trains
 EVAL_RUNNER_RECOVERY_SECONDS = 60.0
 
 
-
 class UserError(Exception):
     """What the user asked for cannot work; the message says what to do instead."""
 

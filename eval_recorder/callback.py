@@ -168,7 +168,7 @@ class RecordingCallback(RLlibCallback):
         self._history.record(
             weights_seq_no=_learner_weights_version(algorithm), training_iteration=iteration, env_steps=env_steps
         )
-        metrics = {"training_iteration": iteration, "env_steps": env_steps}
+        metrics = {"env_steps": env_steps}  # the sink adds training_iteration, the step metric
         train_return = result.get(ENV_RUNNER_RESULTS, {}).get("episode_return_mean")
         if train_return is not None:
             metrics["train/return_mean"] = float(train_return)

@@ -192,11 +192,10 @@ class RecordingSession:
 
 
 def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:
-    """Means over one round's episodes, under ``eval/``."""
+    """Means over one round's episodes, under ``eval/`` (the sink adds ``training_iteration``)."""
     count = len(videos)
     metadata = [video.metadata for video in videos]
     return {
-        "training_iteration": metadata[0]["training_iteration"],
         "env_steps": metadata[0]["env_steps"],
         "eval/return_mean": sum(m["episode_return"] for m in metadata) / count,
         "eval/completion_rate": sum(m["completion"] for m in metadata) / count,

@@ -162,6 +162,7 @@ def test_wandb_offline_run_has_every_video_once_at_its_iteration(serial_run):
     eval_rows = [row for row in rows if "eval/completion_rate" in row]
     assert [row["_step"] for row in eval_rows] == [1, 2]
     for row in eval_rows:
+        assert row["training_iteration"] == row["_step"]  # the step metric, in every row
         videos = [m for m in read_manifest(tmp / "videos") if m["training_iteration"] == row["_step"]]
         assert row["eval/completion_rate"] == sum(m["completion"] for m in videos) / 2
         assert row["eval/return_mean"] == sum(m["episode_return"] for m in videos) / 2

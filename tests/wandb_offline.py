@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -44,15 +45,27 @@ def _payloads(data: bytes):
             pending = b""
 
 
-def run_records(run_dir: Path) -> list:
-    """Every ``wandb_internal_pb2.Record`` of the offline run in ``run_dir``, in order."""
-    (log,) = Path(run_dir).glob("run-*.wandb")
+def _read_records(log: Path) -> list:
     records = []
     for payload in _payloads(log.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
         records.append(record)
     return records
+
+
+def run_records(run_dir: Path, *, wait_s: float = 15.0) -> list:
+    """Every ``wandb_internal_pb2.Record`` of the offline run in ``run_dir``, in order.
+
+    wandb's service writes the log asynchronously, also after ``finish()`` returned: wait
+    (up to ``wait_s``) for the ``exit`` record, which a finished run writes last."""
+    (log,) = Path(run_dir).glob("run-*.wandb")
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _read_records(log)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
 
 
 def history_rows(run_dir: Path) -> list[dict]:
