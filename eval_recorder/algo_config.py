@@ -8,6 +8,7 @@ Holds:
   recording_options()  the driver's RecordingOptions from the config.
   ppo_config()     the PPO config: shared policy for all trains, training and
                    evaluation settings.
+  evaluation_settings()   the arguments of AlgorithmConfig.evaluation() (training and standalone).
   evaluation_overrides()  the RLlib evaluation_config of ``cfg.evaluation``.
   start_ray()      a local Ray, or joins the cluster at ``ray.address``.
 """
@@ -25,7 +26,14 @@ from eval_recorder.callback import TRAINING_RENDER_REFUSED
 from eval_recorder.envs import ENV_CONFIG_KEYS, ENV_NAME, RENDER_MODES
 
 __all__ = [
-    "POLICY_ID", "UserError", "check_config", "env_config", "evaluation_overrides", "ppo_config", "recording_options",
+    "POLICY_ID",
+    "UserError",
+    "check_config",
+    "env_config",
+    "evaluation_overrides",
+    "evaluation_settings",
+    "ppo_config",
+    "recording_options",
     "start_ray",
 ]
 
@@ -124,19 +132,26 @@ def ppo_config(cfg) -> PPOConfig:
             num_epochs=training.num_epochs,
             lr=training.lr,
         )
-        .evaluation(
-            evaluation_interval=evaluation.interval,
-            evaluation_duration=evaluation.episodes,
-            evaluation_duration_unit="episodes",
-            evaluation_num_env_runners=evaluation.num_env_runners,
-            evaluation_parallel_to_training=evaluation.parallel_to_training,
-            evaluation_config=evaluation_overrides(cfg),
-            # An eval runner that died is restarted by Ray (RLlib's default
-            # restart_failed_env_runners=True), but without a wait RLlib skips every round
-            # that starts before the new runner is up. Wait this long for it instead.
-            evaluation_unhealthy_workers_timeout_s=EVAL_RUNNER_RECOVERY_SECONDS,
-        )
+        .evaluation(**evaluation_settings(cfg, interval=evaluation.interval, parallel=evaluation.parallel_to_training))
         .debugging(seed=training.seed)
+    )
+
+
+def evaluation_settings(cfg, *, interval: int, parallel: bool) -> dict[str, Any]:
+    """Keyword arguments of ``AlgorithmConfig.evaluation()`` for ``cfg.evaluation``: evaluate
+    every ``interval`` iterations (``parallel`` to training or after it) for
+    ``evaluation.episodes`` episodes, and wait for a restarted eval runner."""
+    return dict(
+        evaluation_interval=interval,
+        evaluation_duration=cfg.evaluation.episodes,
+        evaluation_duration_unit="episodes",
+        evaluation_num_env_runners=cfg.evaluation.num_env_runners,
+        evaluation_parallel_to_training=parallel,
+        evaluation_config=evaluation_overrides(cfg),
+        # An eval runner that died is restarted by Ray (RLlib's default
+        # restart_failed_env_runners=True), but without a wait RLlib skips every round
+        # that starts before the new runner is up. Wait this long for it instead.
+        evaluation_unhealthy_workers_timeout_s=EVAL_RUNNER_RECOVERY_SECONDS,
     )
 
 

@@ -5,7 +5,8 @@ Holds:
                      on the driver: env runners never see it (nor the video folder).
   RecordingSession   opens the folder claim and the wandb run, stores each evaluation
                      round's videos (tagged by the caller), rewrites the offline gallery
-                     and publishes them to wandb; closes both at the end. Used by periodic and standalone evaluation alike.
+                     and publishes them to wandb; closes both at the end. Used by
+                     periodic and standalone evaluation alike.
   register_session() / get_session()   the driver-process registry through which the
                      RLlib callback finds its session by an opaque token.
 """

@@ -29,7 +29,7 @@ from eval_recorder.algo_config import (
     UserError,
     check_config,
     env_config,
-    evaluation_overrides,
+    evaluation_settings,
     recording_options,
     start_ray,
 )
@@ -230,14 +230,7 @@ def _build(cfg, info: CheckpointInfo, env_cfg: dict, session):
     config = (
         config.environment(env_config=env_cfg)
         .env_runners(num_env_runners=0)
-        .evaluation(
-            evaluation_interval=1,
-            evaluation_duration=cfg.evaluation.episodes,
-            evaluation_duration_unit="episodes",
-            evaluation_num_env_runners=cfg.evaluation.num_env_runners,
-            evaluation_parallel_to_training=False,
-            evaluation_config=evaluation_overrides(cfg),
-        )
+        .evaluation(**evaluation_settings(cfg, interval=1, parallel=False))
     )
     config = add_recording(config, session, render=cfg.evaluation.render or "human")
     return config.build_algo()
