@@ -5,7 +5,7 @@
     python run_eval.py checkpoint=PATH      # evaluate and record a saved checkpoint (or a run folder of them)
     python run_eval.py --help               # every option with its documentation
 
-Options are documented in eval_recorder/config.py (the schema) and in README.md.
+Options are documented in eval_recorder/app/config.py (the schema) and in README.md.
 """
 
 import sys
@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from eval_recorder.config import register_configs
+from eval_recorder.app.config import register_configs
 
 register_configs()
 
@@ -30,11 +30,11 @@ def main(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if cfg.checkpoint is None:
-        from eval_recorder.main_job import train_with_recording
+        from eval_recorder.app.main_job import train_with_recording
 
         code = train_with_recording(cfg, output_dir)
     else:
-        from eval_recorder.standalone import evaluate_checkpoints
+        from eval_recorder.app.standalone import evaluate_checkpoints
 
         env_overridden = any(o.split("=")[0].lstrip("+~").split(".")[0] == "env" for o in hydra_cfg.overrides.task)
         code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)

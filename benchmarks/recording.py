@@ -80,7 +80,7 @@ def _make_env(agents: int, size: int, seed: int):
     from flatland.envs.predictions import ShortestPathPredictorForRailEnv
     from flatland.ml.observations.flatten_tree_observation_for_rail_env import FlattenedNormalizedTreeObsForRailEnv
 
-    # The observation builder eval_recorder.envs.make_env uses, so env steps cost what they cost there.
+    # The observation builder eval_recorder.flatland.envs.make_env uses, so env steps cost what they cost there.
     obs_builder = FlattenedNormalizedTreeObsForRailEnv(
         max_depth=2, predictor=ShortestPathPredictorForRailEnv(max_depth=10)
     )
@@ -109,7 +109,7 @@ def _run_env(rail_env, actions, seed, out_dir) -> tuple[int, str]:
 
 def _run_ours(rail_env, actions, seed, out_dir) -> tuple[int, str]:
     from eval_recorder.recorder import EpisodeRecorder
-    from eval_recorder.rendering import DEFAULT_MAX_SIDE
+    from eval_recorder.flatland.rendering import DEFAULT_MAX_SIDE
 
     label = None
     if _LABEL:

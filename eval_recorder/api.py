@@ -15,7 +15,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
 from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class, is_recording_callback
-from eval_recorder.envs import ENV_NAME, RENDER_MODES, register_env
+from eval_recorder.flatland.envs import ENV_NAME, RENDER_MODES, register_env
 from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
 
 __all__ = ["add_recording", "recording_session"]
@@ -26,8 +26,8 @@ def add_recording(
 ) -> AlgorithmConfig:
     """A copy of ``config`` whose evaluation episodes are recorded, tagged, stored and published.
 
-    ``config`` must use the env ``eval_recorder.envs.ENV_NAME`` (its ``env_config`` as
-    for ``eval_recorder.envs.make_env``), evaluate (``evaluation_interval`` set) and must
+    ``config`` must use the env ``eval_recorder.flatland.envs.ENV_NAME`` (its ``env_config`` as
+    for ``eval_recorder.flatland.envs.make_env``), evaluate (``evaluation_interval`` set) and must
     not ask its training env runners to render. Nothing is written until the Algorithm
     is built: then the driver claims ``options.video_dir`` and starts the wandb run
     (pass an already opened RecordingSession to claim the folder earlier).
@@ -44,7 +44,7 @@ def add_recording(
         recording_session(config).close()
     """
     if config.env != ENV_NAME:
-        raise ValueError(f"recording needs the env {ENV_NAME!r} (eval_recorder.envs.make_env), got {config.env!r}")
+        raise ValueError(f"recording needs the env {ENV_NAME!r} (eval_recorder.flatland.envs.make_env), got {config.env!r}")
     if (config.env_config or {}).get("render") is not None:
         raise ValueError(TRAINING_RENDER_REFUSED)
     if not config.evaluation_interval:

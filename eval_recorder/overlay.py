@@ -52,7 +52,7 @@ def burn_label(frame: np.ndarray, text: str) -> np.ndarray:
 def burn_label_yuv420p(frame: np.ndarray, text: str) -> np.ndarray:
     """A copy of the yuv420p ``frame`` ((h * 3 / 2, w) planes) with the label strip of
     ``burn_label``: only the strip is drawn in RGB and converted, as the renderer converts."""
-    from eval_recorder.rendering import paste_rows_yuv420p
+    from eval_recorder.flatland.rendering import paste_rows_yuv420p
 
     width, height = frame.shape[1], frame.shape[0] * 2 // 3
     labelled = frame.copy()

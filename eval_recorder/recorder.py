@@ -21,7 +21,7 @@ from typing import Callable
 
 from eval_recorder.encoding import StreamingEncoder
 from eval_recorder.overlay import burn_label_yuv420p
-from eval_recorder.rendering import FrameRenderer
+from eval_recorder.flatland.rendering import FrameRenderer
 from eval_recorder.scratch import new_episode_file, remove_orphans
 
 __all__ = ["RecordedEpisode", "EpisodeRecorder"]

@@ -23,7 +23,7 @@ def compose_config(*overrides: str):
     """The run_eval.py config with ``overrides``, composed by Hydra exactly as the CLI does."""
     from hydra import compose, initialize_config_dir
 
-    from eval_recorder.config import register_configs
+    from eval_recorder.app.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

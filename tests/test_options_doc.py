@@ -3,7 +3,7 @@
 import subprocess
 
 from conftest import ROOT, run_eval_command
-from eval_recorder.options_doc import option_rows, options_table
+from eval_recorder.app.options_doc import option_rows, options_table
 
 
 def test_readme_carries_the_generated_option_table():

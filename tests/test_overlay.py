@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from eval_recorder.envs import make_env, set_label_iteration
+from eval_recorder.flatland.envs import make_env, set_label_iteration
 from eval_recorder.naming import WeightsHistory
 from eval_recorder.overlay import burn_label, label_text, strip_height
 
@@ -45,7 +45,7 @@ def test_an_eval_runner_labels_with_the_iteration_of_the_weights_it_holds():
 def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered():
     from eval_recorder.overlay import burn_label_yuv420p
     from eval_recorder.recorder import EpisodeRecorder
-    from eval_recorder.rendering import FrameRenderer
+    from eval_recorder.flatland.rendering import FrameRenderer
 
     env = make_env(SMALL)
     env.reset(seed=5)

@@ -15,9 +15,9 @@ import pytest
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from conftest import TINY, compose_config
-from eval_recorder.algo_config import ppo_config
+from eval_recorder.app.algorithms import ppo_config
 from eval_recorder.api import add_recording, recording_session
-from eval_recorder.rendering import frames_rendered
+from eval_recorder.flatland.rendering import frames_rendered
 from eval_recorder.session import RecordingOptions
 from eval_recorder.video_store import read_manifest
 from eval_recorder.wandb_sink import video_key

@@ -11,7 +11,7 @@ import pytest
 
 from eval_recorder.encoding import StreamingEncoder
 from eval_recorder.recorder import EpisodeRecorder
-from eval_recorder.rendering import (
+from eval_recorder.flatland.rendering import (
     DEFAULT_MAX_SIDE,
     FrameRenderer,
     frames_rendered,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import TINY, compose_config
-from eval_recorder.algo_config import ppo_config
+from eval_recorder.app.algorithms import ppo_config
 from eval_recorder.api import add_recording
 from eval_recorder.folder_guard import OWNER_FILE
 from eval_recorder.session import RecordingOptions

@@ -20,10 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from eval_recorder.algo_config import UserError, check_config, ppo_config, recording_options, start_ray
+from eval_recorder.app.algorithms import UserError, check_config, ppo_config, recording_options, start_ray
 from eval_recorder.api import add_recording
 from eval_recorder.callback import RecordingCallback
-from eval_recorder.envs import register_env
+from eval_recorder.flatland.envs import register_env
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingSession
 from eval_recorder.video_store import MANIFEST
@@ -44,7 +44,7 @@ def checkpoint_path(checkpoints: Path, iteration: int) -> Path:
 def latest_checkpoint(checkpoints: Path):
     """The intact checkpoint of the highest iteration in ``checkpoints`` (None if none).
     Unfinished ones (hidden ``.it*`` folders of a crashed save) are not considered."""
-    from eval_recorder.standalone import inspect_checkpoint
+    from eval_recorder.app.standalone import inspect_checkpoint
 
     candidates = sorted(Path(checkpoints).glob("it[0-9]*"), reverse=True) if Path(checkpoints).is_dir() else []
     for candidate in candidates:

@@ -27,7 +27,7 @@ from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
 
 from eval_recorder.overlay import label_text
 from eval_recorder.recorder import EpisodeRecorder, RecordedEpisode
-from eval_recorder.rendering import DEFAULT_MAX_SIDE
+from eval_recorder.flatland.rendering import DEFAULT_MAX_SIDE
 
 __all__ = ["ENV_CONFIG_KEYS", "ENV_NAME", "RENDER_MODES", "RecordingRailEnv", "collect_recorded", "make_env", "register_env"]
 

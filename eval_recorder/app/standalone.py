@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval_recorder.algo_config import (
+from eval_recorder.app.algorithms import (
     POLICY_ID,
     UserError,
     check_config,
@@ -33,7 +33,7 @@ from eval_recorder.algo_config import (
     recording_options,
     start_ray,
 )
-from eval_recorder.envs import ENV_NAME
+from eval_recorder.flatland.envs import ENV_NAME
 
 __all__ = ["CheckpointInfo", "evaluate_checkpoints", "find_checkpoints", "inspect_checkpoint"]
 
@@ -148,7 +148,7 @@ def _nested(folder: Path, root: Path) -> bool:
 
 
 def _check_spaces(info: CheckpointInfo, env_cfg: dict) -> None:
-    from eval_recorder.envs import make_env
+    from eval_recorder.flatland.envs import make_env
 
     env = make_env(env_cfg)
     observation_space = env.observation_space[env.agents[0]]

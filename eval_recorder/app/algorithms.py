@@ -23,7 +23,7 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from eval_recorder.callback import TRAINING_RENDER_REFUSED
-from eval_recorder.envs import ENV_CONFIG_KEYS, ENV_NAME, RENDER_MODES
+from eval_recorder.flatland.envs import ENV_CONFIG_KEYS, ENV_NAME, RENDER_MODES
 
 __all__ = [
     "POLICY_ID",
@@ -107,7 +107,7 @@ def recording_options(cfg, *, output_dir: Path, **overrides):
 
 
 def env_config(env_cfg, *, seed: int) -> dict[str, Any]:
-    """RLlib env_config for ``eval_recorder.envs.make_env`` from an env preset."""
+    """RLlib env_config for ``eval_recorder.flatland.envs.make_env`` from an env preset."""
     config = {key: env_cfg[key] for key in ENV_CONFIG_KEYS if key != "seed"}
     config["seed"] = seed
     return config

@@ -169,7 +169,7 @@ def register_configs() -> None:
     and the resolver that puts the option reference into ``--help``."""
     from omegaconf import OmegaConf
 
-    from eval_recorder.options_doc import options_help
+    from eval_recorder.app.options_doc import options_help
 
     if not OmegaConf.has_resolver("eval_recorder_options"):
         # Hydra fills its help template with string.Template: a literal "$" is "$$".

@@ -2,13 +2,13 @@
 
 Holds:
   option_rows()    (key, type, default, doc) of every option of ``run_eval.py``, read from
-                   the dataclasses in ``eval_recorder/config.py`` and the docstring written
+                   the dataclasses in ``eval_recorder/app/config.py`` and the docstring written
                    under each field.
   options_table()  those rows as the Markdown table the README carries (a test fails if
                    the README's copy drifts).
   options_help()   the same as plain text, for ``python run_eval.py --help``.
 
-Run ``python -m eval_recorder.options_doc`` to print the Markdown table.
+Run ``python -m eval_recorder.app.options_doc`` to print the Markdown table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 from enum import Enum
 
-from eval_recorder import config as config_module
+from eval_recorder.app import config as config_module
 
 __all__ = ["option_rows", "options_help", "options_table"]
 
