@@ -120,7 +120,7 @@ def _run_ours(rail_env, actions, seed, out_dir) -> tuple[int, str]:
         def label() -> str:
             arrived = sum(agent.state == TrainState.DONE for agent in rail_env.agents)
             step, agents = rail_env._elapsed_steps, rail_env.get_num_agents()
-            return label_text(training_iteration=0, step=step, arrived=arrived, agents=agents)
+            return label_text(training_iteration=0, step=step, extra=f"arrived {arrived}/{agents}")
 
     recorder = EpisodeRecorder(rail_env, fps=FPS, max_side=DEFAULT_MAX_SIDE, runner_index=0, label=label)
     _episode_reset(rail_env, seed)

@@ -23,7 +23,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, WEIGHTS_SEQ_NO
 
 from eval_recorder.flatland.envs import RecordingRailEnv, collect_recorded, set_label_iteration
-from eval_recorder.naming import WeightsHistory
+from eval_recorder.tags import WeightsHistory
 from eval_recorder.session import RecordingSession, get_session, new_run_id
 
 __all__ = [

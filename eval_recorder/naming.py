@@ -1,74 +1,31 @@
-"""Tags, video names and per-video metadata: pure functions, no I/O.
+"""Video names, per-video metadata and captions: pure functions, no I/O.
 
 Holds:
-  TrainingTag       the training state whose weights a video shows.
-  WeightsHistory    which training iteration each learner weights version belongs to;
-                    turns the weights version an eval runner acted with into a tag.
-  video_stem()      the file name (without suffix) of a video; lexical order of names
-                    is training order.
+  env_label()       the short label of an env that starts every file name
+                    (``flatland``, ``cartpole-v1``, ``my_env``).
+  video_stem()      the file name (without suffix) of a video; within one run (one env),
+                    lexical order of names is training order.
   numbered_stem()   the n-th alternative name when a name is taken.
   video_metadata()  the sidecar / manifest record of one video.
-  caption()         the one-line caption shown under a video.
+  caption()         the one-line caption shown under a video (gallery, wandb).
+  check_run_id()    a run id that is safe in file names and wandb ids.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 __all__ = [
-    "TrainingTag",
-    "WeightsHistory",
     "caption",
+    "check_run_id",
+    "env_label",
     "numbered_stem",
     "video_metadata",
     "video_stem",
 ]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class TrainingTag:
-    """Training state of the evaluated weights."""
-
-    training_iteration: int  # completed training iterations that produced the weights
-    env_steps: int  # lifetime env steps sampled for training at that moment
-
-
-class WeightsHistory:
-    """Maps learner weights versions (RLlib's ``WEIGHTS_SEQ_NO``) to training iterations.
-
-    RLlib's Learner counts its updates in ``WEIGHTS_SEQ_NO`` and ships that number with
-    the weights to every eval runner, which stamps it on each action. The driver
-    records, at the end of each training iteration, the version the learner then
-    holds; a video is tagged with the iteration its episode's version belongs to.
-    A version newer than every recorded one comes from the training step that just
-    finished in the current ``train()`` call (evaluation after training, not in
-    parallel): that is the next iteration, with the env steps sampled so far.
-    """
-
-    def __init__(self) -> None:
-        self._by_version: dict[int, TrainingTag] = {}
-
-    def record(self, *, weights_seq_no: int, training_iteration: int, env_steps: int) -> None:
-        """The learner held ``weights_seq_no`` when ``training_iteration`` completed."""
-        known = self._by_version.get(weights_seq_no)
-        # Iterations that did not update the weights share a version: keep the latest.
-        if known is None or known.training_iteration <= training_iteration:
-            self._by_version[weights_seq_no] = TrainingTag(training_iteration, env_steps)
-
-    def tag_for(self, weights_seq_no: int, *, env_steps_now: int) -> TrainingTag:
-        """Tag of the weights version ``weights_seq_no`` an eval episode acted with."""
-        if weights_seq_no in self._by_version:
-            return self._by_version[weights_seq_no]
-        if not self._by_version:
-            raise ValueError("no training iteration recorded yet; record the start state first")
-        latest_version = max(self._by_version)
-        if weights_seq_no < latest_version:
-            raise ValueError(f"weights version {weights_seq_no} belongs to no recorded training iteration")
-        latest = max(tag.training_iteration for tag in self._by_version.values())
-        return TrainingTag(training_iteration=latest + 1, env_steps=env_steps_now)
+_LABEL_LENGTH = 24
 
 
 def check_run_id(run_id: str) -> str:
@@ -78,10 +35,25 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def video_stem(*, tag: TrainingTag, evaluation_round: int, episode_index: int, run_id: str) -> str:
-    """``flatland-it000012-ev0003-ep001-<run id>``: zero-padded iteration first."""
+def env_label(name: str) -> str:
+    """A short, file-name-safe label of an env name: lower case, letters, digits, ``_``
+    and ``-`` (anything else becomes ``-``), at most 24 characters, never empty.
+
+    ``"CartPole-v1"`` → ``cartpole-v1``; ``"ale_py:ALE/Pong-v5"`` → ``pong-v5`` (the part
+    after the last ``/`` or ``:``); ``"my_pkg.envs.GridEnv"`` → ``gridenv``.
+    """
+    base = re.split(r"[/:.]", name.strip())[-1] if name.strip() else ""
+    label = re.sub(r"[^a-z0-9_-]+", "-", base.lower()).strip("-_")[:_LABEL_LENGTH].strip("-_")
+    return label or "env"
+
+
+def video_stem(*, env: str, training_iteration: int, evaluation_round: int, episode_index: int, run_id: str) -> str:
+    """``<env>-it000012-ev0003-ep001-<run id>``: the zero-padded iteration right after the
+    env label, so that names of one run sort by training."""
+    if env != env_label(env):
+        raise ValueError(f"env label {env!r} is not a label; make it with env_label()")
     return (
-        f"flatland-it{tag.training_iteration:06d}-ev{evaluation_round:04d}"
+        f"{env}-it{training_iteration:06d}-ev{evaluation_round:04d}"
         f"-ep{episode_index:03d}-{check_run_id(run_id)}"
     )
 
@@ -94,7 +66,7 @@ def numbered_stem(stem: str, attempt: int) -> str:
 def video_metadata(
     *,
     episode,
-    tag: TrainingTag,
+    tag,
     evaluation_round: int,
     episode_index: int,
     run_id: str,
@@ -103,19 +75,21 @@ def video_metadata(
     sha256: str,
     created: str,
 ) -> dict:
-    """The sidecar / manifest record of one video (``episode`` is a RecordedEpisode)."""
+    """The sidecar / manifest record of one video (``episode`` is a RecordedEpisode,
+    ``tag`` a TrainingTag). The episode's frame-source facts (Flatland: ``num_agents``,
+    ``agents_arrived``, ``completion``, ``scenario``) follow the generic fields."""
     return {
         "file": file_name,
+        "env": episode.env_label,
         "training_iteration": tag.training_iteration,
         "env_steps": tag.env_steps,
         "evaluation_round": evaluation_round,
         "episode_index": episode_index,
         "env_seed": episode.env_seed,
         "episode_length": episode.episode_length,
-        "num_agents": episode.num_agents,
-        "agents_arrived": episode.agents_arrived,
-        "completion": episode.agents_arrived / episode.num_agents if episode.num_agents else 0.0,
         "episode_return": episode.episode_return,
+        "agent_returns": episode.agent_returns,
+        **episode.facts,
         "frames": episode.frames,
         "frame_every": episode.frame_every,
         "fps": episode.fps,
@@ -132,9 +106,18 @@ def video_metadata(
 
 
 def caption(metadata: dict) -> str:
-    """``iteration 12 · 4800 env steps · 2/3 arrived · return -41.50`` (plus episode)."""
-    return (
-        f"iteration {metadata['training_iteration']} · {metadata['env_steps']} env steps · "
-        f"episode {metadata['episode_index']} · {metadata['agents_arrived']}/{metadata['num_agents']} arrived · "
-        f"return {metadata['episode_return']:.2f}"
-    )
+    """``iteration 12 · 4800 env steps · episode 1 · 2/3 arrived · return -41.50``.
+
+    ``scenario <file>`` follows the episode when the episode played a saved scenario;
+    ``a/n arrived`` appears for envs that report arrivals (Flatland)."""
+    parts = [
+        f"iteration {metadata['training_iteration']}",
+        f"{metadata['env_steps']} env steps",
+        f"episode {metadata['episode_index']}",
+    ]
+    if metadata.get("scenario"):
+        parts.append(f"scenario {metadata['scenario']}")
+    if metadata.get("agents_arrived") is not None and metadata.get("num_agents"):
+        parts.append(f"{metadata['agents_arrived']}/{metadata['num_agents']} arrived")
+    parts.append(f"return {float(metadata['episode_return']):.2f}")
+    return " · ".join(parts)

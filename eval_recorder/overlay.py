@@ -2,7 +2,8 @@
 
 Holds:
   label_text()   ``iteration 12 | step 40 | arrived 1/3``: training iteration of the
-                 weights, env step of the episode, agents arrived / total.
+                 weights, env step of the episode, and what the frame source adds
+                 (Flatland: agents arrived / total; other envs: the return so far).
   burn_label()   the RGB frame with that text in a dark strip along its bottom edge;
                  the pixels above the strip are untouched.
   burn_label_yuv420p()  the same on a yuv420p frame (what the recorder encodes).
@@ -18,9 +19,10 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = ["burn_label", "burn_label_yuv420p", "label_text", "strip_height"]
 
 
-def label_text(*, training_iteration: int | None, step: int, arrived: int, agents: int) -> str:
+def label_text(*, training_iteration: int | None, step: int, extra: str | None = None) -> str:
     iteration = "?" if training_iteration is None else str(training_iteration)
-    return f"iteration {iteration} | step {step} | arrived {arrived}/{agents}"
+    text = f"iteration {iteration} | step {step}"
+    return f"{text} | {extra}" if extra else text
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from eval_recorder.encoding import StreamingEncoder
 from eval_recorder.overlay import burn_label_yuv420p
@@ -32,11 +32,9 @@ class RecordedEpisode:
     """One finished, recorded evaluation episode, as produced on an eval runner."""
 
     mp4: bytes
-    weights_seq_no: int  # version of the weights that chose every action of the episode
-    env_seed: int
+    env_label: str  # short label of the env (naming.env_label): the first part of the file name
+    env_seed: int | None  # the seed its reset got (replays the episode), None if the env was reset without one
     episode_length: int  # env steps
-    num_agents: int
-    agents_arrived: int  # agents that reached their target
     episode_return: float  # summed over agents
     frames: int
     fps: int
@@ -47,6 +45,12 @@ class RecordedEpisode:
     runner_pid: int
     runner_sequence: int  # n-th recorded episode of this env on that runner
     frame_every: int = 1  # a frame was recorded every this many env steps (plus the last step)
+    weights_seq_no: int | None = None  # version of the weights that chose every action (stamped by the callback)
+    agent_returns: dict[str, float] | None = None  # per agent, for multi-agent envs
+    facts: dict[str, Any] = field(default_factory=dict)
+    """What the frame source knows of the episode (Flatland: num_agents, agents_arrived,
+    completion, and scenario when a saved scenario was played)."""
+    evaluation_round: int | None = None  # the driver's evaluation round it was played in
 
 
 class EpisodeRecorder:
@@ -132,11 +136,12 @@ class EpisodeRecorder:
         self._sequence += 1
         return RecordedEpisode(
             mp4=mp4,
+            env_label="flatland",
             weights_seq_no=weights_seq_no,
             env_seed=self._seed,
             episode_length=episode_length,
-            num_agents=num_agents,
-            agents_arrived=agents_arrived,
+            facts={"num_agents": num_agents, "agents_arrived": agents_arrived,
+                   "completion": agents_arrived / num_agents if num_agents else 0.0},
             episode_return=float(episode_return),
             frames=frames,
             fps=self._fps,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from eval_recorder.folder_guard import FolderClaim, claim_folder
 from eval_recorder.gallery import GALLERY, write_gallery
-from eval_recorder.naming import TrainingTag, check_run_id, video_stem
+from eval_recorder.naming import check_run_id, video_stem
+from eval_recorder.tags import TrainingTag
 from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.video_store import VideoStore, read_manifest
 from eval_recorder.wandb_sink import WandbSink
@@ -136,8 +137,8 @@ class RecordingSession:
             return []
         stored = []
         for index, (episode, tag) in enumerate(episodes):
-            stem = video_stem(tag=tag, evaluation_round=self.evaluation_round, episode_index=index,
-                              run_id=self.options.run_id)
+            stem = video_stem(env=episode.env_label, training_iteration=tag.training_iteration,
+                              evaluation_round=self.evaluation_round, episode_index=index, run_id=self.options.run_id)
             path, metadata = self.store.store(
                 episode=episode, stem=stem, tag=tag, evaluation_round=self.evaluation_round,
                 episode_index=index, checkpoint=self.checkpoint,

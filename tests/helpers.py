@@ -23,9 +23,10 @@ def snapshot(folder: Path) -> dict[str, str]:
 def episode(**overrides) -> RecordedEpisode:
     """A RecordedEpisode with fixed facts (``overrides`` replace some)."""
     fields = dict(
-        mp4=b"\x00\x00\x00\x18ftypisom", weights_seq_no=3, env_seed=77, episode_length=41, num_agents=3,
-        agents_arrived=2, episode_return=-12.5, frames=42, fps=10, width=484, height=484, runner_index=1,
+        mp4=b"\x00\x00\x00\x18ftypisom", env_label="flatland", weights_seq_no=3, env_seed=77, episode_length=41,
+        episode_return=-12.5, frames=42, fps=10, width=484, height=484, runner_index=1,
         runner_host="nodeA", runner_pid=4242, runner_sequence=5,
+        facts={"num_agents": 3, "agents_arrived": 2, "completion": 2 / 3},
     )
     fields.update(overrides)
     return RecordedEpisode(**fields)

@@ -18,7 +18,8 @@ import pytest
 
 from eval_recorder.encoding import StreamingEncoder
 from eval_recorder.gallery import GALLERY, render_gallery, write_gallery
-from eval_recorder.naming import TrainingTag, video_stem
+from eval_recorder.naming import video_stem
+from eval_recorder.tags import TrainingTag
 from eval_recorder.video_store import MANIFEST, VideoStore, read_manifest
 from helpers import episode
 
@@ -206,7 +207,7 @@ def test_records_it_cannot_show_are_left_out():
     records = [
         record(1, 1, file="../elsewhere.mp4"), record(1, 2, file="sub/video.mp4"), record(1, 3, file=""),
         record(1, 4, file=None), record(1, 5, training_iteration="1"), record(1, 6, episode_return=None),
-        {key: value for key, value in record(1, 7).items() if key != "num_agents"},
+        {key: value for key, value in record(1, 7).items() if key != "env_steps"},
         5, ["flatland.mp4"], good,
     ]
     assert sections(render_gallery(records)) == [("iteration-1", "Iteration 1", [good["file"]])]
@@ -472,7 +473,7 @@ def test_chromium_plays_every_video_from_disk_with_the_manifest_captions(tmp_pat
         store.store(
             episode=episode(mp4=mp4, frames=frames, width=width, height=height, fps=10, num_agents=3,
                             agents_arrived=arrived, episode_return=episode_return),
-            stem=video_stem(tag=tag, evaluation_round=evaluation_round, episode_index=index, run_id="run1"),
+            stem=video_stem(env="flatland", training_iteration=iteration, evaluation_round=evaluation_round, episode_index=index, run_id="run1"),
             tag=tag, evaluation_round=evaluation_round, episode_index=index, checkpoint=ckpt,
         )
     with (folder / MANIFEST).open("a") as manifest:  # listed, but its file is not there

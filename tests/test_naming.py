@@ -2,26 +2,35 @@
 
 import pytest
 
-from eval_recorder.naming import (
-    TrainingTag,
-    WeightsHistory,
-    caption,
-    check_run_id,
-    numbered_stem,
-    video_metadata,
-    video_stem,
-)
+from eval_recorder.naming import caption, check_run_id, env_label, numbered_stem, video_metadata, video_stem
+from eval_recorder.tags import TrainingTag, WeightsHistory
 from helpers import episode
 
 
-def test_video_stem_puts_zero_padded_iteration_first():
-    stem = video_stem(tag=TrainingTag(12, 4800), evaluation_round=3, episode_index=1, run_id="abc123")
+def test_video_stem_puts_the_env_label_then_the_zero_padded_iteration_first():
+    stem = video_stem(env="flatland", training_iteration=12, evaluation_round=3, episode_index=1, run_id="abc123")
     assert stem == "flatland-it000012-ev0003-ep001-abc123"
+    stem = video_stem(env="cartpole-v1", training_iteration=0, evaluation_round=1, episode_index=0, run_id="r")
+    assert stem == "cartpole-v1-it000000-ev0001-ep000-r"
+
+
+@pytest.mark.parametrize("name, label", [
+    ("CartPole-v1", "cartpole-v1"), ("ale_py:ALE/Pong-v5", "pong-v5"), ("my_pkg.envs.GridEnv", "gridenv"),
+    ("flatland_env", "flatland_env"), ("My Env!", "my-env"), ("", "env"), ("???", "env"),
+    ("a" * 40, "a" * 24),
+])
+def test_env_label_is_short_lower_case_and_file_name_safe(name, label):
+    assert env_label(name) == label
+
+
+def test_video_stem_refuses_a_label_that_is_not_one():
+    with pytest.raises(ValueError, match="env label 'Flat Land' is not a label; make it with env_label()"):
+        video_stem(env="Flat Land", training_iteration=1, evaluation_round=1, episode_index=0, run_id="r")
 
 
 def test_name_order_is_training_order():
     stems = [
-        video_stem(tag=TrainingTag(it, 0), evaluation_round=r, episode_index=e, run_id="r")
+        video_stem(env="flatland", training_iteration=it, evaluation_round=r, episode_index=e, run_id="r")
         for it, r, e in [(100, 10, 0), (9, 1, 2), (10, 2, 0), (9, 1, 10)]
     ]
     assert sorted(stems) == [stems[1], stems[3], stems[2], stems[0]]
@@ -69,11 +78,25 @@ def test_resumed_run_tags_continue_from_the_restored_iteration():
     assert history.tag_for(6, env_steps_now=2400) == TrainingTag(6, 2400)
 
 
-def test_unknown_old_version_is_an_error():
+def test_a_version_older_than_every_recorded_one_is_an_error():
     history = WeightsHistory()
     history.record(weights_seq_no=5, training_iteration=5, env_steps=2000)
-    with pytest.raises(ValueError, match="weights version 3 belongs to no recorded training iteration"):
+    with pytest.raises(ValueError, match="weights version 3 is older than every recorded training iteration"):
         history.tag_for(3, env_steps_now=0)
+
+
+def test_asynchronous_versions_between_two_iterations_belong_to_the_later_one():
+    """APPO/IMPALA update many times per iteration and sync runners in between."""
+    history = WeightsHistory()
+    history.record(weights_seq_no=0, training_iteration=0, env_steps=0)
+    history.record(weights_seq_no=7, training_iteration=1, env_steps=500)
+    history.record(weights_seq_no=15, training_iteration=2, env_steps=1000)
+    assert history.tag_for(3, env_steps_now=9) == TrainingTag(1, 500)
+    assert history.tag_for(7, env_steps_now=9) == TrainingTag(1, 500)
+    assert history.tag_for(8, env_steps_now=9) == TrainingTag(2, 1000)
+    assert history.tag_for(16, env_steps_now=1200) == TrainingTag(3, 1200)  # the running train() call
+    assert history.latest == TrainingTag(2, 1000)
+    assert history.to_dict() == {0: 0, 7: 1, 15: 2}
 
 
 def test_metadata_has_every_field_with_exact_values():
@@ -82,9 +105,9 @@ def test_metadata_has_every_field_with_exact_values():
         checkpoint=None, file_name="f.mp4", sha256="ff", created="2026-01-01T00:00:00+00:00",
     )
     assert metadata == {
-        "file": "f.mp4", "training_iteration": 12, "env_steps": 4800, "evaluation_round": 3, "episode_index": 1,
-        "env_seed": 77, "episode_length": 41, "num_agents": 3, "agents_arrived": 2, "completion": 2 / 3,
-        "episode_return": -12.5, "frames": 42, "frame_every": 1, "fps": 10, "width": 484, "height": 484, "run_id": "abc123",
+        "file": "f.mp4", "env": "flatland", "training_iteration": 12, "env_steps": 4800, "evaluation_round": 3,
+        "episode_index": 1, "env_seed": 77, "episode_length": 41, "episode_return": -12.5, "agent_returns": None,
+        "num_agents": 3, "agents_arrived": 2, "completion": 2 / 3, "frames": 42, "frame_every": 1, "fps": 10, "width": 484, "height": 484, "run_id": "abc123",
         "checkpoint": None, "created": "2026-01-01T00:00:00+00:00", "bytes": 12, "sha256": "ff",
         "weights_seq_no": 3, "runner": {"index": 1, "host": "nodeA", "pid": 4242},
     }
@@ -94,3 +117,10 @@ def test_caption_says_iteration_steps_completion_and_return():
     metadata = {"training_iteration": 12, "env_steps": 4800, "episode_index": 1, "agents_arrived": 2,
                 "num_agents": 3, "episode_return": -12.5}
     assert caption(metadata) == "iteration 12 · 4800 env steps · episode 1 · 2/3 arrived · return -12.50"
+
+
+def test_caption_of_an_env_without_arrivals_and_of_a_saved_scenario():
+    plain = {"training_iteration": 3, "env_steps": 120, "episode_index": 0, "episode_return": 21.0}
+    assert caption(plain) == "iteration 3 · 120 env steps · episode 0 · return 21.00"
+    scenario = {**plain, "scenario": "Level_2.pkl", "agents_arrived": 1, "num_agents": 2}
+    assert caption(scenario) == "iteration 3 · 120 env steps · episode 0 · scenario Level_2.pkl · 1/2 arrived · return 21.00"

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from eval_recorder.flatland.envs import make_env, set_label_iteration
-from eval_recorder.naming import WeightsHistory
+from eval_recorder.tags import WeightsHistory
 from eval_recorder.overlay import burn_label, label_text, strip_height
 
 SMALL = {"n_agents": 2, "x_dim": 30, "y_dim": 30, "n_cities": 2, "max_rail_pairs_in_city": 2,
@@ -13,8 +13,9 @@ SMALL = {"n_agents": 2, "x_dim": 30, "y_dim": 30, "n_cities": 2, "max_rail_pairs
 
 
 def test_label_text_says_iteration_step_and_arrivals():
-    assert label_text(training_iteration=12, step=40, arrived=1, agents=3) == "iteration 12 | step 40 | arrived 1/3"
-    assert label_text(training_iteration=None, step=0, arrived=0, agents=2) == "iteration ? | step 0 | arrived 0/2"
+    assert label_text(training_iteration=12, step=40, extra="arrived 1/3") == "iteration 12 | step 40 | arrived 1/3"
+    assert label_text(training_iteration=None, step=0, extra="arrived 0/2") == "iteration ? | step 0 | arrived 0/2"
+    assert label_text(training_iteration=3, step=7) == "iteration 3 | step 7"
 
 
 def test_label_changes_only_the_strip_at_the_bottom():

@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 
-from eval_recorder.naming import TrainingTag
+from eval_recorder.tags import TrainingTag
 from eval_recorder.video_store import MANIFEST, VideoStore, read_manifest
 from helpers import episode
 

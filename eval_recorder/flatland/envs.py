@@ -117,8 +117,7 @@ class RecordingRailEnv(RayMultiAgentWrapper):
         return label_text(
             training_iteration=self.label_iteration,
             step=self._steps,
-            arrived=_arrived(rail_env),
-            agents=rail_env.get_num_agents(),
+            extra=f"arrived {_arrived(rail_env)}/{rail_env.get_num_agents()}",
         )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
