@@ -2,23 +2,29 @@
 
 Holds:
   add_recording()      returns a copy of your config in which only evaluation env
-                       runners record (``render: human`` in the evaluation env config),
-                       with the recording callback added beside your own callbacks.
+                       runners record (their env is yours inside the recording wrapper,
+                       ``render: human`` in the evaluation env config), with the
+                       recording callback added beside your own callbacks.
   recording_session()  the driver-side session of such a config (folder, videos, wandb
                        run), e.g. to ``close()`` it when you are done.
 """
 
 from __future__ import annotations
 
+import uuid
+
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
 from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class, is_recording_callback
-from eval_recorder.flatland.envs import ENV_NAME, RENDER_MODES, register_env
+from eval_recorder.eval_env import RECORDING_KEY, RENDER_KEY, RecordingEnvCreator
 from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
 
-__all__ = ["add_recording", "recording_session"]
+__all__ = ["RENDER_MODES", "add_recording", "recording_session"]
+
+RENDER_MODES = ("human",)
+_REGISTERED_PREFIX = "eval_recorder_recording_"
 
 
 def add_recording(
@@ -26,50 +32,80 @@ def add_recording(
 ) -> AlgorithmConfig:
     """A copy of ``config`` whose evaluation episodes are recorded, tagged, stored and published.
 
-    ``config`` must use the env ``eval_recorder.flatland.envs.ENV_NAME`` (its ``env_config`` as
-    for ``eval_recorder.flatland.envs.make_env``), evaluate (``evaluation_interval`` set) and must
-    not ask its training env runners to render. Nothing is written until the Algorithm
-    is built: then the driver claims ``options.video_dir`` and starts the wandb run
-    (pass an already opened RecordingSession to claim the folder earlier).
-    Callbacks already in ``config`` stay and fire as before. With
-    ``options.video_dir=None`` (Ray Tune), every trial's driver opens its own session:
-    videos in ``videos/`` inside its trial folder, its trial id as run id, its own wandb
-    run named after the trial.
+    ``config`` may use any env RLlib takes (a registered name, a gymnasium id, an env
+    class) and any new-API-stack algorithm; it must evaluate (``evaluation_interval``
+    set) and must not ask its training env runners to render. Only the evaluation env
+    runners get the recording wrapper around your env: Flatland envs are drawn by the
+    fast renderer, any other env by its own ``render()`` (``rgb_array``; gymnasium ids
+    are made with ``render_mode="rgb_array"``; your own env creator or class must render
+    ``rgb_array`` frames itself). Evaluation episodes get a fixed seed
+    (``options.eval_seed``) unless your evaluation config sets one; with
+    ``options.scenarios`` each round plays each saved scenario once.
+
+    Nothing is written until the Algorithm is built: then the eval runners show they can
+    record, the driver claims ``options.video_dir`` and starts the wandb run (pass an
+    already opened RecordingSession to claim the folder earlier). Callbacks already in
+    ``config`` stay and fire as before. With ``options.video_dir=None`` (Ray Tune), every
+    trial's driver opens its own session: videos in ``videos/`` inside its trial folder,
+    its trial id as run id, its own wandb run named after the trial.
 
     Example::
 
-        config = add_recording(my_ppo_config, RecordingOptions(video_dir="videos"))
+        config = add_recording(my_config, RecordingOptions(video_dir="videos"))
         algo = config.build_algo()
         algo.train()
         recording_session(config).close()
+        algo.stop()
     """
-    if config.env != ENV_NAME:
-        raise ValueError(f"recording needs the env {ENV_NAME!r} (eval_recorder.flatland.envs.make_env), got {config.env!r}")
-    if (config.env_config or {}).get("render") is not None:
+    if config.env is None:
+        raise ValueError("recording needs an env: set config.environment(...) first")
+    if (config.env_config or {}).get(RENDER_KEY) is not None:
         raise ValueError(TRAINING_RENDER_REFUSED)
     if not config.evaluation_interval:
         raise ValueError("recording records evaluation episodes; set evaluation(evaluation_interval=N) first")
     if render not in RENDER_MODES:
         raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
-    register_env()
+    from ray.tune.registry import register_env
+
     session = options if isinstance(options, RecordingSession) else RecordingSession(options)
+    options = session.options
     recorded = config.copy(copy_frozen=False)
     evaluation_overrides = dict(config.evaluation_config or {})
+    user_env = evaluation_overrides.get("env") or config.env
+    if isinstance(user_env, str) and user_env.startswith(_REGISTERED_PREFIX):
+        user_env = config.env  # a config recorded before (e.g. restored from a checkpoint)
+    # The eval runners' env: the user's, made by RLlib's rules, inside the recording wrapper.
+    env_name = f"{_REGISTERED_PREFIX}{uuid.uuid4().hex[:12]}"
+    register_env(env_name, RecordingEnvCreator(user_env))
+    evaluation_overrides["env"] = env_name
+    user_env_config = {
+        key: value
+        for key, value in {**dict(config.env_config or {}), **dict(evaluation_overrides.get("env_config") or {})}.items()
+        if key not in (RENDER_KEY, RECORDING_KEY)
+    }
     evaluation_overrides["env_config"] = {
-        **dict(config.env_config or {}),
-        **dict(evaluation_overrides.get("env_config") or {}),
-        "render": render,
-        "fps": session.options.fps,
-        "max_side": session.options.max_side,
-        "frame_every": session.options.frame_every,
-        "overlay": session.options.overlay,
+        **user_env_config,
+        RENDER_KEY: render,
+        RECORDING_KEY: {
+            "fps": options.fps,
+            "max_side": options.max_side,
+            "frame_every": options.frame_every,
+            "overlay": options.overlay,
+        },
     }
     # RLlib's env checker resets and steps each new env once; on a recording env that
     # renders frames nobody keeps. Training runners check the very same env anyway.
     evaluation_overrides["disable_env_checking"] = True
+    if evaluation_overrides.get("seed") is None and options.eval_seed is not None:
+        evaluation_overrides["seed"] = options.eval_seed
     recorded.evaluation(evaluation_config=evaluation_overrides)
-    if session.options.video_dir is None:  # e.g. Tune trials: each opens its own session
-        recording = callback_class(options=session.options)
+    if options.scenarios:
+        scenarios = session.scenarios()
+        if not scenarios:
+            raise ValueError(f"{options.scenarios} holds no saved scenario (.pkl or .mpk files of RailEnvPersister)")
+        recorded.evaluation(evaluation_duration=len(scenarios), evaluation_duration_unit="episodes")
+    if options.video_dir is None:  # e.g. Tune trials: each opens its own session
+        recording = callback_class(options=options)
     else:
         recording = callback_class(session_token=register_session(session))
     # Keep the user's callbacks; drop RLlib's no-op default and any recording callback a

@@ -4,9 +4,10 @@ Holds:
   RecordedEpisode   what an eval runner hands to the driver for one finished episode:
                     the complete mp4 bytes plus the episode's facts. It travels through
                     Ray (an actor call), never through a shared path.
-  EpisodeRecorder   per env: starts a recording at reset, captures a frame every
-                    ``frame_every`` steps (the reset frame and the last step's frame
-                    always), and on episode end returns a RecordedEpisode.
+  EpisodeRecorder   per env: asks its frame source for the reset frame and a frame
+                    every ``frame_every`` steps (the last step's frame always), burns
+                    the label in, streams them to an encoder, and on episode end
+                    returns a RecordedEpisode.
 
 The encoder writes into a private temporary file on the runner's own machine (not the
 video folder, which only the driver writes), so memory stays flat during the episode.
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from eval_recorder.encoding import StreamingEncoder
-from eval_recorder.overlay import burn_label_yuv420p
-from eval_recorder.flatland.rendering import FrameRenderer
+from eval_recorder.frames import RGB, FrameSource
+from eval_recorder.overlay import burn_label, burn_label_yuv420p
 from eval_recorder.scratch import new_episode_file, remove_orphans
 
 __all__ = ["RecordedEpisode", "EpisodeRecorder"]
@@ -54,7 +55,7 @@ class RecordedEpisode:
 
 
 class EpisodeRecorder:
-    """Records the episodes of one ``RailEnv`` into mp4 files, one episode at a time.
+    """Records the episodes of one env, one at a time, from its frame source.
 
     ``frame_every=k`` records the reset frame, then the frame after every k-th step,
     and always the frame after the episode's last step (so a video shows how the
@@ -64,10 +65,9 @@ class EpisodeRecorder:
 
     def __init__(
         self,
-        rail_env,
+        source: FrameSource,
         *,
         fps: int,
-        max_side: int,
         runner_index: int,
         frame_every: int = 1,
         label: Callable[[], str] | None = None,
@@ -76,13 +76,14 @@ class EpisodeRecorder:
         if frame_every < 1:
             raise ValueError(f"frame_every must be >= 1, got {frame_every}")
         remove_orphans()  # unfinished episodes of eval runners that died on this machine
-        self._renderer = FrameRenderer(rail_env, max_side=max_side)
+        self.source = source
         self._label = label
         self._fps = fps
         self._frame_every = frame_every
         self._runner_index = runner_index
         self._encoder: StreamingEncoder | None = None
-        self._seed = 0
+        self._pixel_format = RGB
+        self._seed: int | None = None
         self._sequence = 0
         self._steps = 0
         self._last_step_skipped = False
@@ -91,17 +92,21 @@ class EpisodeRecorder:
     def recording(self) -> bool:
         return self._encoder is not None
 
-    def start(self, env_seed: int) -> None:
+    def start(self, env_seed: int | None) -> None:
         """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
         self.discard()
-        self._renderer.new_episode()
-        frame = self._frame()
-        height, width = frame.shape[0] * 2 // 3, frame.shape[1]
+        self.source.new_episode()
+        pixel_format, frame = self.source.frame()
+        if pixel_format == RGB:
+            height, width = frame.shape[:2]
+        else:
+            height, width = frame.shape[0] * 2 // 3, frame.shape[1]
         self._encoder = StreamingEncoder(new_episode_file(), width=width, height=height, fps=self._fps)
+        self._pixel_format = pixel_format
         self._seed = env_seed
         self._steps = 0
         self._last_step_skipped = False
-        self._encoder.add_yuv420p(frame)
+        self._send(frame)
 
     def capture(self) -> None:
         """Called after every env step: adds the frame of the env's current state if it is due."""
@@ -110,22 +115,45 @@ class EpisodeRecorder:
         self._steps += 1
         self._last_step_skipped = self._steps % self._frame_every != 0
         if not self._last_step_skipped:
-            self._encoder.add_yuv420p(self._frame())
+            self._send(self._next_frame())
 
-    def _frame(self):
-        """The yuv420p frame of the env's current state, labelled if a label is set."""
-        frame = self._renderer.render_yuv420p()
-        return frame if self._label is None else burn_label_yuv420p(frame, self._label())
+    def _next_frame(self):
+        pixel_format, frame = self.source.frame()
+        if pixel_format != self._pixel_format or frame.shape != self._shape:
+            raise ValueError(
+                f"the frame source changed its frames in the middle of an episode "
+                f"({self._pixel_format} {self._shape} to {pixel_format} {frame.shape})"
+            )
+        return frame
+
+    @property
+    def _shape(self) -> tuple[int, ...]:
+        encoder = self._encoder
+        if self._pixel_format == RGB:
+            return (encoder.height, encoder.width, 3)
+        return (encoder.height * 3 // 2, encoder.width)
+
+    def _send(self, frame) -> None:
+        """Label ``frame`` (if a label is set) and hand it to the encoder."""
+        if self._pixel_format == RGB:
+            if self._label is not None:
+                frame = burn_label(frame, self._label())
+            self._encoder.add(frame)
+        else:
+            if self._label is not None:
+                frame = burn_label_yuv420p(frame, self._label())
+            self._encoder.add_yuv420p(frame)
 
     def finish(
-        self, *, weights_seq_no: int, episode_length: int, num_agents: int, agents_arrived: int, episode_return: float
+        self, *, env_label: str, episode_length: int, episode_return: float,
+        agent_returns: dict[str, float] | None = None,
     ) -> RecordedEpisode:
         """Finish the mp4 of the current episode and return it with the episode's facts."""
         if self._encoder is None:
             raise RuntimeError("finish() without a recording in progress")
         if self._last_step_skipped:
             # The env still shows the last step: a reset would have discarded this recording.
-            self._encoder.add_yuv420p(self._frame())
+            self._send(self._next_frame())
             self._last_step_skipped = False
         encoder, self._encoder = self._encoder, None
         try:
@@ -136,13 +164,12 @@ class EpisodeRecorder:
         self._sequence += 1
         return RecordedEpisode(
             mp4=mp4,
-            env_label="flatland",
-            weights_seq_no=weights_seq_no,
+            env_label=env_label,
             env_seed=self._seed,
             episode_length=episode_length,
-            facts={"num_agents": num_agents, "agents_arrived": agents_arrived,
-                   "completion": agents_arrived / num_agents if num_agents else 0.0},
             episode_return=float(episode_return),
+            agent_returns=agent_returns,
+            facts=self.source.facts(),
             frames=frames,
             fps=self._fps,
             width=encoder.width,

@@ -3,10 +3,10 @@
 Holds:
   RecordingOptions   everything the driver needs to store and publish videos. It stays
                      on the driver: env runners never see it (nor the video folder).
-  RecordingSession   opens the folder claim and the wandb run, stores each evaluation
-                     round's videos (tagged by the caller), rewrites the offline gallery
-                     and publishes them to wandb; closes both at the end. Used by
-                     periodic and standalone evaluation alike.
+  RecordingSession   opens the folder claim and the wandb run, stores each finished
+                     episode's video as it arrives (tagged by the caller), rewrites the
+                     offline gallery after each round and publishes to wandb; closes
+                     both at the end. Used by periodic and standalone evaluation alike.
   register_session() / get_session()   the driver-process registry through which the
                      RLlib callback finds its session by an opaque token.
 """
@@ -14,9 +14,11 @@ Holds:
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from eval_recorder.folder_guard import FolderClaim, claim_folder
 from eval_recorder.gallery import GALLERY, write_gallery
@@ -27,6 +29,8 @@ from eval_recorder.video_store import VideoStore, read_manifest
 from eval_recorder.wandb_sink import WandbSink
 
 __all__ = ["RecordingOptions", "RecordingSession", "StoredVideo", "get_session", "new_run_id", "register_session"]
+
+SCENARIO_SUFFIXES = (".pkl", ".mpk")
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,12 @@ class RecordingOptions:
     checkpoint_dir: str | None = None
     """Where this run saves its checkpoints; kept in the folder's owner record so that a
     resumed run finds them."""
+    scenarios: str | None = None
+    """A folder of saved Flatland scenarios (flatland's ``RailEnvPersister`` files,
+    ``.pkl`` or ``.mpk``): each evaluation round plays each of them once, in name order."""
+    eval_seed: int | None = 1000
+    """Seed of the evaluation episodes when the config sets none (same seed, same
+    episodes every round); None leaves the config's seed alone."""
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
@@ -84,7 +94,10 @@ class StoredVideo:
 
 
 class RecordingSession:
-    """Driver-side owner of the video folder and the wandb run of one run."""
+    """Driver-side owner of the video folder and the wandb run of one run.
+
+    Thread-safe: finished episodes may be published from a publisher thread while the
+    main thread trains."""
 
     def __init__(self, options: RecordingOptions) -> None:
         self.options = options
@@ -94,10 +107,19 @@ class RecordingSession:
         self.evaluation_round = 0
         self.videos: list[StoredVideo] = []
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
+        self.on_video: Callable[[StoredVideo], None] | None = None  # e.g. a progress bar, per stored video
+        self._round_videos: list[StoredVideo] = []
+        self._inbox = None
+        self._lock = threading.RLock()
+        self._scenarios: list[tuple[str, bytes]] | None = None
 
     @property
     def video_dir(self) -> Path:
         return self.claim.path if self.claim else Path(self.options.video_dir)
+
+    @property
+    def is_open(self) -> bool:
+        return self.claim is not None
 
     def open(self) -> "RecordingSession":
         """Claim the folder (refusing if it is not ours to use), then start wandb."""
@@ -110,7 +132,8 @@ class RecordingSession:
         self.store = VideoStore(self.claim.path, run_id=options.run_id)
         # A resumed run goes on counting its evaluation rounds.
         self.evaluation_round = max(
-            (r["evaluation_round"] for r in read_manifest(self.claim.path) if r.get("run_id") == options.run_id),
+            (r["evaluation_round"] for r in read_manifest(self.claim.path)
+             if r.get("run_id") == options.run_id and isinstance(r.get("evaluation_round"), int)),
             default=0,
         )
         wandb_dir = Path(options.wandb_dir) if options.wandb_dir else self.claim.path.parent
@@ -128,29 +151,73 @@ class RecordingSession:
         self.wandb.start()
         return self
 
-    def publish_round(self, episodes: list[tuple[RecordedEpisode, TrainingTag]]) -> list[StoredVideo]:
-        """Store one evaluation round's videos in the folder, then log them to wandb."""
-        if self.store is None:
-            raise RuntimeError("publish_round() before open()")
-        self.evaluation_round += 1  # also for a round that recorded nothing (e.g. its runner died)
-        if not episodes:
-            return []
-        stored = []
-        for index, (episode, tag) in enumerate(episodes):
+    def inbox(self, name: str | None = None):
+        """The inbox eval runners deliver finished episodes to (made on first use, after
+        Ray started; ``name`` lets runners find it by name)."""
+        with self._lock:
+            if self._inbox is None:
+                from eval_recorder.inbox import Inbox
+
+                self._inbox = Inbox(name=name)
+            return self._inbox
+
+    def scenarios(self) -> list[tuple[str, bytes]]:
+        """The saved scenarios evaluation plays, in turn: (file name, bytes) of every
+        ``.pkl`` / ``.mpk`` file of ``options.scenarios``, by name (none without it)."""
+        if self._scenarios is None:
+            folder = self.options.scenarios
+            files = sorted(p for p in Path(folder).iterdir() if p.suffix in SCENARIO_SUFFIXES) if folder else []
+            self._scenarios = [(path.name, path.read_bytes()) for path in files]
+        return self._scenarios
+
+    def begin_round(self) -> int:
+        """A new evaluation round starts; its number (a resumed run goes on counting)."""
+        with self._lock:
+            self.evaluation_round += 1  # also for a round that records nothing (e.g. its runner died)
+            self._round_videos = []
+            return self.evaluation_round
+
+    def publish(self, episode: RecordedEpisode, tag: TrainingTag) -> StoredVideo:
+        """Store one finished episode's video in the folder (the next episode index of the
+        current round), then log it to wandb at its training iteration."""
+        with self._lock:
+            if self.store is None:
+                raise RuntimeError("publish() before open()")
+            evaluation_round = self.evaluation_round
+            index = len(self._round_videos)
             stem = video_stem(env=episode.env_label, training_iteration=tag.training_iteration,
-                              evaluation_round=self.evaluation_round, episode_index=index, run_id=self.options.run_id)
+                              evaluation_round=evaluation_round, episode_index=index, run_id=self.options.run_id)
             path, metadata = self.store.store(
-                episode=episode, stem=stem, tag=tag, evaluation_round=self.evaluation_round,
+                episode=episode, stem=stem, tag=tag, evaluation_round=evaluation_round,
                 episode_index=index, checkpoint=self.checkpoint,
             )
-            stored.append(StoredVideo(path, metadata))
-        self.videos.extend(stored)
-        self.write_gallery()
-        for step in sorted({video.metadata["training_iteration"] for video in stored}):
-            at_step = [video for video in stored if video.metadata["training_iteration"] == step]
-            self.wandb.log_videos([(v.path, v.metadata) for v in at_step], metrics=evaluation_metrics(at_step),
-                                  step=step)
-        return stored
+            video = StoredVideo(path, metadata)
+            self._round_videos.append(video)
+            self.videos.append(video)
+            self.wandb.log_videos([(path, metadata)], metrics={}, step=tag.training_iteration)
+        if self.on_video is not None:
+            self.on_video(video)
+        return video
+
+    def end_round(self) -> list[StoredVideo]:
+        """The round's videos are all in: rewrite the gallery, log the round's means to
+        wandb (at each training iteration its videos show); returns them."""
+        with self._lock:
+            stored = list(self._round_videos)
+            if not stored:
+                return []
+            self.write_gallery()
+            for step in sorted({video.metadata["training_iteration"] for video in stored}):
+                at_step = [video for video in stored if video.metadata["training_iteration"] == step]
+                self.wandb.log_metrics(evaluation_metrics(at_step), step=step)
+            return stored
+
+    def publish_round(self, episodes: list[tuple[RecordedEpisode, TrainingTag]]) -> list[StoredVideo]:
+        """One whole round at once: begin_round, publish each, end_round."""
+        self.begin_round()
+        for episode, tag in episodes:
+            self.publish(episode, tag)
+        return self.end_round()
 
     def write_gallery(self) -> Path | None:
         """Rewrite the folder's offline gallery (index.html); a failure is logged, not raised."""
@@ -176,34 +243,45 @@ class RecordingSession:
             return
         columns = ["training_iteration", "env_steps", "episode_index", "episode_return", "completion",
                    "episode_length", "checkpoint", "video"]
-        rows = [[r[c] for c in columns[:-1]] + [self.claim.path / r["file"]] for r in records]
+        rows = [[r.get(c) for c in columns[:-1]] + [self.claim.path / r["file"]] for r in records]
         step = max(r["training_iteration"] for r in records)
         self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
 
     def log_training(self, metrics: dict[str, float], *, step: int) -> None:
-        if self.wandb is not None:
-            self.wandb.log_metrics(metrics, step=step)
+        with self._lock:
+            if self.wandb is not None:
+                self.wandb.log_metrics(metrics, step=step)
 
     def close(self, exit_code: int = 0) -> None:
         """Log the manifest table, finish the wandb run and release the folder (safe twice)."""
-        if self.wandb is not None:
-            self.publish_manifest_table()
-            self.wandb.finish(exit_code=exit_code)
-        if self.claim is not None:
-            self.claim.release()
+        with self._lock:
+            if self._inbox is not None:
+                try:
+                    self._inbox.close()
+                except Exception:  # Ray is already down: the actor went with it
+                    pass
+                self._inbox = None
+            if self.wandb is not None:
+                self.publish_manifest_table()
+                self.wandb.finish(exit_code=exit_code)
+            if self.claim is not None:
+                self.claim.release()
 
 
 def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:
-    """Means over one round's episodes, under ``eval/`` (the sink adds ``training_iteration``)."""
+    """Means over one round's episodes, under ``eval/`` (the sink adds ``training_iteration``);
+    ``eval/completion_rate`` for envs that report completion (Flatland)."""
     count = len(videos)
     metadata = [video.metadata for video in videos]
-    return {
+    metrics = {
         "env_steps": metadata[0]["env_steps"],
         "eval/return_mean": sum(m["episode_return"] for m in metadata) / count,
-        "eval/completion_rate": sum(m["completion"] for m in metadata) / count,
         "eval/episode_length_mean": sum(m["episode_length"] for m in metadata) / count,
         "eval/videos": count,
     }
+    if all(m.get("completion") is not None for m in metadata):
+        metrics["eval/completion_rate"] = sum(m["completion"] for m in metadata) / count
+    return metrics
 
 
 _SESSIONS: dict[str, RecordingSession] = {}

@@ -17,7 +17,8 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from conftest import TINY, compose_config
 from eval_recorder.app.algorithms import ppo_config
 from eval_recorder.api import add_recording, recording_session
-from eval_recorder.flatland.rendering import frames_rendered
+from eval_recorder.flatland.envs import register_env
+from eval_recorder.frames import frames_rendered
 from eval_recorder.session import RecordingOptions
 from eval_recorder.video_store import read_manifest
 from eval_recorder.wandb_sink import video_key
@@ -63,6 +64,7 @@ def decode(path):
 def serial_run(ray_local, tmp_path_factory):
     """2 iterations, evaluation after training each iteration on one remote eval runner,
     training on one remote training runner, a user callback, wandb offline."""
+    register_env()
     tmp = tmp_path_factory.mktemp("serial")
     cfg = compose_config(*TINY, "training.num_env_runners=1", "evaluation.num_env_runners=1")
     options = RecordingOptions(video_dir=str(tmp / "videos"), run_id="serialrun", wandb_dir=str(tmp))
@@ -118,7 +120,7 @@ def test_training_runners_render_nothing_and_eval_runners_render_only_recorded_f
     tmp, _, training_frames, eval_frames, _ = serial_run
     recorded = sum(m["frames"] for m in read_manifest(tmp / "videos"))
     assert training_frames == [0]
-    assert eval_frames == [recorded]
+    assert eval_frames == [recorded + 1]  # + the one frame that showed, before the folder was claimed, that it records
 
 
 def test_eval_runners_never_see_the_video_folder_and_results_hold_no_video_bytes(serial_run):
@@ -169,6 +171,7 @@ def test_wandb_offline_run_has_every_video_once_at_its_iteration(serial_run):
 
 
 def test_parallel_evaluation_tags_the_previous_iteration(ray_local, tmp_path):
+    register_env()
     cfg = compose_config(*TINY, "evaluation.num_env_runners=1", "evaluation.parallel_to_training=true")
     options = RecordingOptions(video_dir=str(tmp_path / "videos"), run_id="parallel", wandb_mode="disabled")
     results, *_ = train(add_recording(ppo_config(cfg), options), iterations=2)

@@ -23,7 +23,8 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from eval_recorder.callback import TRAINING_RENDER_REFUSED
-from eval_recorder.flatland.envs import ENV_CONFIG_KEYS, ENV_NAME, RENDER_MODES
+from eval_recorder.api import RENDER_MODES
+from eval_recorder.flatland.envs import ENV_CONFIG_KEYS, ENV_NAME
 
 __all__ = [
     "POLICY_ID",

@@ -142,7 +142,7 @@ def _publish_finished(algo) -> None:
     for callback in algo.callbacks if isinstance(algo.callbacks, list) else [algo.callbacks]:
         if isinstance(callback, RecordingCallback):
             try:
-                callback.publish_finished(algo, timeout_seconds=_INTERRUPT_COLLECT_SECONDS)
+                callback.publish_finished(timeout_seconds=_INTERRUPT_COLLECT_SECONDS)
             except Exception as error:  # interrupted: keep what is written, report the rest
                 logger.warning("could not collect the last finished episodes: %s", error)
 

@@ -195,6 +195,9 @@ def _evaluate(cfg, infos: list[CheckpointInfo], env_configs: list[dict], session
     from tqdm import tqdm
 
     print(start_ray(cfg), flush=True)
+    from eval_recorder.flatland.envs import register_env
+
+    register_env()
     algo, built_for = None, None
     try:
         bar = tqdm(total=len(infos) * cfg.evaluation.episodes, unit="episode", desc="evaluating", file=sys.stdout)

@@ -1,0 +1,129 @@
+"""Flatland's frame source: the fast renderer for any env that holds a ``RailEnv``.
+
+Holds:
+  FlatlandFrames   a ``FrameSource`` (plugged in through the ``eval_recorder.frame_sources``
+                   entry point) that recognises a flatland ``RailEnv`` inside an env —
+                   flatland-rl's RLlib wrappers (``RayMultiAgentWrapper`` made by
+                   ``ray_env_generator``), gymnasium wrappers, or a bare RailEnv — whatever
+                   its observation builder, generators, malfunctions and speed profiles,
+                   and draws it with ``FrameRenderer`` (flatland's PILSVG picture, pixel
+                   for pixel). Facts: trains, trains arrived, completion. It also loads a
+                   saved scenario (``RailEnvPersister`` file) into the env before a reset.
+  find_rail_env()  the RailEnv inside an env, or None.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+from typing import Any
+
+import numpy as np
+
+from eval_recorder.frames import YUV420P, FrameSource, count_frame
+
+__all__ = ["FlatlandFrames", "arrived", "find_rail_env"]
+
+_MAX_DEPTH = 8
+
+
+def find_rail_env(env: Any):
+    """The flatland ``RailEnv`` that ``env`` is or wraps (through ``wrap()``, ``unwrapped``,
+    ``env``, ``_wrap``, ``rail_env``), else None. Never imports flatland: an env can hold a
+    RailEnv only if flatland is already imported."""
+    rail_env_module = sys.modules.get("flatland.envs.rail_env")
+    if rail_env_module is None:
+        return None
+    rail_env_class = rail_env_module.RailEnv
+    seen: set[int] = set()
+    todo = [env]
+    while todo and len(seen) < _MAX_DEPTH * 4:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, rail_env_class):
+            return current
+        inner = getattr(current, "__dict__", {})
+        todo.extend(inner.get(name) for name in ("_wrap", "env", "rail_env", "_env"))
+        if callable(getattr(type(current), "wrap", None)):
+            try:
+                todo.append(current.wrap())
+            except Exception:
+                pass
+    return None
+
+
+def arrived(rail_env) -> int:
+    """Trains that reached their target."""
+    from flatland.envs.step_utils.states import TrainState
+
+    return sum(agent.state == TrainState.DONE for agent in rail_env.agents)
+
+
+class FlatlandFrames(FrameSource):
+    """Frames of the RailEnv inside an env, drawn by the fast renderer (yuv420p)."""
+
+    label = "flatland"
+
+    def __init__(self, env: Any, rail_env, *, max_side: int) -> None:
+        from eval_recorder.flatland.rendering import FrameRenderer
+
+        self._env = env
+        self.rail_env = rail_env
+        self._renderer = FrameRenderer(rail_env, max_side=max_side)
+
+    @classmethod
+    def find(cls, env: Any, *, max_side: int) -> "FlatlandFrames | None":
+        rail_env = find_rail_env(env)
+        return None if rail_env is None else cls(env, rail_env, max_side=max_side)
+
+    def new_episode(self) -> None:
+        self._renderer.new_episode()
+
+    def frame(self) -> tuple[str, np.ndarray]:
+        frame = self._renderer.render_yuv420p()
+        count_frame()
+        return YUV420P, frame
+
+    def label_extra(self) -> str:
+        return f"arrived {arrived(self.rail_env)}/{self.rail_env.get_num_agents()}"
+
+    def facts(self) -> dict[str, Any]:
+        agents, done = self.rail_env.get_num_agents(), arrived(self.rail_env)
+        return {"num_agents": agents, "agents_arrived": done, "completion": done / agents if agents else 0.0}
+
+    def load_scenario(self, name: str, data: bytes) -> dict[str, Any]:
+        """Load the saved scenario ``data`` (a RailEnvPersister file named ``name``) into the
+        env, keeping its observation builder; returns the reset options that keep it."""
+        from flatland.envs.persistence import RailEnvPersister
+
+        RailEnvPersister.load(self.rail_env, env_dict=load_scenario_dict(name, data),
+                              obs_builder=self.rail_env.obs_builder)
+        _refresh_wrappers(self._env, self.rail_env)
+        return {"regenerate_rail": False, "regenerate_schedule": False}
+
+
+def load_scenario_dict(name: str, data: bytes) -> dict:
+    """The env dict of a RailEnvPersister file's bytes (``.pkl``: pickle; ``.mpk``: msgpack)."""
+    if name.endswith(".mpk"):
+        import msgpack
+
+        return msgpack.unpackb(data, use_list=False, raw=False)
+    return pickle.load(io.BytesIO(data))
+
+
+def _refresh_wrappers(env: Any, rail_env) -> None:
+    """A scenario may have another number of trains: flatland-rl's RayMultiAgentWrapper
+    fixes its agents and spaces when made, so remake them for the loaded RailEnv."""
+    from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
+
+    seen: set[int] = set()
+    current = env
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RayMultiAgentWrapper) and current.wrap() is rail_env:
+            RayMultiAgentWrapper.__init__(current, rail_env, render_mode=current.render_mode)
+            return
+        current = getattr(current, "__dict__", {}).get("env")

@@ -1,0 +1,176 @@
+"""Frame sources: where the recording wrapper gets its pictures and the episode's facts.
+
+Holds:
+  FrameSource      the base class of frame sources: the only env-specific part of
+                   recording. The wrapper owns the episode (reset, steps, end) and asks
+                   its frame source for each frame, for the label's extra text and, at
+                   the end, for the episode's facts.
+  RenderFrames     the default source: the env's own ``render()`` (``rgb_array``), cropped
+                   to even sides and scaled down to ``max_side``.
+  find_frame_source()  the first plug-in source that recognises the env (Flatland's fast
+                   renderer), else RenderFrames; refuses an env that renders no frames.
+  NoFrames         raised when an env cannot be recorded (message: what to do).
+  frames_rendered() how many frames this process has produced (a test proves that
+                   training env runners render nothing).
+
+Plug-in sources are found through the ``eval_recorder.frame_sources`` entry point group
+(``pyproject.toml``), so the core never imports them by name: each entry is a FrameSource
+subclass whose ``find(env)`` returns an instance for an env it recognises, else None.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FrameSource", "NoFrames", "RenderFrames", "find_frame_source", "frames_rendered", "scaled_size"]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "eval_recorder.frame_sources"
+RGB, YUV420P = "rgb24", "yuv420p"
+
+_FRAMES_RENDERED = 0
+
+
+def frames_rendered() -> int:
+    """Number of frames any frame source of this process has produced."""
+    return _FRAMES_RENDERED
+
+
+def count_frame() -> None:
+    """Frame sources call this once per frame they produce."""
+    global _FRAMES_RENDERED
+    _FRAMES_RENDERED += 1
+
+
+class NoFrames(ValueError):
+    """The env cannot be recorded; the message says why and what to do."""
+
+
+class FrameSource:
+    """Pictures and facts of one env's episodes.
+
+    ``label`` is the short env label that starts every video's file name. The wrapper
+    calls ``new_episode()`` after each reset, ``frame()`` for each recorded frame, and
+    ``label_extra()`` / ``facts()`` for the burned-in label and the episode's metadata.
+    """
+
+    label: str = "env"
+
+    @classmethod
+    def find(cls, env: Any, *, max_side: int) -> "FrameSource | None":
+        """A source for ``env`` if this kind of source recognises it, else None."""
+        return None
+
+    def new_episode(self) -> None:
+        """The env was reset (its world may have changed)."""
+
+    def frame(self) -> tuple[str, np.ndarray]:
+        """The current state as ``("rgb24", (h, w, 3) uint8)`` or ``("yuv420p", (h*3//2, w) uint8)``,
+        even sides, at most ``max_side`` on the longest side."""
+        raise NotImplementedError
+
+    def label_extra(self) -> str | None:
+        """Extra text of the burned-in label (e.g. ``arrived 1/3``), or None."""
+        return None
+
+    def facts(self) -> dict[str, Any]:
+        """Facts of the episode that just ended, beyond length and return (e.g. Flatland's
+        ``num_agents``, ``agents_arrived``, ``completion``)."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the source holds."""
+
+
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longest side is at most ``max_side`` (0 = no
+    cap), then made even (yuv420p needs even sides)."""
+    if max_side > 0 and max(width, height) > max_side:
+        factor = max_side / max(width, height)
+        width, height = max(2, round(width * factor)), max(2, round(height * factor))
+    return width - width % 2, height - height % 2
+
+
+class RenderFrames(FrameSource):
+    """Frames from the env's own ``render()``, which must return ``rgb_array`` frames
+    (gymnasium's ``render_mode="rgb_array"``): (h, w, 3) or (h, w, 4) uint8 arrays."""
+
+    def __init__(self, env: Any, *, max_side: int, label: str = "env") -> None:
+        self._env = env
+        self._max_side = max_side
+        self.label = label
+        self._size: tuple[int, int] | None = None
+
+    @classmethod
+    def find(cls, env: Any, *, max_side: int) -> "RenderFrames":
+        mode = getattr(env, "render_mode", None)
+        if mode is not None and mode != "rgb_array":
+            raise NoFrames(
+                f"the env {_env_name(env)} renders in mode {mode!r}, not 'rgb_array'; "
+                f"make the evaluation env with render_mode='rgb_array' so that its frames can be recorded."
+            )
+        return cls(env, max_side=max_side)
+
+    def frame(self) -> tuple[str, np.ndarray]:
+        image = self._env.render()
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
+            what = type(image).__name__ if not isinstance(image, np.ndarray) else f"an array of shape {image.shape}"
+            raise NoFrames(
+                f"the env {_env_name(self._env)} returned {what} from render(), not an rgb_array frame; "
+                f"make the evaluation env with render_mode='rgb_array' so that its frames can be recorded."
+            )
+        if image.dtype != np.uint8:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+        height, width = image.shape[:2]
+        if self._size is None:
+            self._size = scaled_size(width, height, self._max_side)
+        out_width, out_height = self._size
+        if (out_width, out_height) != (width - width % 2, height - height % 2):
+            from PIL import Image
+
+            image = np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, :3])).resize(
+                (out_width, out_height), Image.BILINEAR))
+        else:
+            image = image[:out_height, :out_width, :3]
+        count_frame()
+        return RGB, np.ascontiguousarray(image)
+
+
+def _env_name(env: Any) -> str:
+    spec = getattr(env, "spec", None)
+    if getattr(spec, "id", None):
+        return spec.id
+    return type(getattr(env, "unwrapped", env)).__name__
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_sources() -> tuple[type[FrameSource], ...]:
+    """The frame source classes installed under the entry point group, in name order."""
+    found = []
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except Exception as error:  # a broken plug-in must not stop recording with render()
+            logger.warning("frame source %s could not be loaded (%s: %s); it is skipped",
+                           entry.name, type(error).__name__, error)
+    return tuple(found)
+
+
+def find_frame_source(env: Any, *, max_side: int, label: str) -> FrameSource:
+    """The source that draws ``env``: a plug-in that recognises it, else its own render().
+
+    ``label`` (the env's label) is used unless the plug-in has its own (``flatland``).
+    Raises NoFrames for an env that renders no rgb_array frames."""
+    for source_class in plugin_sources():
+        source = source_class.find(env, max_side=max_side)
+        if source is not None:
+            return source
+    source = RenderFrames.find(env, max_side=max_side)
+    source.label = label
+    return source
