@@ -5,6 +5,8 @@ Holds:
   VideoStore        writes an mp4 + its JSON sidecar under a name no file has, each
                     complete before it appears, and appends the manifest line.
   read_manifest()   the records of a folder's manifest.
+  append_record()   appends one JSON line to a manifest; a last line cut short by a crash
+                    never swallows it.
   write_temporary() / fsync_dir()   the flushed hidden temporary file and the folder
                     flush that every atomic write here is made of.
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from eval_recorder.naming import numbered_stem, video_metadata
 
-__all__ = ["MANIFEST", "VideoStore", "fsync_dir", "read_manifest", "write_temporary"]
+__all__ = ["MANIFEST", "VideoStore", "append_record", "fsync_dir", "read_manifest", "write_temporary"]
 
 MANIFEST = "manifest.jsonl"
 _MAX_NAME_ATTEMPTS = 10_000
@@ -33,16 +35,47 @@ _MAX_NAME_ATTEMPTS = 10_000
 
 def read_manifest(folder: str | os.PathLike) -> list[dict]:
     """Every record of ``folder``'s manifest, in the order written (complete lines only)."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
+    try:
+        data = (Path(folder) / MANIFEST).read_bytes()
+    except FileNotFoundError:
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in data.split(b"\n"):
         try:
-            records.append(json.loads(line))
-        except ValueError:  # a line cut short by a crash is not a record
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a crash is not a record (nor an empty one)
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def append_record(manifest: Path, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``manifest``, flushed to disk.
+
+    If the manifest's last line was cut short (a crash mid-append), a newline goes first,
+    so the torn line stays a line of its own (which readers skip) and never swallows this
+    record. If writing fails, the bytes of this append that got in are taken back.
+    """
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # a torn line stays; readers skip it and the next append starts a new line
+            raise
+    finally:
+        os.close(fd)
 
 
 class VideoStore:
@@ -85,7 +118,7 @@ class VideoStore:
         text = json.dumps(metadata, indent=2) + "\n"
         if not self._publish(text.encode(), video_path.with_suffix(".json")):
             raise FileExistsError(f"sidecar {video_path.with_suffix('.json')} appeared while writing")
-        self._append_manifest(metadata)
+        append_record(self.manifest_path, metadata)
         return video_path, metadata
 
     def _publish(self, data: bytes, final: Path) -> bool:
@@ -99,15 +132,6 @@ class VideoStore:
             tmp.unlink()  # our own temporary name; the data lives on under `final`
         fsync_dir(self.folder)
         return True
-
-    def _append_manifest(self, metadata: dict) -> None:
-        line = (json.dumps(metadata, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def write_temporary(folder: Path, name: str, data: bytes) -> Path:
