@@ -1,32 +1,47 @@
 """The guarded video folder: one run owns a folder; no one else writes into it.
 
 Holds:
-  FolderRefused     the error raised when a folder may not be used; its message says
-                    what is wrong and what to do.
-  FolderClaim       a held claim on a folder: an exclusive OS lock (``flock``, released
-                    by the OS when the process dies) plus the owner record.
-  claim_folder()    checks everything, then takes the lock and writes the owner record.
+  FolderRefused     the error raised when a folder may not be used; its message is one
+                    sentence: what is wrong and what to do.
+  FolderClaim       a held claim on a folder: exclusive OS locks (``flock``, released by
+                    the OS when the process dies) plus the owner record.
+  claim_folder()    checks everything, then takes the locks and writes the owner record.
+
+The locks: ``flock`` on the folder itself (its inode cannot be unlinked away while the
+folder holds files, so deleting anything inside the folder cannot let a second process
+in) and on the lock file (which carries the holder's run id, host and pid for the
+"in use by" message, and keeps out runs of versions that locked only that file).
 
 Files it keeps in the folder (never deleted):
   .eval_recorder.lock        the lock file; holds the live holder (run id, host, pid).
-  .eval_recorder-owner.json  the run that owns the folder, written once.
+  .eval_recorder-owner.json  the run that owns the folder, written once, atomically.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval_recorder.video_store import fsync_dir, write_temporary
+
 __all__ = ["FolderClaim", "FolderRefused", "LOCK_FILE", "OWNER_FILE", "claim_folder"]
 
 LOCK_FILE = ".eval_recorder.lock"
 OWNER_FILE = ".eval_recorder-owner.json"
+
+_log = logging.getLogger(__name__)
+
+# flock on a folder's descriptor fails with these where the filesystem cannot lock it (e.g.
+# NFS, which emulates flock with byte-range locks that need a file open for writing).
+_NO_FOLDER_LOCK = {errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP}
 
 
 class FolderRefused(Exception):
@@ -39,13 +54,16 @@ class FolderClaim:
     run_id: str
     owner: dict  # the owner record: the run that first claimed the folder
     _lock_fd: int
+    _folder_fd: int = -1  # the folder itself, locked; -1 where the filesystem cannot lock a folder
 
     def release(self) -> None:
-        """Give up the lock (the OS does this too if the process dies)."""
-        if self._lock_fd >= 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        """Give up the locks (the OS does this too if the process dies); safe twice."""
+        for name in ("_lock_fd", "_folder_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                setattr(self, name, -1)
 
 
 def _now() -> str:
@@ -58,9 +76,10 @@ def _describe(record: dict) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def claim_folder(
@@ -68,57 +87,169 @@ def claim_folder(
 ) -> FolderClaim:
     """Take ``video_dir`` for ``run_id``, or raise FolderRefused having changed nothing.
 
-    Refused: a path that is a file or cannot be created; a folder owned by another run
-    id; a folder of this run id unless ``resume``; a folder whose lock a live process
-    holds. ``owner_details`` (e.g. where the run saves checkpoints) go into the owner
-    record when this claim creates it.
+    Refused: a path that cannot be resolved (e.g. a symlink loop), is a file or cannot be
+    created; a folder whose owner record is damaged; a folder owned by another run id; a
+    folder of this run id unless ``resume``; a folder a live process holds (also after
+    its lock file was deleted). ``owner_details`` (e.g. where the run saves checkpoints)
+    go into the owner record when this claim creates it.
     """
-    path = Path(video_dir).expanduser().resolve()
-    if path.exists() and not path.is_dir():
+    path = _resolve(video_dir)
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError as error:  # e.g. a parent folder we may not look into
+        raise _cannot_open(path, error) from None
+    if exists and not is_dir:
         raise FolderRefused(
             f"recording.video_dir {path} is a file, not a folder; choose another recording.video_dir."
         )
-    owner = _read_json(path / OWNER_FILE) if path.is_dir() else {}
+    owner = _read_owner(path) if is_dir else {}
     _check_owner(path, owner, run_id=run_id, resume=resume)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        folder_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:
-        raise FolderRefused(
-            f"cannot create or open video folder {path} ({error.strerror}); choose a writable recording.video_dir."
-        ) from error
+        raise _cannot_open(path, error) from None
+    lock_fd = -1
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _holder(path / LOCK_FILE)
-        os.close(lock_fd)
-        raise FolderRefused(
-            f"video folder {path} is in use by {_describe(holder)}; choose another recording.video_dir, "
-            f"or wait for that run to end and resume it with recording.resume=true."
-        ) from None
-    # Checked again under the lock: another run may have claimed it in between.
-    owner = _read_json(path / OWNER_FILE)
-    try:
+        if not _lock(folder_fd, path):
+            os.close(folder_fd)
+            folder_fd = -1
+        try:
+            lock_fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise _cannot_open(path, error) from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(path) from None
+        # Checked again under the lock: another run may have claimed it in between.
+        owner = _read_owner(path)
         _check_owner(path, owner, run_id=run_id, resume=resume)
-    except FolderRefused:
-        os.close(lock_fd)
+        me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+        try:
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as error:  # only the "in use by" message needs it; the lock is held
+            _log.warning("could not record this run as the holder in %s (%s)", path / LOCK_FILE, error.strerror)
+        if not owner:
+            owner = {**me, **(owner_details or {})}
+            try:
+                _write_new(path / OWNER_FILE, json.dumps(owner, indent=2) + "\n")
+            except OSError as error:
+                raise _cannot_open(path, error) from None
+    except BaseException:
+        for fd in (lock_fd, folder_fd):
+            if fd >= 0:
+                os.close(fd)
         raise
-    me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
-    os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, (json.dumps(me) + "\n").encode(), 0)
-    if not owner:
-        owner = {**me, **(owner_details or {})}
-        _write_new(path / OWNER_FILE, json.dumps(owner, indent=2) + "\n")
-    return FolderClaim(path=path, run_id=run_id, owner=owner, _lock_fd=lock_fd)
+    return FolderClaim(path=path, run_id=run_id, owner=owner, _lock_fd=lock_fd, _folder_fd=folder_fd)
+
+
+def _resolve(video_dir: str | os.PathLike) -> Path:
+    """``video_dir`` with ``~`` expanded and symlinks followed, or FolderRefused."""
+    try:
+        return Path(video_dir).expanduser().resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, or ~user unknown
+        if getattr(error, "errno", None) == errno.ELOOP or "loop" in str(error).lower():
+            why = "a symlink loop"
+        else:
+            why = getattr(error, "strerror", None) or str(error)
+        raise FolderRefused(
+            f"recording.video_dir {video_dir} cannot be resolved to a folder ({why}); "
+            f"choose another recording.video_dir."
+        ) from None
+
+
+def _cannot_open(path: Path, error: OSError) -> FolderRefused:
+    return FolderRefused(
+        f"cannot create or open video folder {path} ({error.strerror}); choose a writable recording.video_dir."
+    )
+
+
+def _lock(folder_fd: int, path: Path) -> bool:
+    """Lock the folder itself; False where its filesystem cannot (the lock file still guards)."""
+    try:
+        fcntl.flock(folder_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(path) from None
+    except OSError as error:
+        if error.errno not in _NO_FOLDER_LOCK:
+            raise _cannot_open(path, error) from None
+        _log.warning("the filesystem of %s cannot lock a folder (%s); only %s guards it, so do not delete that "
+                     "file while the run is live", path, error.strerror, LOCK_FILE)
+        return False
+    return True
+
+
+def _in_use(path: Path) -> FolderRefused:
+    """The refusal naming the live process that holds ``path``."""
+    holder = _holder(path / LOCK_FILE)
+    if holder.get("run_id"):
+        who = _describe(holder)
+    else:  # the lock file was deleted (or damaged) under the live holder
+        pid = _flock_holder_pid(path)
+        who = (f"another live process (pid {pid}, host {socket.gethostname()})" if pid
+               else "another live process")
+        who += f" whose lock file {LOCK_FILE} is missing or damaged"
+    return FolderRefused(
+        f"video folder {path} is in use by {who}; choose another recording.video_dir, "
+        f"or wait for that run to end and resume it with recording.resume=true."
+    )
 
 
 def _holder(lock_file: Path, wait_s: float = 2.0) -> dict:
     """The live holder recorded in the lock file; a holder that has just taken the lock
-    writes it a moment later, so wait briefly for it."""
+    writes it a moment later, so wait briefly for it (not when the file is gone)."""
     deadline = time.monotonic() + wait_s
-    while not (holder := _read_json(lock_file)) and time.monotonic() < deadline:
+    while not (holder := _read_json(lock_file)) and lock_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     return holder
+
+
+def _flock_holder_pid(path: Path) -> int | None:
+    """The pid holding a ``flock`` on folder ``path``, from Linux's /proc/locks; None if unknown."""
+    try:
+        st = os.stat(path)
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2162850 0 EOF"
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted and int(fields[4]) > 0:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_owner(path: Path) -> dict:
+    """The owner record of folder ``path`` ({} if there is none), or FolderRefused if it is
+    damaged: a damaged record must never pass for "no owner"."""
+    owner_file = path / OWNER_FILE
+    try:
+        text = owner_file.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise _damaged(path, owner_file, f"cannot be read: {error.strerror}") from None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise _damaged(path, owner_file, "empty" if not text.strip() else "not valid JSON") from None
+    if not isinstance(record, dict):
+        raise _damaged(path, owner_file, "not a JSON object")
+    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        raise _damaged(path, owner_file, "no run_id in it")
+    return record
+
+
+def _damaged(path: Path, owner_file: Path, why: str) -> FolderRefused:
+    return FolderRefused(
+        f"the owner record {owner_file} is damaged ({why}); restore it from a backup, or delete it if no other "
+        f"run uses video folder {path} (each video's name carries its run id), or choose another "
+        f"recording.video_dir."
+    )
 
 
 def _check_owner(path: Path, owner: dict, *, run_id: str, resume: bool) -> None:
@@ -135,8 +266,11 @@ def _check_owner(path: Path, owner: dict, *, run_id: str, resume: bool) -> None:
 
 
 def _write_new(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """``text`` appears complete at ``path`` (temporary file, then a hard link that fails
+    rather than overwrite), so a crash can never leave a cut-short owner record."""
+    tmp = write_temporary(path.parent, path.name, text.encode())
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink()
+    fsync_dir(path.parent)

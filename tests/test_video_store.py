@@ -64,3 +64,16 @@ def test_manifest_is_appended_to_never_rewritten(tmp_path):
 def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path):
     (tmp_path / MANIFEST).write_text('{"file": "a.mp4"}\n{"file": "b.m')
     assert read_manifest(tmp_path) == [{"file": "a.mp4"}]
+
+
+def test_a_torn_last_line_never_swallows_the_next_record(tmp_path):
+    torn = b'{"file": "a.mp4"}\n{"file": "b.m'
+    (tmp_path / MANIFEST).write_bytes(torn)
+    _, metadata = store_one(VideoStore(tmp_path, run_id="run1"))
+    assert (tmp_path / MANIFEST).read_bytes() == torn + b"\n" + json.dumps(metadata, separators=(",", ":")).encode() + b"\n"
+    assert read_manifest(tmp_path) == [{"file": "a.mp4"}, metadata]
+
+
+def test_lines_that_are_not_records_are_skipped(tmp_path):
+    (tmp_path / MANIFEST).write_bytes(b'{"file": "a.mp4"}\n\n[1, 2]\n7\n{"file": "\xc3\n{"file": "c.mp4"}\n')
+    assert read_manifest(tmp_path) == [{"file": "a.mp4"}, {"file": "c.mp4"}]

@@ -1,0 +1,38 @@
+"""Real, tiny H.264 mp4 files for tests of the video folder."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+def tiny_mp4(frames: int = 6, width: int = 32, height: int = 24, fps: int = 10, shade: int = 0) -> bytes:
+    """An mp4 as the recorder writes them (libx264, yuv420p, faststart) of ``frames`` frames."""
+    fd, path = tempfile.mkstemp(suffix=".mp4")  # faststart rewrites the file: needs a real one
+    os.close(fd)
+    try:
+        _encode(path, frames, width, height, fps, shade)
+        with open(path, "rb") as handle:
+            return handle.read()
+    finally:
+        os.unlink(path)
+
+
+def _encode(path: str, frames: int, width: int, height: int, fps: int, shade: int) -> None:
+    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps, 1))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            picture = np.full((height, width, 3), (shade + 40 * index) % 256, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def decoded_frames(data_or_path) -> int:
+    with av.open(data_or_path if isinstance(data_or_path, str) else io.BytesIO(data_or_path)) as container:
+        return sum(1 for _ in container.decode(video=0))
