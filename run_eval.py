@@ -1,7 +1,7 @@
-"""The one entry point: PPO training on Flatland with recorded periodic evaluation.
+"""The one entry point: RLlib training with recorded periodic evaluation (PPO on Flatland by default).
 
-    python run_eval.py                      # defaults: small env, 3 iterations, wandb offline
-    python run_eval.py training.iterations=10 env=medium
+    python run_eval.py                      # defaults: small env, PPO, 3 iterations, wandb offline
+    python run_eval.py training.iterations=10 env=medium algorithm=appo
     python run_eval.py checkpoint=PATH      # evaluate and record a saved checkpoint (or a run folder of them)
     python run_eval.py --help               # every option with its documentation
 

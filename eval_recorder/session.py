@@ -25,7 +25,7 @@ from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import check_run_id, video_stem
 from eval_recorder.tags import TrainingTag
 from eval_recorder.recorder import RecordedEpisode
-from eval_recorder.video_store import VideoStore, read_manifest
+from eval_recorder.video_store import StoreFailed, VideoStore, read_manifest
 from eval_recorder.wandb_sink import WandbSink
 
 __all__ = ["RecordingOptions", "RecordingSession", "StoredVideo", "get_session", "new_run_id", "register_session"]
@@ -79,6 +79,9 @@ class RecordingOptions:
     scenarios: str | None = None
     """A folder of saved Flatland scenarios (flatland's ``RailEnvPersister`` files,
     ``.pkl`` or ``.mpk``): each evaluation round plays each of them once, in name order."""
+    unstored_budget_mb: int = 256
+    """Memory for videos that could not be stored (full or unwritable folder) while they
+    wait to be stored; beyond it the oldest are dropped."""
     eval_seed: int | None = 1000
     """Seed of the evaluation episodes when the config sets none (same seed, same
     episodes every round); None leaves the config's seed alone."""
@@ -109,6 +112,10 @@ class RecordingSession:
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
         self.on_video: Callable[[StoredVideo], None] | None = None  # e.g. a progress bar, per stored video
         self._round_videos: list[StoredVideo] = []
+        self.recovered: list[dict] = []  # records the folder's reconciliation added at open
+        self.unstored: list[tuple[RecordedEpisode, TrainingTag, str, int, int]] = []  # waiting for disk space
+        self.dropped = 0  # unstored episodes beyond the memory budget (lost)
+        self._trouble: str | None = None  # the store problem last reported (said once per outage)
         self._inbox = None
         self._lock = threading.RLock()
         self._scenarios: list[tuple[str, bytes]] | None = None
@@ -130,6 +137,12 @@ class RecordingSession:
         self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume,
                                   owner_details=details)
         self.store = VideoStore(self.claim.path, run_id=options.run_id)
+        # Videos that got their final name but not their index (the run was killed right
+        # then) get their sidecar and manifest line before anything else happens.
+        try:
+            self.recovered = self.store.reconcile()
+        except StoreFailed as error:
+            self._store_trouble(error)
         # A resumed run goes on counting its evaluation rounds.
         self.evaluation_round = max(
             (r["evaluation_round"] for r in read_manifest(self.claim.path)
@@ -177,32 +190,78 @@ class RecordingSession:
             self._round_videos = []
             return self.evaluation_round
 
-    def publish(self, episode: RecordedEpisode, tag: TrainingTag) -> StoredVideo:
+    def publish(self, episode: RecordedEpisode, tag: TrainingTag) -> StoredVideo | None:
         """Store one finished episode's video in the folder (the next episode index of the
-        current round), then log it to wandb at its training iteration."""
+        current round), then log it to wandb at its training iteration. If the folder is
+        full or unwritable, the episode waits in memory (``options.unstored_budget_mb``)
+        and is stored as soon as the folder takes writes again; None then."""
         with self._lock:
             if self.store is None:
                 raise RuntimeError("publish() before open()")
-            evaluation_round = self.evaluation_round
-            index = len(self._round_videos)
-            stem = video_stem(env=episode.env_label, training_iteration=tag.training_iteration,
-                              evaluation_round=evaluation_round, episode_index=index, run_id=self.options.run_id)
-            path, metadata = self.store.store(
-                episode=episode, stem=stem, tag=tag, evaluation_round=evaluation_round,
-                episode_index=index, checkpoint=self.checkpoint,
-            )
-            video = StoredVideo(path, metadata)
-            self._round_videos.append(video)
-            self.videos.append(video)
-            self.wandb.log_videos([(path, metadata)], metrics={}, step=tag.training_iteration)
-        if self.on_video is not None:
+            index = len(self._round_videos) + sum(1 for item in self.unstored if item[3] == self.evaluation_round)
+            self._retry_unstored()
+            video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
+            if video is not None:
+                self._round_videos.append(video)
+        if video is not None and self.on_video is not None:
             self.on_video(video)
         return video
+
+    def _store(self, episode, tag, checkpoint, evaluation_round, index) -> StoredVideo | None:
+        stem = video_stem(env=episode.env_label, training_iteration=tag.training_iteration,
+                          evaluation_round=evaluation_round, episode_index=index, run_id=self.options.run_id)
+        try:
+            path, metadata = self.store.store(
+                episode=episode, stem=stem, tag=tag, evaluation_round=evaluation_round,
+                episode_index=index, checkpoint=checkpoint,
+            )
+        except StoreFailed as error:
+            self._store_trouble(error)
+            if error.video is None:  # nothing of it reached the folder: keep it for later
+                self._keep_unstored((episode, tag, checkpoint, evaluation_round, index))
+                return None
+            path, metadata = error.video, error.metadata  # stored; its index follows later
+        else:
+            if self._trouble is not None:
+                logger.warning("video folder %s takes videos again", self.store.folder)
+                self._trouble = None
+        video = StoredVideo(path, metadata)
+        self.videos.append(video)
+        self.wandb.log_videos([(path, metadata)], metrics={}, step=tag.training_iteration)
+        return video
+
+    def _store_trouble(self, error: StoreFailed) -> None:
+        """Say once per outage what is wrong with the folder; training goes on."""
+        if self._trouble != error.reason:
+            self._trouble = error.reason
+            logger.warning("%s Training goes on; unstored videos wait in memory (up to %d MB) and are stored "
+                           "as soon as the folder takes writes again.", error, self.options.unstored_budget_mb)
+
+    def _keep_unstored(self, item) -> None:
+        self.unstored.append(item)
+        budget = self.options.unstored_budget_mb * 1_000_000
+        while sum(len(kept[0].mp4) for kept in self.unstored) > budget and len(self.unstored) > 1:
+            self.unstored.pop(0)
+            self.dropped += 1
+            logger.warning("the oldest unstored video was dropped: the %d MB kept in memory for a full or "
+                           "unwritable video folder are used up", self.options.unstored_budget_mb)
+
+    def _retry_unstored(self) -> None:
+        """Store the waiting episodes, oldest first, while the folder takes them."""
+        while self.unstored and self.store.can_store(len(self.unstored[0][0].mp4)):
+            episode, tag, checkpoint, evaluation_round, index = self.unstored.pop(0)
+            video = self._store(episode, tag, checkpoint, evaluation_round, index)
+            if video is None:  # still failing: it went back to the end of the queue
+                self.unstored.insert(0, self.unstored.pop())
+                return
+            if self.on_video is not None:
+                self.on_video(video)
 
     def end_round(self) -> list[StoredVideo]:
         """The round's videos are all in: rewrite the gallery, log the round's means to
         wandb (at each training iteration its videos show); returns them."""
         with self._lock:
+            self._retry_unstored()
             stored = list(self._round_videos)
             if not stored:
                 return []
@@ -261,6 +320,16 @@ class RecordingSession:
                 except Exception:  # Ray is already down: the actor went with it
                     pass
                 self._inbox = None
+            if self.store is not None:
+                self._retry_unstored()
+                if self.store.unindexed:
+                    try:
+                        self.store.reconcile()
+                    except StoreFailed as error:
+                        self._store_trouble(error)
+                if self.unstored or self.dropped:
+                    logger.error("%d videos could not be stored in %s (the folder is full or unwritable) and are "
+                                 "lost with this process", len(self.unstored) + self.dropped, self.store.folder)
             if self.wandb is not None:
                 self.publish_manifest_table()
                 self.wandb.finish(exit_code=exit_code)

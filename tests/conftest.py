@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny but real: PPO on the small Flatland env, few steps per iteration.
 TINY = (
-    "training.train_batch_size=200",
-    "training.minibatch_size=64",
-    "training.num_epochs=1",
-    "training.hidden=[16]",
+    "algorithm.train_batch_size=200",
+    "algorithm.minibatch_size=64",
+    "algorithm.num_epochs=1",
+    "algorithm.hidden=[16]",
     "evaluation.episodes=2",
 )
 
@@ -28,6 +28,16 @@ def compose_config(*overrides: str):
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def flatland_config(cfg):
+    """The RLlib config the main job builds for ``cfg`` on the built-in Flatland env."""
+    from eval_recorder.app.algorithms import algorithm_config, builtin_env_config
+    from eval_recorder.flatland.envs import ENV_NAME, register_env
+
+    register_env()
+    return algorithm_config(cfg, env=ENV_NAME, env_config=builtin_env_config(cfg.env, seed=cfg.training.seed),
+                            multi_agent=True)
 
 
 def run_eval_command(*overrides: str) -> list[str]:

@@ -14,8 +14,7 @@ import av
 import pytest
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-from conftest import TINY, compose_config
-from eval_recorder.app.algorithms import ppo_config
+from conftest import TINY, compose_config, flatland_config
 from eval_recorder.api import add_recording, recording_session
 from eval_recorder.flatland.envs import register_env
 from eval_recorder.frames import frames_rendered
@@ -69,7 +68,7 @@ def serial_run(ray_local, tmp_path_factory):
     cfg = compose_config(*TINY, "training.num_env_runners=1", "evaluation.num_env_runners=1")
     options = RecordingOptions(video_dir=str(tmp / "videos"), run_id="serialrun", wandb_dir=str(tmp))
     UserCallback.train_results.clear()
-    config = add_recording(ppo_config(cfg).callbacks(UserCallback), options)
+    config = add_recording(flatland_config(cfg).callbacks(UserCallback), options)
     results, training_frames, eval_frames, eval_configs = train(config, iterations=2)
     return tmp, results, training_frames, eval_frames, eval_configs
 
@@ -174,7 +173,7 @@ def test_parallel_evaluation_tags_the_previous_iteration(ray_local, tmp_path):
     register_env()
     cfg = compose_config(*TINY, "evaluation.num_env_runners=1", "evaluation.parallel_to_training=true")
     options = RecordingOptions(video_dir=str(tmp_path / "videos"), run_id="parallel", wandb_mode="disabled")
-    results, *_ = train(add_recording(ppo_config(cfg), options), iterations=2)
+    results, *_ = train(add_recording(flatland_config(cfg), options), iterations=2)
     tags = [(m["evaluation_round"], m["training_iteration"], m["env_steps"]) for m in read_manifest(tmp_path / "videos")]
     steps_after_1 = results[0]["env_runners"]["num_env_steps_sampled_lifetime"]
     # train() call N evaluates the weights after N-1 iterations.

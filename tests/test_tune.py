@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY, compose_config
-from eval_recorder.app.algorithms import ppo_config
+from conftest import TINY, compose_config, flatland_config
 from eval_recorder.api import add_recording
 from eval_recorder.folder_guard import OWNER_FILE
 from eval_recorder.session import RecordingOptions
@@ -17,7 +16,7 @@ def test_two_concurrent_tune_trials_record_into_their_own_folders_and_wandb_runs
     from ray import tune
 
     cfg = compose_config(*TINY, "evaluation.num_env_runners=0")  # 1 CPU per trial: both run at once
-    config = add_recording(ppo_config(cfg), RecordingOptions(video_dir=None, wandb_mode="offline"))
+    config = add_recording(flatland_config(cfg), RecordingOptions(video_dir=None, wandb_mode="offline"))
     config.training(lr=tune.grid_search([1e-4, 3e-4]))
     tuner = tune.Tuner(
         "PPO",

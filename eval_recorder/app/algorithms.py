@@ -1,16 +1,16 @@
-"""From the Hydra config to an RLlib ``PPOConfig`` (no recording yet: see api.add_recording).
+"""From the Hydra config to an RLlib ``AlgorithmConfig`` (no recording yet: see api.add_recording).
 
 Holds:
-  UserError        a mistake in what the user asked for; the entry point prints its
-                   one-sentence message and exits with code 2.
-  check_config()   refuses configs that cannot work, before anything starts.
-  env_config()     the RLlib env_config of an env preset.
-  recording_options()  the driver's RecordingOptions from the config.
-  ppo_config()     the PPO config: shared policy for all trains, training and
-                   evaluation settings.
-  evaluation_settings()   the arguments of AlgorithmConfig.evaluation() (training and standalone).
-  evaluation_overrides()  the RLlib evaluation_config of ``cfg.evaluation``.
-  start_ray()      a local Ray, or joins the cluster at ``ray.address``.
+  ALGORITHMS            the algorithms of ``algorithm=...``: PPO, APPO, IMPALA, DQN.
+  check_config()        refuses configs that cannot work, before anything starts.
+  builtin_env_config()  the RLlib env_config of a built-in Flatland env preset.
+  recording_options()   the driver's RecordingOptions from the config.
+  algorithm_config()    the algorithm's config for an env: one policy shared by all agents
+                        of a multi-agent env, training and evaluation settings.
+  evaluation_settings() the arguments of AlgorithmConfig.evaluation() (training and standalone).
+  evaluation_overrides() the RLlib evaluation_config of ``cfg.evaluation``.
+  start_ray()           a local Ray, or joins the cluster at ``ray.address``; runs
+                        ``env.setup`` on every worker.
 """
 
 from __future__ import annotations
@@ -18,35 +18,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
-from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-from eval_recorder.callback import TRAINING_RENDER_REFUSED
 from eval_recorder.api import RENDER_MODES
-from eval_recorder.flatland.envs import ENV_CONFIG_KEYS, ENV_NAME
+from eval_recorder.app.checkpoints import UserError
+from eval_recorder.callback import TRAINING_RENDER_REFUSED
+from eval_recorder.flatland.envs import ENV_CONFIG_KEYS
 
 __all__ = [
+    "ALGORITHMS",
     "POLICY_ID",
     "UserError",
+    "algorithm_config",
+    "builtin_env_config",
     "check_config",
-    "env_config",
     "evaluation_overrides",
     "evaluation_settings",
-    "ppo_config",
     "recording_options",
     "start_ray",
 ]
 
-POLICY_ID = "p0"  # one policy shared by all trains
+ALGORITHMS = ("PPO", "APPO", "IMPALA", "DQN")
+POLICY_ID = "p0"  # one policy shared by all agents of a multi-agent env
 # How long an evaluation round waits for a restarted eval runner when none is healthy
 # (then the round is skipped, training goes on). Measured: a runner killed mid-episode is
 # back in about 6 s on the small env.
 EVAL_RUNNER_RECOVERY_SECONDS = 60.0
-
-
-class UserError(Exception):
-    """What the user asked for cannot work; the message says what to do instead."""
+_FPS_RANGE = (1, 60)
+_MIN_SIDE = 16  # smallest longest frame side the encoder takes comfortably (libx264 needs some macroblocks)
 
 
 def check_config(cfg) -> None:
@@ -55,21 +52,36 @@ def check_config(cfg) -> None:
         raise UserError(TRAINING_RENDER_REFUSED)
     if cfg.evaluation.render is not None and cfg.evaluation.render not in RENDER_MODES:
         raise UserError(f"evaluation.render must be one of {list(RENDER_MODES)} or null, got {cfg.evaluation.render!r}.")
+    if cfg.algorithm.name not in ALGORITHMS:
+        raise UserError(f"algorithm.name must be one of {', '.join(ALGORITHMS)}, got {cfg.algorithm.name!r}.")
     positive = {
         "training.iterations": cfg.training.iterations,
-        "training.train_batch_size": cfg.training.train_batch_size,
-        "training.minibatch_size": cfg.training.minibatch_size,
-        "training.num_epochs": cfg.training.num_epochs,
+        "algorithm.train_batch_size": cfg.algorithm.train_batch_size,
+        "algorithm.minibatch_size": cfg.algorithm.minibatch_size,
+        "algorithm.num_epochs": cfg.algorithm.num_epochs,
+        "algorithm.replay_capacity": cfg.algorithm.replay_capacity,
         "evaluation.interval": cfg.evaluation.interval,
         "evaluation.episodes": cfg.evaluation.episodes,
-        "recording.fps": cfg.recording.fps,
         "recording.frame_every": cfg.recording.frame_every,
         "ray.num_cpus": cfg.ray.num_cpus,
         "env.n_agents": cfg.env.n_agents,
+        "env.x_dim": cfg.env.x_dim,
+        "env.y_dim": cfg.env.y_dim,
     }
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"{key} must be at least 1, got {value}.")
+    if not cfg.env.build_timeout > 0:
+        raise UserError(f"env.build_timeout must be more than 0 seconds, got {cfg.env.build_timeout}.")
+    low, high = _FPS_RANGE
+    if not low <= cfg.recording.fps <= high:
+        raise UserError(f"recording.fps must be between {low} and {high} (what video players handle), "
+                        f"got {cfg.recording.fps}.")
+    if cfg.recording.max_side != 0 and cfg.recording.max_side < _MIN_SIDE:
+        raise UserError(f"recording.max_side must be 0 (no cap) or at least {_MIN_SIDE} pixels, "
+                        f"got {cfg.recording.max_side}.")
+    if cfg.env.factory and cfg.env.id:
+        raise UserError("env.factory and env.id both name your env; give only one of them.")
     if cfg.training.num_env_runners < 0 or cfg.evaluation.num_env_runners < 0:
         raise UserError("training.num_env_runners and evaluation.num_env_runners cannot be negative.")
     if cfg.evaluation.parallel_to_training and cfg.evaluation.num_env_runners < 1:
@@ -77,6 +89,8 @@ def check_config(cfg) -> None:
             "evaluation.parallel_to_training=true needs evaluation.num_env_runners of at least 1 "
             "(evaluation then runs beside training)."
         )
+    if cfg.algorithm.name in ("APPO", "IMPALA") and cfg.training.num_env_runners < 1 and cfg.checkpoint is None:
+        raise UserError(f"{cfg.algorithm.name} samples on remote env runners: set training.num_env_runners to at least 1.")
     runners = cfg.training.num_env_runners + cfg.evaluation.num_env_runners
     if cfg.ray.address is None and runners > cfg.ray.num_cpus:
         raise UserError(
@@ -86,8 +100,8 @@ def check_config(cfg) -> None:
 
 
 def recording_options(cfg, *, output_dir: Path, **overrides):
-    """The driver's RecordingOptions from ``cfg.recording`` and ``cfg.wandb`` (wandb run and
-    checkpoints under ``output_dir``); ``overrides`` replace fields."""
+    """The driver's RecordingOptions from ``cfg.recording``, ``cfg.wandb`` and ``cfg.env``
+    (wandb run and checkpoints under ``output_dir``); ``overrides`` replace fields."""
     from eval_recorder.session import RecordingOptions, new_run_id
 
     options = dict(
@@ -102,49 +116,68 @@ def recording_options(cfg, *, output_dir: Path, **overrides):
         wandb_project=cfg.wandb.project,
         wandb_entity=cfg.wandb.entity,
         wandb_dir=str(output_dir),
+        scenarios=cfg.env.scenarios,
+        eval_seed=cfg.evaluation.seed,
     )
     options.update(overrides)
     return RecordingOptions(**options)
 
 
-def env_config(env_cfg, *, seed: int) -> dict[str, Any]:
+def builtin_env_config(env_cfg, *, seed: int) -> dict[str, Any]:
     """RLlib env_config for ``eval_recorder.flatland.envs.make_env`` from an env preset."""
     config = {key: env_cfg[key] for key in ENV_CONFIG_KEYS if key != "seed"}
     config["seed"] = seed
     return config
 
 
-def ppo_config(cfg) -> PPOConfig:
-    """PPO on the Flatland env of ``cfg.env`` with evaluation as ``cfg.evaluation`` says."""
-    training, evaluation = cfg.training, cfg.evaluation
-    return (
-        PPOConfig()
-        .environment(ENV_NAME, env_config=env_config(cfg.env, seed=training.seed))
-        .multi_agent(policies={POLICY_ID}, policy_mapping_fn=_shared_policy)
-        .rl_module(
-            rl_module_spec=MultiRLModuleSpec(
-                rl_module_specs={POLICY_ID: RLModuleSpec(model_config={"fcnet_hiddens": list(training.hidden)})}
-            )
-        )
+def algorithm_config(cfg, *, env, env_config: dict, multi_agent: bool):
+    """The RLlib config of ``cfg.algorithm`` on ``env``: for a multi-agent env one policy
+    shared by all agents (parameter sharing), evaluation as ``cfg.evaluation`` says."""
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.tune.registry import get_trainable_cls
+
+    algorithm, training = cfg.algorithm, cfg.training
+    model = {"fcnet_hiddens": list(algorithm.hidden)}
+    config = (
+        get_trainable_cls(algorithm.name).get_default_config()
+        .environment(env, env_config=env_config)
         .env_runners(num_env_runners=training.num_env_runners, num_cpus_per_env_runner=1)
-        .training(
-            train_batch_size_per_learner=training.train_batch_size,
-            minibatch_size=training.minibatch_size,
-            num_epochs=training.num_epochs,
-            lr=training.lr,
-        )
-        .evaluation(**evaluation_settings(cfg, interval=evaluation.interval, parallel=evaluation.parallel_to_training))
+        .training(train_batch_size_per_learner=algorithm.train_batch_size, lr=algorithm.lr)
+        .evaluation(**evaluation_settings(cfg, interval=cfg.evaluation.interval,
+                                          parallel=cfg.evaluation.parallel_to_training))
         .debugging(seed=training.seed)
     )
+    if multi_agent:
+        config = config.multi_agent(policies={POLICY_ID}, policy_mapping_fn=shared_policy).rl_module(
+            rl_module_spec=MultiRLModuleSpec(rl_module_specs={POLICY_ID: RLModuleSpec(model_config=model)})
+        )
+    else:
+        config = config.rl_module(model_config=model)
+    if algorithm.name == "PPO":
+        config = config.training(minibatch_size=algorithm.minibatch_size, num_epochs=algorithm.num_epochs)
+    elif algorithm.name == "DQN":
+        buffer = "MultiAgentEpisodeReplayBuffer" if multi_agent else "EpisodeReplayBuffer"
+        config = config.training(
+            train_batch_size_per_learner=32,
+            replay_buffer_config={"type": buffer, "capacity": algorithm.replay_capacity},
+            num_steps_sampled_before_learning_starts=algorithm.learning_starts,
+        ).reporting(min_sample_timesteps_per_iteration=algorithm.train_batch_size)
+    return config
 
 
-def evaluation_settings(cfg, *, interval: int, parallel: bool) -> dict[str, Any]:
+def shared_policy(agent_id, *args, **kwargs) -> str:
+    """Every agent plays the one shared policy."""
+    return POLICY_ID
+
+
+def evaluation_settings(cfg, *, interval: int, parallel: bool, episodes: int | None = None) -> dict[str, Any]:
     """Keyword arguments of ``AlgorithmConfig.evaluation()`` for ``cfg.evaluation``: evaluate
     every ``interval`` iterations (``parallel`` to training or after it) for
     ``evaluation.episodes`` episodes, and wait for a restarted eval runner."""
     return dict(
         evaluation_interval=interval,
-        evaluation_duration=cfg.evaluation.episodes,
+        evaluation_duration=episodes or cfg.evaluation.episodes,
         evaluation_duration_unit="episodes",
         evaluation_num_env_runners=cfg.evaluation.num_env_runners,
         evaluation_parallel_to_training=parallel,
@@ -165,15 +198,16 @@ def evaluation_overrides(cfg) -> dict[str, Any]:
 
 
 def start_ray(cfg) -> str:
-    """Start a local Ray, or join the cluster at ``ray.address``; says which."""
+    """Start a local Ray, or join the cluster at ``ray.address``; says which. ``env.setup``
+    runs on every Ray worker before it does anything else."""
     import ray
 
+    from eval_recorder.app.envs import hook_path
+
+    runtime_env = {"worker_process_setup_hook": hook_path(cfg.env.setup)} if cfg.env.setup else None
     if cfg.ray.address is None:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, ignore_reinit_error=True)
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env=runtime_env)
         return f"started a local Ray ({cfg.ray.num_cpus} CPUs)"
-    ray.init(address=cfg.ray.address, ignore_reinit_error=True)
+    ray.init(address=cfg.ray.address, ignore_reinit_error=True, runtime_env=runtime_env)
     return f"joined the Ray cluster at {cfg.ray.address} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
-
-
-def _shared_policy(agent_id, *args, **kwargs) -> str:
-    return POLICY_ID

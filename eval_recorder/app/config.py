@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 __all__ = [
+    "AlgorithmSection",
     "EnvConfig",
     "EvaluationConfig",
     "MainConfig",
@@ -36,10 +37,22 @@ class WandbMode(str, Enum):
 
 @dataclass
 class EnvConfig:
-    """A Flatland rail world (``flatland.env_generation.env_generator``)."""
+    """The env: a built-in Flatland preset (``flatland.env_generation.env_generator``), or yours."""
 
     name: str = MISSING
     """Name of this env preset (small, medium)."""
+    id: Optional[str] = None
+    """Your env instead of the built-in one: a registered env name (see env.setup) or a gymnasium id such as CartPole-v1."""
+    factory: Optional[str] = None
+    """Your env made by a function, module:function (e.g. my_pkg.envs:make_env), called with env.config."""
+    setup: Optional[str] = None
+    """module:function called first on the driver and on every Ray worker, e.g. to register your env (my_pkg.envs:register)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """env_config of your env (env.id, env.factory): +env.config.key=value."""
+    scenarios: Optional[str] = None
+    """Folder of saved Flatland scenarios (RailEnvPersister .pkl/.mpk files): each evaluation plays each once, one video each."""
+    build_timeout: float = 120.0
+    """Seconds the env may take to be built, reset and drawn once on the driver, before anything starts."""
     n_agents: int = 2
     """Number of trains."""
     x_dim: int = 30
@@ -63,21 +76,33 @@ class EnvConfig:
 
 
 @dataclass
-class TrainingConfig:
-    """PPO training."""
+class AlgorithmSection:
+    """The RLlib algorithm (new API stack) and its settings; pick one with algorithm=ppo|appo|impala|dqn."""
 
-    iterations: int = 3
-    """Train until this many iterations (train() calls) are done; a resumed run continues up to it."""
+    name: str = MISSING
+    """Algorithm of this preset: PPO, APPO, IMPALA or DQN."""
     train_batch_size: int = 400
-    """Env steps per training iteration."""
-    minibatch_size: int = 128
-    """SGD minibatch size."""
-    num_epochs: int = 2
-    """Passes over each training batch."""
+    """Env steps per learner update (for DQN: sampled per training iteration)."""
     lr: float = 3e-4
     """Learning rate."""
     hidden: list[int] = field(default_factory=lambda: [64, 64])
-    """Hidden layer sizes of the shared policy network."""
+    """Hidden layer sizes of the policy network (one policy shared by all agents of a multi-agent env)."""
+    minibatch_size: int = 128
+    """PPO: SGD minibatch size."""
+    num_epochs: int = 2
+    """PPO: passes over each training batch."""
+    replay_capacity: int = 50000
+    """DQN: replay buffer capacity in env steps."""
+    learning_starts: int = 200
+    """DQN: env steps sampled before learning starts."""
+
+
+@dataclass
+class TrainingConfig:
+    """Training."""
+
+    iterations: int = 3
+    """Train until this many iterations (train() calls) are done; a resumed run continues up to it."""
     num_env_runners: int = 0
     """Remote training env runners (0 = sample in the driver)."""
     seed: int = 0
@@ -157,6 +182,7 @@ class MainConfig:
     checkpoint: Optional[str] = None
     """Evaluate this saved RLlib checkpoint (or every checkpoint in this run folder) instead of training."""
     env: EnvConfig = MISSING
+    algorithm: AlgorithmSection = MISSING
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
@@ -177,3 +203,4 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=MainConfig)
     store.store(group="env", name="base_env", node=EnvConfig)
+    store.store(group="algorithm", name="base_algorithm", node=AlgorithmSection)

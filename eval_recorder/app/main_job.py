@@ -1,12 +1,11 @@
-"""The main job: PPO training with recorded periodic evaluation (``python run_eval.py``).
+"""The main job: training with recorded periodic evaluation (``python run_eval.py``).
 
 Holds:
-  train_with_recording(cfg, output_dir)   claims the video folder (before Ray starts),
-      trains until ``training.iterations`` iterations with recorded evaluation (resuming
-      the run's latest checkpoint with ``recording.resume=true``), saves checkpoints,
-      prints one line per iteration and a summary; returns an exit code.
-  checkpoint_path()   where the checkpoint of an iteration goes.
-  latest_checkpoint() the newest intact checkpoint in a checkpoints folder.
+  train_with_recording(cfg, output_dir)   checks the config and builds the env once on the
+      driver (nothing is claimed before that), claims the video folder (before Ray
+      starts), trains ``algorithm`` until ``training.iterations`` iterations with recorded
+      evaluation (resuming the run's latest checkpoint with ``recording.resume=true``),
+      saves checkpoints, prints one line per iteration and a summary; returns an exit code.
 
 Exit codes: 0 done; 2 the user asked for something that cannot work (one sentence on
 stderr says what and what to do; nothing of the user's was touched); 130 interrupted
@@ -20,39 +19,21 @@ import os
 import sys
 from pathlib import Path
 
-from eval_recorder.app.algorithms import UserError, check_config, ppo_config, recording_options, start_ray
 from eval_recorder.api import add_recording
+from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options, start_ray
+from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
+from eval_recorder.app.envs import env_choice, probe_env, run_setup
 from eval_recorder.callback import RecordingCallback
-from eval_recorder.flatland.envs import register_env
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingSession
 from eval_recorder.video_store import MANIFEST
 
-__all__ = ["checkpoint_path", "latest_checkpoint", "train_with_recording"]
+__all__ = ["train_with_recording"]
 
 logger = logging.getLogger(__name__)
 
-# On Ctrl-C, how long to wait for eval runners to hand over episodes they finished.
+# On Ctrl-C, how long to wait for the driver's inbox to hand over finished episodes.
 _INTERRUPT_COLLECT_SECONDS = 30.0
-
-
-def checkpoint_path(checkpoints: Path, iteration: int) -> Path:
-    """``<checkpoints>/it000012``: one folder per saved iteration."""
-    return Path(checkpoints) / f"it{iteration:06d}"
-
-
-def latest_checkpoint(checkpoints: Path):
-    """The intact checkpoint of the highest iteration in ``checkpoints`` (None if none).
-    Unfinished ones (hidden ``.it*`` folders of a crashed save) are not considered."""
-    from eval_recorder.app.standalone import inspect_checkpoint
-
-    candidates = sorted(Path(checkpoints).glob("it[0-9]*"), reverse=True) if Path(checkpoints).is_dir() else []
-    for candidate in candidates:
-        try:
-            return inspect_checkpoint(candidate)
-        except UserError as error:
-            logger.warning("skipping checkpoint %s: %s", candidate, error)
-    return None
 
 
 def _say(message: str) -> None:
@@ -66,11 +47,16 @@ def train_with_recording(cfg, output_dir: Path) -> int:
         check_config(cfg)
         if cfg.recording.resume and not cfg.wandb.run_id:
             raise UserError("recording.resume=true needs the id of the run to continue: add wandb.run_id=<run id>.")
+        run_setup(cfg.env.setup)
+        choice = env_choice(cfg, seed=cfg.training.seed)
         options = recording_options(
             cfg, output_dir=output_dir, config=_plain(cfg), checkpoint_dir=str(output_dir / "checkpoints")
         )
+        session = RecordingSession(options)
+        facts = probe_env(choice, max_side=cfg.recording.max_side, seed=cfg.evaluation.seed,
+                          scenarios=session.scenarios(), timeout_s=cfg.env.build_timeout)
         run_id = options.run_id
-        session = RecordingSession(options).open()  # refuses a folder in use before Ray starts
+        session.open()  # refuses a folder in use before Ray starts
     except (UserError, FolderRefused, ValueError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
@@ -83,7 +69,7 @@ def train_with_recording(cfg, output_dir: Path) -> int:
         if cfg.recording.resume:
             _say(f"resuming run {run_id} from {resume_from.path}" if resume_from
                  else f"resuming run {run_id}: it saved no checkpoint, training starts over")
-        code = _train(cfg, checkpoints, session, resume_from)
+        code = _train(cfg, checkpoints, session, resume_from, choice, facts)
     except KeyboardInterrupt:
         code = 130
     finally:
@@ -94,16 +80,17 @@ def train_with_recording(cfg, output_dir: Path) -> int:
     return code
 
 
-def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from) -> int:
+def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choice, facts) -> int:
     import ray
 
     _say("starting Ray ..." if cfg.ray.address is None else f"joining the Ray cluster at {cfg.ray.address} ...")
     _say(start_ray(cfg))
-    register_env()
-    config = ppo_config(cfg)
+    config = algorithm_config(cfg, env=choice.specifier, env_config=choice.env_config, multi_agent=facts.multi_agent)
     if cfg.evaluation.render is not None:
         config = add_recording(config, session, render=cfg.evaluation.render)
-    _say("building PPO (env runners start, the first rail drawing takes a few seconds) ...")
+    name = cfg.algorithm.name
+    _say(f"building {name} (env runners start, the first rail drawing takes a few seconds) ..." if facts.flatland
+         else f"building {name} (env runners start) ...")
     algo = config.build_algo()
     try:
         if resume_from is not None:
@@ -138,7 +125,7 @@ def _save(algo, final: Path) -> Path:
 
 
 def _publish_finished(algo) -> None:
-    """After Ctrl-C: store the episodes eval runners finished but had not handed over."""
+    """After Ctrl-C: store the episodes eval runners finished (they wait in the inbox)."""
     for callback in algo.callbacks if isinstance(algo.callbacks, list) else [algo.callbacks]:
         if isinstance(callback, RecordingCallback):
             try:
@@ -156,8 +143,12 @@ def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:
     if runners.get("episode_return_mean") is not None:
         parts.append(f"train return {runners['episode_return_mean']:.2f}")
     if new_videos:
-        completion = sum(v.metadata["completion"] for v in new_videos) / len(new_videos)
-        parts.append(f"eval completion {completion:.2f}")
+        completions = [v.metadata.get("completion") for v in new_videos]
+        if all(c is not None for c in completions):
+            parts.append(f"eval completion {sum(completions) / len(completions):.2f}")
+        else:
+            returns = [v.metadata["episode_return"] for v in new_videos]
+            parts.append(f"eval return {sum(returns) / len(returns):.2f}")
     parts.append(f"videos written {len(new_videos)}")
     return " | ".join(parts)
 

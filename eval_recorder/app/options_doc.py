@@ -26,6 +26,7 @@ __all__ = ["option_rows", "options_help", "options_table"]
 _SECTIONS = {
     "": config_module.MainConfig,
     "env": config_module.EnvConfig,
+    "algorithm": config_module.AlgorithmSection,
     "training": config_module.TrainingConfig,
     "evaluation": config_module.EvaluationConfig,
     "recording": config_module.RecordingConfig,
@@ -61,7 +62,7 @@ def _default(field: dataclasses.Field) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if value == "???":
-        return "(from the env preset)"
+        return "(from the preset)"
     return str(value)
 
 
