@@ -67,6 +67,8 @@ h1 { font-size: 1.4em; margin: 0 0 .2em; }
 h2 { font-size: 1.1em; margin: 1.5em 0 .5em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1em; margin: .8em 0 .4em; display: inline-block; }
 nav a { margin-right: .6em; }
+nav .choice { margin-right: 1.2em; white-space: nowrap; }
+nav .choice a { margin-right: 0; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; margin: 1em 0; }
 .plot { width: 480px; max-width: 100%; height: auto; background: #fff; border: 1px solid #ddd; }
 .plot text { font: 11px system-ui, sans-serif; fill: #444; }
@@ -473,11 +475,17 @@ def _tick_label(value: float, ticks: list[float]) -> str:
 
 
 def _iteration_ticks(first: int, last: int) -> list[int]:
-    """Whole iterations at 1, 2 or 5 times a power of ten, within ``first``..``last``."""
+    """Whole iterations at 1, 2 or 5 times a power of ten within ``first``..``last``, and
+    ``first`` and ``last`` themselves where they are not too close to those."""
     if first == last:
         return [first]
     step = max(1, int(_nice_step((last - first) / 5)))
-    return list(range(math.ceil(first / step) * step, last + 1, step))
+    ticks = list(range(math.ceil(first / step) * step, last + 1, step))
+    if not ticks or ticks[0] - first >= step / 2:
+        ticks.insert(0, first)
+    if last - ticks[-1] >= step / 2:
+        ticks.append(last)
+    return ticks
 
 
 # --- the comparison ----------------------------------------------------------------------------
@@ -491,7 +499,7 @@ def _comparison(found: list[Situation]) -> list[str]:
     envs = {situation.env for situation in found}
     labels = [f"{s.env} · {s.label}" if len(envs) > 1 and s.env is not None else s.label for s in found]
     links = " ".join(
-        f'<a href="#situation-{number}">{_text(label)}</a> ({_videos(len(situation.records))})'
+        f'<span class="choice"><a href="#situation-{number}">{_text(label)}</a> ({_videos(len(situation.records))})</span>'
         for number, (situation, label) in enumerate(zip(found, labels), start=1)
     )
     parts = [

@@ -303,10 +303,21 @@ def test_a_thousand_iterations_stay_one_small_line():
     found = plots(page)
     assert len(found["return"]["points"].split()) == 1000 and found["return"]["dots"] == []
     assert found["return"]["points"].split()[::999] == ["52.0,139.9", "460.0,24.0"]
-    assert [label for label, _ in found["return"]["x ticks"]] == ["200", "400", "600", "800", "1000"]
+    assert [label for label, _ in found["return"]["x ticks"]] == ["1", "200", "400", "600", "800", "1000"]
     assert [label for label, _ in found["return"]["y ticks"]] == ["0", "500", "1000"]
     svgs = page[page.index('<div class="plots">'):page.index('<div class="compare"')]
     assert len(svgs) < 40_000  # both plots: about 13 bytes per iteration each
+
+
+@pytest.mark.parametrize("iterations, labels", [
+    ((1, 8), ["1", "2", "4", "6", "8"]),  # steps of 2, and the first iteration
+    ((199, 1000), ["200", "400", "600", "800", "1000"]),  # 199 would crowd 200
+    ((3, 37), ["3", "10", "20", "30", "37"]),  # and the last
+    ((12, 13), ["12", "13"]),
+])
+def test_the_iteration_axis_labels_round_numbers_and_its_ends_where_there_is_room(iterations, labels):
+    page = render_gallery([record(iteration, 0) for iteration in iterations])
+    assert [label for label, _ in plots(page)["return"]["x ticks"]] == labels
 
 
 def test_plots_per_env_when_a_folder_holds_two():

@@ -76,7 +76,7 @@ class Chromium:
         reply = self.call("Runtime.evaluate", session, timeout=timeout, expression=expression,
                           awaitPromise=True, returnByValue=True)
         assert "exceptionDetails" not in reply, reply["exceptionDetails"]
-        return reply["result"]["value"]
+        return reply["result"].get("value")  # none for undefined
 
     def screenshot(self, session: str, path: Path) -> Path:
         """Save what the tab shows (its viewport) as a PNG at ``path``."""
