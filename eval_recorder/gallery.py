@@ -209,8 +209,7 @@ def situations(records: list[dict]) -> list[Situation]:
         scenario = str(scenario) if scenario else None
         if seed is None and scenario is None:
             continue
-        env = record.get("env")
-        groups.setdefault((str(env) if env is not None else None, scenario, seed), []).append(record)
+        groups.setdefault((_env(record), scenario, seed), []).append(record)
     found = [
         Situation(env=env, scenario=scenario, env_seed=seed, records=tuple(sorted(group, key=_oldest_first)))
         for (env, scenario, seed), group in groups.items()
@@ -354,6 +353,11 @@ def _outcome(record: dict) -> list[str]:
     return parts
 
 
+def _env(record: dict) -> str | None:
+    env = record.get("env")
+    return None if env is None else str(env)
+
+
 def _oldest_first(record: dict) -> tuple[int, int, int]:
     return (record["training_iteration"], _int_or_zero(record.get("evaluation_round")),
             _int_or_zero(record.get("episode_index")))
@@ -383,16 +387,17 @@ def _int_or_zero(value) -> int:
 
 def _plots(records: list[dict]) -> list[str]:
     """One return plot per env, and a completion plot for envs that report completion."""
-    envs = sorted({record.get("env") for record in records}, key=lambda env: (env is not None, str(env)))
+    envs = sorted({_env(record) for record in records}, key=lambda env: (env is not None, env))
     svgs = []
     for env in envs:
-        summary = iteration_summary([record for record in records if record.get("env") == env])
+        summary = iteration_summary([record for record in records if _env(record) == env])
         prefix = f"{env} · " if len(envs) > 1 and env is not None else ""
         returns = [(s.training_iteration, s.mean_return, s.episodes) for s in summary if s.mean_return is not None]
         completions = [(s.training_iteration, s.mean_completion, s.episodes)
                        for s in summary if s.mean_completion is not None]
         if returns:
-            svgs.append(_plot_svg(returns, env=env, series="return", title=f"{prefix}mean return per training iteration",
+            svgs.append(_plot_svg(returns, env=env, series="return",
+                                  title=f"{prefix}mean return per training iteration",
                                   y_ticks=_nice_ticks(min(p[1] for p in returns), max(p[1] for p in returns))))
         if completions:
             svgs.append(_plot_svg(completions, env=env, series="completion",
@@ -410,7 +415,9 @@ def _plot_svg(points: list[tuple[int, float, int]], *, env, series: str, title: 
     low, high = y_ticks[0], y_ticks[-1]
 
     def x(iteration: int) -> float:
-        return (_LEFT + _RIGHT) / 2 if first == last else _LEFT + (iteration - first) / (last - first) * (_RIGHT - _LEFT)
+        if first == last:
+            return (_LEFT + _RIGHT) / 2
+        return _LEFT + (iteration - first) / (last - first) * (_RIGHT - _LEFT)
 
     def y(value: float) -> float:
         return _BOTTOM - (value - low) / (high - low) * (_BOTTOM - _TOP)
@@ -499,7 +506,8 @@ def _comparison(found: list[Situation]) -> list[str]:
     envs = {situation.env for situation in found}
     labels = [f"{s.env} · {s.label}" if len(envs) > 1 and s.env is not None else s.label for s in found]
     links = " ".join(
-        f'<span class="choice"><a href="#situation-{number}">{_text(label)}</a> ({_videos(len(situation.records))})</span>'
+        f'<span class="choice"><a href="#situation-{number}">{_text(label)}</a> '
+        f"({_videos(len(situation.records))})</span>"
         for number, (situation, label) in enumerate(zip(found, labels), start=1)
     )
     parts = [

@@ -140,9 +140,11 @@ def test_records_it_cannot_show_are_left_out():
         record(1, 1, file="../elsewhere.mp4"), record(1, 2, file="sub/video.mp4"), record(1, 3, file=""),
         record(1, 4, file=None), record(1, 5, training_iteration="1"), record(1, 6, episode_return=None),
         {key: value for key, value in record(1, 7).items() if key != "env_steps"},
-        5, ["flatland.mp4"], good,
+        5, ["flatland.mp4"], good, record(1, 8, env=["not", "a", "label"]),
     ]
-    assert sections(render_gallery(records)) == [("iteration-1", "Iteration 1", [good["file"]])]
+    assert sections(render_gallery(records)) == [
+        ("iteration-1", "Iteration 1", [good["file"], "flatland-it000001-ev0001-ep008-run1.mp4"]),  # a label or not
+    ]
 
 
 def test_no_videos_yet():
