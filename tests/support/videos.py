@@ -1,4 +1,5 @@
-"""Real, tiny H.264 mp4 files for tests of the video folder."""
+"""Real, tiny H.264 mp4 files for tests: made by PyAV directly (as the recorder writes them)
+or by the project's own encoder, and counted back by decoding."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import io
 import os
 import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
+
+__all__ = ["decoded_frames", "encode", "tiny_mp4"]
 
 
 def tiny_mp4(frames: int = 6, width: int = 32, height: int = 24, fps: int = 10, shade: int = 0) -> bytes:
@@ -36,3 +40,18 @@ def _encode(path: str, frames: int, width: int, height: int, fps: int, shade: in
 def decoded_frames(data_or_path) -> int:
     with av.open(data_or_path if isinstance(data_or_path, str) else io.BytesIO(data_or_path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def encode(path: Path, *, frames: int, width: int, height: int, fps: int = 10) -> bytes:
+    """A real H.264 mp4 of ``frames`` frames at ``path``, made by the project's own encoder:
+    a bar moving over a gradient; its bytes."""
+    from eval_recorder.encoding import StreamingEncoder
+
+    encoder = StreamingEncoder(path, width=width, height=height, fps=fps)
+    gradient = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None].repeat(height, 0).repeat(3, 2)
+    for index in range(frames):
+        frame = gradient.copy()
+        frame[:, index * 8 % width:(index * 8 % width) + 8] = (255, 40, 40)
+        encoder.add(frame)
+    assert encoder.close() == frames
+    return path.read_bytes()
