@@ -282,7 +282,7 @@ class RecordingSession:
         """Rewrite the folder's offline gallery (index.html); a failure is logged, not raised."""
         try:
             return write_gallery(self.claim.path)
-        except OSError as error:
+        except Exception as error:  # the gallery is a view: its faults never stop training
             logger.warning("could not write the gallery in %s: %s", self.claim.path, error)
             return None
 
