@@ -20,6 +20,17 @@ from eval_recorder.app.config import register_configs
 register_configs()
 
 
+# env.* options that say how to find or check an env, not which env to evaluate on
+_NOT_ENV_CHOICE = ("env.setup", "env.build_timeout", "env.scenarios")
+
+
+def _names_env(override: str) -> bool:
+    """True if a command-line override chooses the env (``env=medium``, ``env.n_agents=3``,
+    ``env.factory=...``) rather than saying how to find it (``env.setup=...``)."""
+    key = override.split("=")[0].lstrip("+~")
+    return key.split(".")[0] == "env" and key not in _NOT_ENV_CHOICE
+
+
 class JobRefused(Exception):
     """A multirun job refused to start (its one-sentence reason is printed above)."""
 
@@ -36,7 +47,7 @@ def main(cfg) -> None:
     else:
         from eval_recorder.app.standalone import evaluate_checkpoints
 
-        env_overridden = any(o.split("=")[0].lstrip("+~").split(".")[0] == "env" for o in hydra_cfg.overrides.task)
+        env_overridden = any(_names_env(override) for override in hydra_cfg.overrides.task)
         code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
     if code == 2 and hydra_cfg.mode == RunMode.MULTIRUN:
         # Let the sweep's other jobs run; Hydra reports this job's failure at the end.

@@ -101,7 +101,8 @@ def video_metadata(
         "bytes": len(episode.mp4),
         "sha256": sha256,
         "weights_seq_no": episode.weights_seq_no,
-        "runner": {"index": episode.runner_index, "host": episode.runner_host, "pid": episode.runner_pid},
+        "runner": {"index": episode.runner_index, "host": episode.runner_host, "pid": episode.runner_pid,
+                   "env": episode.runner_env},
     }
 
 

@@ -45,6 +45,7 @@ class RecordedEpisode:
     runner_host: str
     runner_pid: int
     runner_sequence: int  # n-th recorded episode of this env on that runner
+    runner_env: int = 0  # which env of that runner (n-th made in its process): runners may hold several
     frame_every: int = 1  # a frame was recorded every this many env steps (plus the last step)
     weights_seq_no: int | None = None  # version of the weights that chose every action (stamped by the callback)
     agent_returns: dict[str, float] | None = None  # per agent, for multi-agent envs
@@ -71,6 +72,7 @@ class EpisodeRecorder:
         runner_index: int,
         frame_every: int = 1,
         label: Callable[[], str] | None = None,
+        runner_env: int = 0,
     ) -> None:
         """``label``, if given, returns the text burned into each frame as it is captured."""
         if frame_every < 1:
@@ -81,6 +83,7 @@ class EpisodeRecorder:
         self._fps = fps
         self._frame_every = frame_every
         self._runner_index = runner_index
+        self._runner_env = runner_env
         self._encoder: StreamingEncoder | None = None
         self._pixel_format = RGB
         self._seed: int | None = None
@@ -178,6 +181,7 @@ class EpisodeRecorder:
             runner_host=socket.gethostname(),
             runner_pid=os.getpid(),
             runner_sequence=self._sequence,
+            runner_env=self._runner_env,
             frame_every=self._frame_every,
         )
 

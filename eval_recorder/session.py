@@ -138,11 +138,13 @@ class RecordingSession:
                                   owner_details=details)
         self.store = VideoStore(self.claim.path, run_id=options.run_id)
         # Videos that got their final name but not their index (the run was killed right
-        # then) get their sidecar and manifest line before anything else happens.
-        try:
-            self.recovered = self.store.reconcile()
-        except StoreFailed as error:
-            self._store_trouble(error)
+        # then) get their sidecar and manifest line before anything else happens. (A new
+        # run has no videos yet: files that merely carry its id are none of its business.)
+        if options.resume:
+            try:
+                self.recovered = self.store.reconcile()
+            except StoreFailed as error:
+                self._store_trouble(error)
         # A resumed run goes on counting its evaluation rounds.
         self.evaluation_round = max(
             (r["evaluation_round"] for r in read_manifest(self.claim.path)

@@ -26,6 +26,7 @@ seed passed (or ``seed``). The same first seed therefore gives the same episodes
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class RunnerRound:
 
 
 _ROUND = RunnerRound()
+_ENVS_MADE = itertools.count()  # recording envs made in this process: runners may hold several
 
 
 def runner_round() -> RunnerRound:
@@ -114,7 +116,7 @@ class _Recording:
         self.label = self.source.label
         self.recorder = EpisodeRecorder(
             self.source, fps=fps, runner_index=runner_index, frame_every=frame_every,
-            label=self._label_text if overlay else None,
+            label=self._label_text if overlay else None, runner_env=next(_ENVS_MADE),
         )
         self._seeds = np.random.default_rng(seed)
         self._seed: int | None = None

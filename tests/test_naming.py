@@ -109,7 +109,7 @@ def test_metadata_has_every_field_with_exact_values():
         "episode_index": 1, "env_seed": 77, "episode_length": 41, "episode_return": -12.5, "agent_returns": None,
         "num_agents": 3, "agents_arrived": 2, "completion": 2 / 3, "frames": 42, "frame_every": 1, "fps": 10, "width": 484, "height": 484, "run_id": "abc123",
         "checkpoint": None, "created": "2026-01-01T00:00:00+00:00", "bytes": 12, "sha256": "ff",
-        "weights_seq_no": 3, "runner": {"index": 1, "host": "nodeA", "pid": 4242},
+        "weights_seq_no": 3, "runner": {"index": 1, "host": "nodeA", "pid": 4242, "env": 0},
     }
 
 

@@ -233,8 +233,9 @@ def _probe(choice: EnvChoice, *, max_side: int, seed: int, scenarios: list[tuple
 
         multi_agent = isinstance(env, MultiAgentEnv)
         if multi_agent:
-            spaces = {agent: (env.get_observation_space(agent), env.get_action_space(agent))
-                      for agent in env.possible_agents}
+            # flatland-rl's RayMultiAgentWrapper leaves possible_agents empty; its agents are set
+            agents = list(env.possible_agents or env.agents)
+            spaces = {agent: (env.get_observation_space(agent), env.get_action_space(agent)) for agent in agents}
         else:
             spaces = {None: (env.observation_space, env.action_space)}
         from eval_recorder.flatland.frames import FlatlandFrames
