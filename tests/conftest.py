@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,11 +47,26 @@ def run_eval_command(*overrides: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray with 2 CPUs for the whole session (the machine has 2 cores)."""
+    """A local Ray for the whole session: 3 logical CPUs on the machine's 2 cores, so that
+    an asynchronous algorithm (APPO: a training runner, an eval runner and its learner's
+    helper actors) can start."""
     import ray
 
     # Workers import test-defined callbacks (e.g. a user's own callback) from tests/.
     runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT / "tests")}}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny training run for the whole session: checkpoints after iterations 1 and 2."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    proc = subprocess.run(
+        run_eval_command(*TINY, "training.iterations=2", "training.checkpoint_every=1", "evaluation.render=null",
+                         "wandb.mode=disabled", f"hydra.run.dir={run_dir}"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir

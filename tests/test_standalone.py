@@ -16,19 +16,6 @@ from eval_recorder.video_store import read_manifest
 from wandb_offline import history_rows, run_records
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """One tiny training run for the whole session: checkpoints after iterations 1 and 2."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    proc = subprocess.run(
-        run_eval_command(*TINY, "training.iterations=2", "training.checkpoint_every=1", "evaluation.render=null",
-                         "wandb.mode=disabled", f"hydra.run.dir={run_dir}"),
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
-
-
 def env_steps_of(checkpoint):
     with open(checkpoint / "algorithm_state.pkl", "rb") as handle:
         state = pickle.load(handle)
@@ -152,10 +139,13 @@ def rewrite_pickle(path, edit):
         pickle.dump(data, handle)
 
 
-def other_algorithm(copy):
-    from ray.rllib.algorithms.dqn import DQN
+def not_an_algorithm(copy):
+    rewrite_pickle(copy / "class_and_ctor_args.pkl", lambda d: d.__setitem__("class", dict))
 
-    rewrite_pickle(copy / "class_and_ctor_args.pkl", lambda d: d.__setitem__("class", DQN))
+
+def old_api_stack(copy):
+    rewrite_pickle(copy / "class_and_ctor_args.pkl",
+                   lambda d: d["ctor_args_and_kwargs"][0][0].__setitem__("enable_rl_module_and_learner", False))
 
 
 def other_env(copy):
@@ -163,24 +153,50 @@ def other_env(copy):
                    lambda d: d["ctor_args_and_kwargs"][0][0].__setitem__("env", "CartPole-v1"))
 
 
+def unknown_env(copy):
+    rewrite_pickle(copy / "class_and_ctor_args.pkl",
+                   lambda d: d["ctor_args_and_kwargs"][0][0].__setitem__("env", "nobody_registered_this"))
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+MODULE_STATE = "learner_group/learner/rl_module/p0/module_state.pkl"
 BAD = {
     "missing": (lambda run, tmp: tmp / "nope",
                 "error: checkpoint {path} does not exist; pass an RLlib checkpoint folder or a run folder holding checkpoints."),
     "not_a_checkpoint": (lambda run, tmp: tmp,
                          "error: {path} is not an RLlib checkpoint and holds none (no rllib_checkpoint.json in it or below); "
                          "pass an RLlib checkpoint folder or a run folder holding checkpoints."),
-    "truncated": (lambda run, tmp: corrupt_copy(run, tmp, lambda c: (
-        c / "learner_group/learner/rl_module/p0/module_state.pkl").unlink()),
-        "error: checkpoint {path} is incomplete: learner_group/learner/rl_module/p0/module_state.pkl is missing; "
-        "point checkpoint= at a complete RLlib checkpoint."),
+    "module_state_missing": (lambda run, tmp: corrupt_copy(run, tmp, lambda c: (c / MODULE_STATE).unlink()),
+                             f"error: checkpoint {{path}} is incomplete: {MODULE_STATE} is missing; "
+                             "point checkpoint= at a complete RLlib checkpoint."),
+    "module_state_truncated": (lambda run, tmp: corrupt_copy(run, tmp, lambda c: truncate(c / MODULE_STATE)),
+                               f"error: checkpoint {{path}} is corrupt: {MODULE_STATE} cannot be read; "
+                               "point checkpoint= at an intact RLlib checkpoint."),
+    "learner_state_truncated": (lambda run, tmp: corrupt_copy(run, tmp, lambda c: truncate(
+        c / "learner_group/learner/state.pkl")),
+        "error: checkpoint {path} is corrupt: learner_group/learner/state.pkl cannot be read; "
+        "point checkpoint= at an intact RLlib checkpoint."),
     "corrupt": (lambda run, tmp: corrupt_copy(run, tmp, lambda c: (c / "algorithm_state.pkl").write_bytes(b"\x80garbage")),
                 "error: checkpoint {path} is corrupt: algorithm_state.pkl cannot be read; "
                 "point checkpoint= at an intact RLlib checkpoint."),
-    "other_algorithm": (lambda run, tmp: corrupt_copy(run, tmp, other_algorithm),
-                        "error: checkpoint {path} was written by DQN, not PPO; eval_recorder evaluates PPO checkpoints."),
+    "not_an_algorithm": (lambda run, tmp: corrupt_copy(run, tmp, not_an_algorithm),
+                         "error: checkpoint {path} was written by dict, not an RLlib Algorithm; point checkpoint= at one."),
+    "old_api_stack": (lambda run, tmp: corrupt_copy(run, tmp, old_api_stack),
+                      "error: checkpoint {path} was written by PPO on RLlib's old API stack; eval_recorder evaluates "
+                      "checkpoints of the new API stack (RLModules and EnvRunners)."),
+    "unknown_env": (lambda run, tmp: corrupt_copy(run, tmp, unknown_env),
+                    "error: checkpoint {path} was trained on env 'nobody_registered_this', which is not known here; "
+                    "register it with env.setup=module:function (called on the driver and on every Ray worker), or "
+                    "give env.factory=module:function."),
     "other_env": (lambda run, tmp: corrupt_copy(run, tmp, other_env),
-                  "error: checkpoint {path} was trained on env 'CartPole-v1', not 'eval_recorder_flatland'; "
-                  "eval_recorder evaluates policies trained with it."),
+                  "error: the env does not fit the policy of checkpoint {path}: env 'CartPole-v1' gives observations "
+                  "Box([-4.8               -inf -0.41887903        -inf], [4.8               inf 0.41887903        inf], "
+                  "(4,), float32) and actions Discrete(2), the policy takes Box(0.0, 2.0, (252,), float64) and "
+                  "Discrete(5); choose an env like the one it was trained on."),
 }
 
 
@@ -192,6 +208,7 @@ def test_bad_checkpoint_exits_2_with_one_sentence_and_touches_nothing(case, trai
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == message.format(path=path)
     assert not videos.exists()
+    assert not list(tmp_path.glob("**/offline-run-*"))  # no wandb run either
 
 
 def _empty(tmp_path):
@@ -205,8 +222,8 @@ def test_env_that_does_not_fit_the_policy_is_refused_naming_both_spaces(trained_
     proc, videos = evaluate(tmp_path, checkpoint, "env.tree_depth=1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: the env does not fit the policy of checkpoint {checkpoint}: the env gives observations "
-        f"Box(0.0, 2.0, (60,), float64) and actions Discrete(5), the policy takes Box(0.0, 2.0, (252,), float64) "
-        f"and Discrete(5); choose an env like the one it was trained on."
+        f"error: the env does not fit the policy of checkpoint {checkpoint} for agent 0 (policy p0): the built-in "
+        f"Flatland env (small) gives observations Box(0.0, 2.0, (60,), float64) and actions Discrete(5), the policy "
+        f"takes Box(0.0, 2.0, (252,), float64) and Discrete(5); choose an env like the one it was trained on."
     )
     assert not videos.exists()
