@@ -193,10 +193,9 @@ BAD = {
                     "register it with env.setup=module:function (called on the driver and on every Ray worker), or "
                     "give env.factory=module:function."),
     "other_env": (lambda run, tmp: corrupt_copy(run, tmp, other_env),
-                  "error: the env does not fit the policy of checkpoint {path}: env 'CartPole-v1' gives observations "
-                  "Box([-4.8               -inf -0.41887903        -inf], [4.8               inf 0.41887903        inf], "
-                  "(4,), float32) and actions Discrete(2), the policy takes Box(0.0, 2.0, (252,), float64) and "
-                  "Discrete(5); choose an env like the one it was trained on."),
+                  "error: env 'CartPole-v1' cannot be built and reset (TypeError: CartPoleEnv.__init__() got an "
+                  "unexpected keyword argument 'n_agents' was raised from the environment creator for CartPole-v1 "
+                  "with kwargs ({kwargs})); check the env settings."),
 }
 
 
@@ -206,9 +205,18 @@ def test_bad_checkpoint_exits_2_with_one_sentence_and_touches_nothing(case, trai
     path = make(trained_run, _empty(tmp_path))
     proc, videos = evaluate(tmp_path, path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == message.format(path=path)
+    kwargs = {"render_mode": "rgb_array", **_stored_env_config(path)}
+    assert proc.stderr.strip().splitlines()[-1] == message.format(path=path, kwargs=kwargs)
     assert not videos.exists()
     assert not list(tmp_path.glob("**/offline-run-*"))  # no wandb run either
+
+
+def _stored_env_config(path) -> dict:
+    try:
+        with open(path / "class_and_ctor_args.pkl", "rb") as handle:
+            return pickle.load(handle)["ctor_args_and_kwargs"][0][0]["env_config"]
+    except Exception:
+        return {}
 
 
 def _empty(tmp_path):
