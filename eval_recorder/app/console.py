@@ -8,6 +8,7 @@ Holds:
                   file descriptors 1 and 2, the lines of Ray workers -- goes to the run's
                   log file instead, unless ``verbose``.
   say() / warn() / error()   a line through the open console (plain print without one).
+  shown()         a path as lines show it: relative to the working directory if inside it.
   progress() / log_path()    the open console's progress bar and log file.
   summary_lines() the closing lines of a run: only files that exist; a run that
                   recorded nothing says so and why.
@@ -36,6 +37,7 @@ __all__ = [
     "progress",
     "remove_refused_run_folder",
     "say",
+    "shown",
     "summary_lines",
     "wandb_sync_target",
     "warn",
@@ -229,6 +231,16 @@ def error(message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
 
 
+def shown(path) -> str:
+    """``path`` relative to the working directory when it lies inside it (as a user types
+    it: ``outputs/2026-11-23/21-37-54/videos``), else as it is."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
 def progress(*, total: int, initial: int = 0, desc: str = "", unit: str = "it") -> Progress:
     """The open console's progress bar (a silent one without a console)."""
     if _active is None:
@@ -273,26 +285,26 @@ def summary_lines(session, *, checkpoint: Any = None, nothing_recorded: str | No
     and the log file."""
     from eval_recorder.video_store import MANIFEST
 
-    lines = [f"videos written: {len(session.videos)} in {session.video_dir}"]
+    lines = [f"videos written: {len(session.videos)} in {shown(session.video_dir)}"]
     if not session.videos:
         lines.append(f"nothing was recorded: {nothing_recorded or 'no evaluation episode reached the video folder'}")
     manifest = session.video_dir / MANIFEST
     if show_manifest and manifest.is_file():
-        lines.append(f"manifest: {manifest}")
+        lines.append(f"manifest: {shown(manifest)}")
     if session.gallery_path.is_file():
-        lines.append(f"gallery: {session.gallery_path} (open it in a browser, no server needed)")
+        lines.append(f"gallery: {shown(session.gallery_path)} (open it in a browser, no server needed)")
     if checkpoint is not None and Path(checkpoint).exists():
-        lines.append(f"checkpoint: {checkpoint}")
+        lines.append(f"checkpoint: {shown(checkpoint)}")
     sink = session.wandb
     run_dir = sink.run_dir if sink is not None else None
     if run_dir is not None and Path(run_dir).exists():
-        lines.append(f"wandb run: {run_dir}")
+        lines.append(f"wandb run: {shown(run_dir)}")
         if sink.mode == "offline":
-            targets = " ".join(str(path) for path in wandb_sync_target(run_dir, session.options.run_id))
+            targets = " ".join(shown(path) for path in wandb_sync_target(run_dir, session.options.run_id))
             lines.append(f"upload it with: wandb sync {targets}")
     log = log_path()
     if log is not None:
-        lines.append(f"log: {log} (Ray's, RLlib's and wandb's own output)")
+        lines.append(f"log: {shown(log)} (Ray's, RLlib's and wandb's own output)")
     return lines
 
 

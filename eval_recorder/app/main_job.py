@@ -63,10 +63,10 @@ def train_with_recording(cfg, output_dir: Path) -> int:
     checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
     code = 0
     try:
-        _say(f"run {run_id}: videos go to {session.video_dir}")
+        _say(f"run {run_id}: videos go to {console.shown(session.video_dir)}")
         resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
         if cfg.recording.resume:
-            _say(f"resuming run {run_id} from {resume_from.path}" if resume_from
+            _say(f"resuming run {run_id} from {console.shown(resume_from.path)}" if resume_from
                  else f"resuming run {run_id}: it saved no checkpoint, training starts over")
         start = resume_from.training_iteration if resume_from else 0
         if _rounds_ahead(cfg, start) == 0:
@@ -77,7 +77,7 @@ def train_with_recording(cfg, output_dir: Path) -> int:
     finally:
         session.close(exit_code=code)
     if code == 130:
-        console.say(f"interrupted: {len(session.videos)} videos written in {session.video_dir}; "
+        console.say(f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}; "
                     f"continue with recording.resume=true wandb.run_id={run_id}", err=True)
     return code
 

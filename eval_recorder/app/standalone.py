@@ -56,7 +56,7 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
     except (UserError, FolderRefused, ValueError) as error:
         console.error(str(error))
         return 2
-    console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {session.video_dir}")
+    console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
     try:
         _evaluate(cfg, infos, choices, session)
         _print_table(session)
@@ -127,7 +127,7 @@ def _print_table(session) -> None:
         m = video.metadata
         arrived = f"  {m['agents_arrived']:>3}/{m['num_agents']:<3}" if facts == "arrived" else ""
         console.say(f"{m['training_iteration']:>9}  {m['env_steps']:>9}  {m['episode_index']:>7}  "
-                    f"{m['episode_return']:>9.2f}{arrived}  {m['episode_length']:>6}  {video.path}")
+                    f"{m['episode_return']:>9.2f}{arrived}  {m['episode_length']:>6}  {console.shown(video.path)}")
     for line in console.summary_lines(session, show_manifest=False,
                                       nothing_recorded="no evaluation episode reached the video folder; "
                                                        "see the warnings above and the log"):
