@@ -105,3 +105,16 @@ def test_readme_sample_outputs_are_the_lines_a_run_prints():
     assert len(sample) == len(patterns), sample
     for line, pattern in zip(sample, patterns):
         assert re.fullmatch(pattern, line), (line, pattern)
+
+
+@pytest.mark.parametrize(("video_dir", "wandb_dir"), [
+    ("videos", "videos-wandb"),  # its parent is the working directory: wandb goes beside, never into it
+    ("runs/first/videos", "runs/first"),  # the main job's layout: runs/first/videos + runs/first/wandb
+])
+def test_library_wandb_folder_is_next_to_the_videos_never_the_working_directory(tmp_path, monkeypatch,
+                                                                                 video_dir, wandb_dir):
+    from eval_recorder import RecordingOptions
+    from eval_recorder.session import default_wandb_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_wandb_dir(RecordingOptions(video_dir=video_dir)) == tmp_path / wandb_dir
