@@ -249,8 +249,9 @@ def progress(*, total: int, initial: int = 0, desc: str = "", unit: str = "it") 
 
 
 def log_path() -> Path | None:
-    """The log file of the open console, if it holds the others' output."""
-    if _active is None or not _active.log_file.exists():
+    """The log file of the open console, if it holds the others' output (not with verbose:
+    then their output is on the terminal)."""
+    if _active is None or _active.verbose or not _active.log_file.exists():
         return None
     return _active.log_file
 
