@@ -1,12 +1,13 @@
 # `make run`  : set up .venv (if needed) and run the main job on the embedded defaults.
 # `make test` : set up .venv (if needed) and run the whole test suite.
+# `make test-fast` : the tests not marked slow (no real training runs), for a quick loop.
 # Extra arguments: make run ARGS="training.iterations=10 env=medium"; make test PYTEST_ARGS="-k naming".
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup
+.PHONY: run test test-fast setup
 
 setup: $(STAMP)
 
@@ -21,3 +22,6 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -6,6 +6,7 @@
     python run_eval.py --help               # every option with its documentation
 
 Options are documented in eval_recorder/app/config.py (the schema) and in README.md.
+What the run prints, and where the output of Ray, RLlib and wandb goes: eval_recorder/app/console.py.
 """
 
 import sys
@@ -38,20 +39,25 @@ class JobRefused(Exception):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg) -> None:
+    from eval_recorder.app.console import LOG_NAME, Console, remove_refused_run_folder
+
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.checkpoint is None:
-        from eval_recorder.app.main_job import train_with_recording
+    with Console(output_dir / LOG_NAME, verbose=cfg.verbose):
+        if cfg.checkpoint is None:
+            from eval_recorder.app.main_job import train_with_recording
 
-        code = train_with_recording(cfg, output_dir)
-    else:
-        from eval_recorder.app.standalone import evaluate_checkpoints
+            code = train_with_recording(cfg, output_dir)
+        else:
+            from eval_recorder.app.standalone import evaluate_checkpoints
 
-        env_overridden = any(_names_env(override) for override in hydra_cfg.overrides.task)
-        code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
+            env_overridden = any(_names_env(override) for override in hydra_cfg.overrides.task)
+            code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
     if code == 2 and hydra_cfg.mode == RunMode.MULTIRUN:
         # Let the sweep's other jobs run; Hydra reports this job's failure at the end.
         raise JobRefused(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) was refused; see the error above")
+    if code == 2:
+        remove_refused_run_folder(output_dir)  # refused before it started: leave no empty run folder
     if code:
         sys.exit(code)
 

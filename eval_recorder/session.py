@@ -14,6 +14,7 @@ Holds:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +29,10 @@ from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.video_store import StoreFailed, VideoStore, read_manifest
 from eval_recorder.wandb_sink import WandbSink
 
-__all__ = ["RecordingOptions", "RecordingSession", "StoredVideo", "get_session", "new_run_id", "register_session"]
+__all__ = [
+    "RecordingOptions", "RecordingSession", "StoredVideo", "default_wandb_dir", "get_session", "new_run_id",
+    "register_session",
+]
 
 SCENARIO_SUFFIXES = (".pkl", ".mpk")
 
@@ -65,7 +69,10 @@ class RecordingOptions:
     wandb_project: str = "eval_recorder"
     wandb_entity: str | None = None
     wandb_dir: str | None = None
-    """Folder the wandb run directory is made in; default: next to ``video_dir``."""
+    """Folder the wandb run directory (``wandb/offline-run-...``) is made in; default: the
+    video folder's parent (``runs/a/videos`` -> ``runs/a/wandb``), or ``<video_dir>-wandb``
+    beside the video folder when that parent is the working directory: wandb never writes
+    into the working directory. A resumed run keeps the folder of the run it continues."""
     wandb_job_type: str = "train"
     wandb_name: str | None = None
     """Display name of the wandb run (default: the run id)."""
@@ -88,6 +95,16 @@ class RecordingOptions:
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
+
+
+def default_wandb_dir(options: RecordingOptions) -> Path:
+    """The folder ``options``' wandb run directory is made in (see ``RecordingOptions.wandb_dir``)."""
+    if options.wandb_dir:
+        return Path(os.path.abspath(options.wandb_dir))
+    video_dir = Path(os.path.abspath(options.video_dir))
+    if video_dir.parent == Path(os.path.abspath(os.getcwd())):
+        return video_dir.with_name(f"{video_dir.name}-wandb")
+    return video_dir.parent
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,9 @@ class RecordingSession:
         if self.claim is not None:
             return self
         options = self.options
-        details = {"checkpoint_dir": options.checkpoint_dir} if options.checkpoint_dir else None
+        details = {"wandb_dir": str(default_wandb_dir(options))}
+        if options.checkpoint_dir:
+            details["checkpoint_dir"] = options.checkpoint_dir
         self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume,
                                   owner_details=details)
         self.store = VideoStore(self.claim.path, run_id=options.run_id)
@@ -151,7 +170,10 @@ class RecordingSession:
              if r.get("run_id") == options.run_id and isinstance(r.get("evaluation_round"), int)),
             default=0,
         )
-        wandb_dir = Path(options.wandb_dir) if options.wandb_dir else self.claim.path.parent
+        # One run keeps one wandb folder: a resumed run writes its offline part beside the
+        # earlier ones (where the folder's owner record says), so that one `wandb sync` uploads all.
+        wandb_dir = Path(self.claim.owner.get("wandb_dir") or details["wandb_dir"]) if options.resume \
+            else Path(details["wandb_dir"])
         self.wandb = WandbSink(
             mode=options.wandb_mode,
             project=options.wandb_project,
@@ -317,10 +339,13 @@ class RecordingSession:
         """Log the manifest table, finish the wandb run and release the folder (safe twice)."""
         with self._lock:
             if self._inbox is not None:
-                try:
-                    self._inbox.close()
-                except Exception:  # Ray is already down: the actor went with it
-                    pass
+                import ray
+
+                if ray.is_initialized():  # else the actor went down with Ray (a call would start a new Ray)
+                    try:
+                        self._inbox.close()
+                    except Exception:  # Ray is going down: the actor goes with it
+                        pass
                 self._inbox = None
             if self.store is not None:
                 self._retry_unstored()

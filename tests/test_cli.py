@@ -55,3 +55,34 @@ def test_impossible_runner_count_is_refused(tmp_path):
         "evaluation.num_env_runners or raise ray.num_cpus."
     )
     assert not videos.exists()
+
+
+def test_ray_client_addresses_are_refused_in_one_sentence(tmp_path):
+    proc, videos = run(tmp_path, "ray.address=ray://10.0.0.5:10001")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: ray.address=ray://10.0.0.5:10001 is a Ray Client address, which needs ray[client] (not installed); "
+        "give the head's address as printed by `ray start --head` (ray.address=HOST:6379), or ray.address=auto on "
+        "a cluster node."
+    ]
+    assert proc.stdout == ""
+    assert not videos.exists()
+
+
+def test_a_refused_run_leaves_no_run_folder_behind(tmp_path):
+    """With Hydra's default run folder (outputs/<date>/<time>/, made before the job starts)."""
+    proc = subprocess.run(run_eval_command("env.render=human"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {TRAINING_RENDER_REFUSED}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_run_keeps_a_run_folder_that_existed_before(tmp_path):
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("keep me\n")
+    proc = subprocess.run(run_eval_command("env.render=human", f"hydra.run.dir={run_dir}"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert (run_dir / "notes.txt").read_text() == "keep me\n"

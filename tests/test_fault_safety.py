@@ -147,7 +147,9 @@ def test_kill_9_mid_run_leaves_only_complete_files_and_the_run_resumes(tmp_path,
     assert [record["training_iteration"] for record in new] == [last + 1, last + 1]
     assert min(record["evaluation_round"] for record in new) == max(r["evaluation_round"] for r in before) + 1
     assert (tmp_path / "first" / "checkpoints" / f"it{last + 1:06d}").is_dir()  # saved with its run's checkpoints
-    assert list((tmp_path / "resumed" / "wandb").glob("offline-run-*-crashC"))  # the same wandb run id
+    # the same wandb run id, continued in the run's own wandb folder (one `wandb sync` uploads both parts)
+    assert len(list((tmp_path / "first" / "wandb").glob("offline-run-*-crashC"))) == 2
+    assert not (tmp_path / "resumed" / "wandb").exists()
     for record in before:  # earlier videos untouched
         assert hashlib.sha256((videos / record["file"]).read_bytes()).hexdigest() == record["sha256"]
 

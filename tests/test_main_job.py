@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import av
 import pytest
@@ -12,6 +14,10 @@ import pytest
 from conftest import TINY, run_eval_command
 from eval_recorder.video_store import MANIFEST, read_manifest
 from helpers import snapshot
+from wandb_offline import history_rows
+
+
+pytestmark = pytest.mark.slow  # every test here runs the real main job (20-60 s each)
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +47,46 @@ def test_main_job_exits_0_and_prints_where_everything_is(main_run):
     iteration_lines = [line for line in lines if line.startswith("iteration ")]
     assert [line.split(" | ")[0] for line in iteration_lines] == ["iteration 1/2", "iteration 2/2"]
     assert all(line.endswith("videos written 2") for line in iteration_lines)
+    assert [line.split(" | ")[-2].split(":")[0] for line in iteration_lines] == [
+        "evaluated weights of iteration 1", "evaluated weights of iteration 2"]
     (run_dir,) = (tmp / "run" / "wandb").glob("offline-run-*-mainrun")
-    assert lines[-6:] == [
+    assert lines[-7:] == [
         f"videos written: 4 in {videos}",
         f"manifest: {videos / MANIFEST}",
         f"gallery: {videos / 'index.html'} (open it in a browser, no server needed)",
         f"checkpoint: {tmp / 'run' / 'checkpoints' / 'it000002'}",
         f"wandb run: {run_dir}",
-        f"upload it with: wandb sync {run_dir}",
+        f"upload it with: wandb sync {tmp / 'run' / 'wandb'}",
+        f"log: {tmp / 'run' / 'run_eval.log'} (Ray's, RLlib's and wandb's own output)",
     ]
+
+
+# What Ray, RLlib, wandb and gymnasium print on their own in a run (seen on the console before).
+NOISE = ("wandb:", "core_worker.cc", "Started a local Ray instance", "DeprecationWarning", "UserWarning",
+         "Token authentication", "Install gputil", "(MultiAgentEnvRunner pid=", "Trainable.setup took")
+
+
+def test_the_console_shows_only_our_lines_and_the_log_file_holds_the_rest(main_run):
+    tmp, videos, _, proc = main_run
+    assert proc.stderr == ""  # no warning: nothing needed the user's action
+    assert "\x1b" not in proc.stdout  # stdout is a pipe: no ANSI codes, no progress bar
+    assert proc.stdout.splitlines()[:4] == [
+        f"run mainrun: videos go to {videos}",
+        "starting Ray ...",
+        "started a local Ray (2 CPUs)",
+        "building PPO (env runners start, the first rail drawing takes a few seconds) ...",
+    ]
+    for line in proc.stdout.splitlines()[4:6]:
+        assert re.fullmatch(r"iteration \d/2 \| env steps \d+ \| train return -?\d+\.\d\d \| evaluated weights of "
+                            r"iteration \d: completion \d\.\d\d \| videos written 2", line), line
+    assert len(proc.stdout.splitlines()) == 4 + 2 + 7
+    for noise in NOISE:
+        assert noise not in proc.stdout + proc.stderr, noise
+    log = (tmp / "run" / "run_eval.log").read_text()
+    for chatter in ("wandb: Tracking run with wandb version", "Started a local Ray instance", "core_worker.cc",
+                    "wandb: Run summary:"):
+        assert chatter in log, chatter
+    assert log.count("Started a local Ray instance") == 1  # closing the run starts no second Ray
 
 
 def test_every_round_arrives_including_the_last(main_run):
@@ -65,8 +102,9 @@ def test_earlier_files_are_byte_for_byte_unchanged_and_taken_names_skipped(main_
     _, videos, before, _ = main_run
     after = snapshot(videos)
     assert "index.html" in after  # the gallery, rewritten after every round: our 4 videos ("old.mp4" has no file)
-    shown = set(re.findall(r"flatland-it\d{6}-ev\d{4}-ep\d{3}-mainrun(?:-\d+)?\.mp4", (videos / "index.html").read_text()))
-    assert shown == {r["file"] for r in read_manifest(videos) if r.get("run_id") == "mainrun"}  # our 4 videos
+    shown = set(re.findall(r'<video [^>]*src="([^"]+)"', (videos / "index.html").read_text()))
+    assert shown == {name for name in after if name.endswith(".mp4") and "mainrun" in name and name != (
+        "flatland-it000001-ev0001-ep000-mainrun.mp4")}  # the earlier file under our first name is not ours
     for name, digest in before.items():
         if name != MANIFEST:
             assert after[name] == digest, name
@@ -89,3 +127,57 @@ def test_checkpoint_is_saved_as_an_rllib_checkpoint(main_run):
     checkpoint = tmp / "run" / "checkpoints" / "it000002"
     assert (checkpoint / "algorithm_state.pkl").is_file() or (checkpoint / "rllib_checkpoint.json").is_file()
     assert (checkpoint / "learner_group").is_dir()
+
+
+def test_a_resumed_run_keeps_one_wandb_folder_and_one_sync_command_uploads_all(tmp_path):
+    """The resumed process writes its offline part into the first run's wandb folder (next
+    to the videos), not into its own Hydra folder; the printed command covers both parts,
+    and together they hold the old and the new iterations."""
+    videos = tmp_path / "first" / "videos"
+    common = (*TINY, "wandb.run_id=resumed", f"recording.video_dir={videos}")
+    first = subprocess.run(run_eval_command(*common, "training.iterations=1", f"hydra.run.dir={tmp_path / 'first'}"),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(run_eval_command(*common, "training.iterations=2", "recording.resume=true",
+                                             f"hydra.run.dir={tmp_path / 'second'}"),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    wandb_folder = tmp_path / "first" / "wandb"
+    parts = sorted(wandb_folder.glob("offline-run-*-resumed"))
+    assert len(parts) == 2
+    assert not (tmp_path / "second" / "wandb").exists()
+    lines = second.stdout.splitlines()
+    assert lines[1] == f"resuming run resumed from {tmp_path / 'first' / 'checkpoints' / 'it000001'}"
+    assert f"wandb run: {parts[1]}" in lines
+    assert f"upload it with: wandb sync {wandb_folder}" in lines
+    iterations = sorted({row["training_iteration"] for part in parts for row in history_rows(part)})
+    assert iterations == [1, 2]
+    video_steps = [row["_step"] for part in parts for row in history_rows(part) if "eval/video/episode_0/sha256" in row]
+    assert video_steps == [1, 2]
+    # wandb's own listing of what that command uploads: both parts of the run
+    dry_run = subprocess.run([str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run", str(wandb_folder)],
+                             capture_output=True, text=True, timeout=120)
+    listing = (dry_run.stdout + dry_run.stderr).splitlines()
+    assert "wandb: Would sync 2 run(s):" in listing, listing
+    listed = {Path(line.split()[-1]).resolve() for line in listing if line.endswith(".wandb")}  # via latest-run too
+    assert listed == {part / "run-resumed.wandb" for part in parts}
+
+
+def test_parallel_evaluation_ends_with_a_round_of_the_final_weights(tmp_path):
+    videos = tmp_path / "videos"
+    proc = subprocess.run(
+        run_eval_command(*TINY, "training.iterations=2", "evaluation.parallel_to_training=true",
+                         "wandb.run_id=parallel", f"recording.video_dir={videos}", f"hydra.run.dir={tmp_path / 'run'}"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_manifest(videos)
+    assert [(r["training_iteration"], r["evaluation_round"]) for r in records] == [
+        (0, 1), (0, 1), (1, 2), (1, 2), (2, 3), (2, 3)]
+    lines = proc.stdout.splitlines()
+    rounds = [line for line in lines if "videos written" in line and " | " in line]
+    assert [line.split(" | ")[0] for line in rounds] == ["iteration 1/2", "iteration 2/2", "final evaluation"]
+    assert [line.split(" | ")[-2].split(":")[0] for line in rounds] == [
+        "evaluated weights of iteration 0", "evaluated weights of iteration 1", "evaluated weights of iteration 2"]
+    assert rounds[-1].endswith("videos written 2")
+    assert f"videos written: 6 in {videos}" in lines

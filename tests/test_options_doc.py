@@ -23,3 +23,12 @@ def test_help_lists_every_option_with_its_doc():
     assert proc.returncode == 0
     for key, _, default, doc in option_rows():
         assert f"  {key} " in proc.stdout and f"{doc} (default: {default})" in proc.stdout, key
+
+
+def test_help_offers_only_what_works():
+    """Config groups without the internal schema nodes; no Ray Client (ray://) addresses."""
+    proc = subprocess.run(run_eval_command("--help"), capture_output=True, text=True, timeout=60)
+    groups = proc.stdout.split("== Config groups ==\n")[1].split("\n\n")[0].splitlines()
+    assert groups == ["algorithm: appo, dqn, impala, ppo", "env: medium, small"]
+    assert "base_" not in proc.stdout
+    assert "ray://" not in proc.stdout

@@ -43,6 +43,7 @@ POLICY_ID = "p0"  # one policy shared by all agents of a multi-agent env
 # back in about 6 s on the small env.
 EVAL_RUNNER_RECOVERY_SECONDS = 60.0
 _FPS_RANGE = (1, 60)
+RAY_CLIENT_PREFIX = "ray://"  # Ray Client addresses need ray[client], which is not installed
 _MIN_SIDE = 16  # smallest longest frame side the encoder takes comfortably (libx264 needs some macroblocks)
 
 
@@ -91,6 +92,12 @@ def check_config(cfg) -> None:
         )
     if cfg.algorithm.name in ("APPO", "IMPALA") and cfg.training.num_env_runners < 1 and cfg.checkpoint is None:
         raise UserError(f"{cfg.algorithm.name} samples on remote env runners: set training.num_env_runners to at least 1.")
+    if str(cfg.ray.address or "").startswith(RAY_CLIENT_PREFIX):
+        raise UserError(
+            f"ray.address={cfg.ray.address} is a Ray Client address, which needs ray[client] (not installed); "
+            f"give the head's address as printed by `ray start --head` (ray.address=HOST:6379), or ray.address=auto "
+            f"on a cluster node."
+        )
     runners = cfg.training.num_env_runners + cfg.evaluation.num_env_runners
     if cfg.ray.address is None and runners > cfg.ray.num_cpus:
         raise UserError(

@@ -170,7 +170,7 @@ class RayConfig:
     """The Ray runtime."""
 
     address: Optional[str] = None
-    """null = start a local Ray; auto or ray://host:10001 = join that running Ray cluster."""
+    """null = start a local Ray; auto (on a cluster node) or host:6379 (the head's address) = join that running Ray cluster."""
     num_cpus: int = 2
     """CPUs the local Ray may use (ignored when joining a cluster)."""
 
@@ -181,6 +181,8 @@ class MainConfig:
 
     checkpoint: Optional[str] = None
     """Evaluate this saved RLlib checkpoint (or every checkpoint in this run folder) instead of training."""
+    verbose: bool = False
+    """Also show Ray's, RLlib's and wandb's own output on the console (by default it goes only to run_eval.log in the run folder)."""
     env: EnvConfig = MISSING
     algorithm: AlgorithmSection = MISSING
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -192,14 +194,16 @@ class MainConfig:
 
 def register_configs() -> None:
     """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it),
-    and the resolver that puts the option reference into ``--help``."""
+    and the resolvers that put the option reference and the config groups into ``--help``."""
     from omegaconf import OmegaConf
 
-    from eval_recorder.app.options_doc import options_help
+    from eval_recorder.app.options_doc import config_groups_help, options_help
 
+    # Hydra fills its help template with string.Template: a literal "$" is "$$".
     if not OmegaConf.has_resolver("eval_recorder_options"):
-        # Hydra fills its help template with string.Template: a literal "$" is "$$".
         OmegaConf.register_new_resolver("eval_recorder_options", lambda: options_help().replace("$", "$$"))
+    if not OmegaConf.has_resolver("eval_recorder_groups"):
+        OmegaConf.register_new_resolver("eval_recorder_groups", lambda: config_groups_help().replace("$", "$$"))
     store = ConfigStore.instance()
     store.store(name="base_config", node=MainConfig)
     store.store(group="env", name="base_env", node=EnvConfig)

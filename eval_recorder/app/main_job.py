@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from eval_recorder.api import add_recording
+from eval_recorder.app import console
 from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options, start_ray
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
 from eval_recorder.callback import RecordingCallback
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingSession
-from eval_recorder.video_store import MANIFEST
 
 __all__ = ["train_with_recording"]
 
@@ -37,7 +36,7 @@ _INTERRUPT_COLLECT_SECONDS = 30.0
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
+    console.say(message)
 
 
 def train_with_recording(cfg, output_dir: Path) -> int:
@@ -58,25 +57,28 @@ def train_with_recording(cfg, output_dir: Path) -> int:
         run_id = options.run_id
         session.open()  # refuses a folder in use before Ray starts
     except (UserError, FolderRefused, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        console.error(str(error))
         return 2
     # A resumed run keeps saving into, and restores from, its own checkpoints folder.
     checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
     code = 0
     try:
-        _say(f"run {run_id}: videos go to {session.video_dir}")
+        _say(f"run {run_id}: videos go to {console.shown(session.video_dir)}")
         resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
         if cfg.recording.resume:
-            _say(f"resuming run {run_id} from {resume_from.path}" if resume_from
+            _say(f"resuming run {run_id} from {console.shown(resume_from.path)}" if resume_from
                  else f"resuming run {run_id}: it saved no checkpoint, training starts over")
+        start = resume_from.training_iteration if resume_from else 0
+        if _rounds_ahead(cfg, start) == 0:
+            console.warn(f"nothing will be recorded: {_why_no_rounds(cfg, start)}.")
         code = _train(cfg, checkpoints, session, resume_from, choice, facts)
     except KeyboardInterrupt:
         code = 130
     finally:
         session.close(exit_code=code)
     if code == 130:
-        print(f"interrupted: {len(session.videos)} videos written in {session.video_dir}; "
-              f"continue with recording.resume=true wandb.run_id={run_id}", file=sys.stderr, flush=True)
+        console.say(f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}; "
+                    f"continue with recording.resume=true wandb.run_id={run_id}", err=True)
     return code
 
 
@@ -97,19 +99,38 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
             _say(f"restoring iteration {resume_from.training_iteration} ...")
             algo.load_checkpoint(str(resume_from.path))
         last_checkpoint = resume_from.path if resume_from else None
+        start, total, rounds_before = algo.iteration, cfg.training.iterations, session.evaluation_round
+        bar = console.progress(total=total, initial=min(start, total), desc="training", unit="it")
+        episodes = len(session.scenarios()) or cfg.evaluation.episodes
+        session.on_video = lambda video: bar.describe(postfix=f"evaluating: {_round_count(session)}/{episodes} episodes")
         try:
-            while algo.iteration < cfg.training.iterations:
+            while algo.iteration < total:
                 before = len(session.videos)
+                bar.describe(postfix="")
                 result = algo.train()
                 iteration = result["training_iteration"]
-                _say(_iteration_line(result, new_videos=session.videos[before:], total=cfg.training.iterations))
+                bar.update(1)
+                _say(_iteration_line(result, new_videos=session.videos[before:], total=total))
                 every = cfg.training.checkpoint_every
-                if (every and iteration % every == 0) or iteration == cfg.training.iterations:
+                if (every and iteration % every == 0) or iteration == total:
                     last_checkpoint = _save(algo, checkpoint_path(checkpoints, iteration))
+            if _final_round(cfg) and algo.iteration > start:
+                # Parallel evaluation in call N shows the weights of N-1: the final weights
+                # get their own round, tagged with the final iteration.
+                before = len(session.videos)
+                bar.describe(desc="evaluating the final weights", postfix="")
+                algo.evaluate()
+                _say(_final_line(new_videos=session.videos[before:]))
         except KeyboardInterrupt:
             _publish_finished(algo)
             raise
-        _summary(session, last_checkpoint)
+        finally:
+            session.on_video = None
+            bar.close()
+        rounds = session.evaluation_round - rounds_before
+        for line in console.summary_lines(session, checkpoint=last_checkpoint,
+                                          nothing_recorded=_why_nothing(cfg, start, rounds)):
+            _say(line)
         return 0
     finally:
         algo.stop()
@@ -134,6 +155,68 @@ def _publish_finished(algo) -> None:
                 logger.warning("could not collect the last finished episodes: %s", error)
 
 
+def _round_count(session: RecordingSession) -> int:
+    """Videos of the evaluation round in progress (for the progress bar)."""
+    round_now = session.evaluation_round
+    return sum(1 for video in session.videos if video.metadata.get("evaluation_round") == round_now)
+
+
+def _final_round(cfg) -> bool:
+    """Whether the run evaluates once more after its last iteration: with evaluation
+    parallel to training (and recording on), the last rounds showed earlier weights."""
+    return cfg.evaluation.parallel_to_training and cfg.evaluation.render is not None
+
+
+def _rounds_ahead(cfg, start: int) -> int:
+    """Evaluation rounds that record, from iteration ``start`` to ``training.iterations``:
+    RLlib evaluates in train() call n when n is a multiple of ``evaluation.interval``;
+    with evaluation parallel to training one more round follows the last iteration."""
+    if cfg.evaluation.render is None:
+        return 0
+    total, interval = cfg.training.iterations, cfg.evaluation.interval
+    rounds = sum(1 for n in range(start + 1, total + 1) if n % interval == 0)
+    return rounds + (1 if _final_round(cfg) and start < total else 0)
+
+
+def _why_no_rounds(cfg, start: int) -> str:
+    """Why ``_rounds_ahead(cfg, start)`` is 0, in the user's options."""
+    total, interval = cfg.training.iterations, cfg.evaluation.interval
+    if cfg.evaluation.render is None:
+        return "evaluation.render=null turns recording off"
+    if start >= total:
+        return (f"run {cfg.wandb.run_id} already trained {start} iterations (training.iterations={total}); "
+                f"raise training.iterations to train on")
+    if start == 0:
+        return (f"evaluation.interval={interval} is larger than training.iterations={total}, so no evaluation "
+                f"round runs; lower evaluation.interval or raise training.iterations")
+    return (f"no evaluation round falls in iterations {start + 1}-{total} (evaluation.interval={interval}); "
+            f"lower evaluation.interval or raise training.iterations")
+
+
+def _why_nothing(cfg, start: int, rounds: int) -> str:
+    """The summary's reason for a run that recorded no video."""
+    if rounds == 0:
+        return _why_no_rounds(cfg, start)
+    return (f"{rounds} evaluation round(s) ran but no episode reached the video folder; "
+            f"see the warnings above and the log")
+
+
+def _weights_part(new_videos: list) -> list[str]:
+    """``evaluated weights of iteration N: completion 0.50`` (or the mean return for envs
+    without completion), for the videos written in one train() call or round."""
+    if not new_videos:
+        return []
+    iterations = sorted({v.metadata["training_iteration"] for v in new_videos})
+    which = ", ".join(str(i) for i in iterations)
+    completions = [v.metadata.get("completion") for v in new_videos]
+    if all(c is not None for c in completions):
+        value = f"completion {sum(completions) / len(completions):.2f}"
+    else:
+        returns = [v.metadata["episode_return"] for v in new_videos]
+        value = f"return {sum(returns) / len(returns):.2f}"
+    return [f"evaluated weights of iteration {which}: {value}"]
+
+
 def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:
     runners = result.get("env_runners", {})
     parts = [
@@ -142,28 +225,13 @@ def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:
     ]
     if runners.get("episode_return_mean") is not None:
         parts.append(f"train return {runners['episode_return_mean']:.2f}")
-    if new_videos:
-        completions = [v.metadata.get("completion") for v in new_videos]
-        if all(c is not None for c in completions):
-            parts.append(f"eval completion {sum(completions) / len(completions):.2f}")
-        else:
-            returns = [v.metadata["episode_return"] for v in new_videos]
-            parts.append(f"eval return {sum(returns) / len(returns):.2f}")
+    parts += _weights_part(new_videos)
     parts.append(f"videos written {len(new_videos)}")
     return " | ".join(parts)
 
 
-def _summary(session: RecordingSession, checkpoint) -> None:
-    _say(f"videos written: {len(session.videos)} in {session.video_dir}")
-    _say(f"manifest: {session.video_dir / MANIFEST}")
-    _say(f"gallery: {session.gallery_path} (open it in a browser, no server needed)")
-    if checkpoint is not None:
-        _say(f"checkpoint: {checkpoint}")
-    run_dir = session.wandb.run_dir if session.wandb else None
-    if run_dir is not None:
-        _say(f"wandb run: {run_dir}")
-        if session.wandb.mode == "offline":
-            _say(f"upload it with: wandb sync {run_dir}")
+def _final_line(*, new_videos: list) -> str:
+    return " | ".join(["final evaluation", *_weights_part(new_videos), f"videos written {len(new_videos)}"])
 
 
 def _plain(cfg) -> dict:

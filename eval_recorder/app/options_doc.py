@@ -7,6 +7,9 @@ Holds:
   options_table()  those rows as the Markdown table the README carries (a test fails if
                    the README's copy drifts).
   options_help()   the same as plain text, for ``python run_eval.py --help``.
+  config_groups_help()   the config groups and their choices (``env: medium, small``) for
+                   ``--help``; the schema nodes the presets build on (``base_env``,
+                   ``base_algorithm``) are internal and not listed.
 
 Run ``python -m eval_recorder.app.options_doc`` to print the Markdown table.
 """
@@ -21,7 +24,9 @@ from enum import Enum
 
 from eval_recorder.app import config as config_module
 
-__all__ = ["option_rows", "options_help", "options_table"]
+__all__ = ["config_groups_help", "option_rows", "options_help", "options_table"]
+
+_INTERNAL_PREFIX = "base_"  # schema nodes registered by config.register_configs()
 
 _SECTIONS = {
     "": config_module.MainConfig,
@@ -96,6 +101,22 @@ def options_table() -> str:
 def options_help() -> str:
     width = max(len(key) for key, *_ in option_rows())
     return "\n".join(f"  {key:<{width}}  {doc} (default: {default})" for key, _, default, doc in option_rows())
+
+
+def config_groups_help() -> str:
+    """``group: choice, choice`` per config group of the running Hydra app (not Hydra's
+    own groups, not the internal ``base_*`` schema nodes)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+    for group in sorted(loader.list_groups("")):
+        if group == "hydra":
+            continue
+        choices = sorted(name for name in loader.get_group_options(group) if not name.startswith(_INTERNAL_PREFIX))
+        if choices:
+            lines.append(f"{group}: {', '.join(choices)}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

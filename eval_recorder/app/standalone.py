@@ -14,9 +14,9 @@ Holds:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from eval_recorder.app import console
 from eval_recorder.app.algorithms import (
     UserError,
     check_config,
@@ -54,9 +54,9 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
         run_id = options.run_id
         session.open()
     except (UserError, FolderRefused, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        console.error(str(error))
         return 2
-    print(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {session.video_dir}", flush=True)
+    console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
     try:
         _evaluate(cfg, infos, choices, session)
         _print_table(session)
@@ -71,11 +71,10 @@ def _key(choice: EnvChoice) -> str:
 
 def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], session) -> None:
     import ray
-    from tqdm import tqdm
 
-    print(start_ray(cfg), flush=True)
+    console.say(start_ray(cfg))
     episodes = len(session.scenarios()) or cfg.evaluation.episodes
-    bar = tqdm(total=len(infos) * episodes, unit="episode", desc="evaluating", file=sys.stdout)
+    bar = console.progress(total=len(infos) * episodes, unit="episode", desc="evaluating")
     session.on_video = lambda video: bar.update(1)  # each episode as it reaches the folder
     algo, built_for = None, None
     try:
@@ -86,16 +85,16 @@ def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], sessio
             if algo is None or key != built_for[0] or info.training_iteration <= built_for[1]:
                 if algo is not None:
                     algo.stop()
-                bar.set_description(f"it{info.training_iteration:06d}: building")
+                bar.describe(f"it{info.training_iteration:06d}: building")
                 algo = _build(cfg, info, choice, session)
             built_for = (key, info.training_iteration)
             session.checkpoint = str(info.path)
-            bar.set_description(f"it{info.training_iteration:06d}: restoring")
+            bar.describe(f"it{info.training_iteration:06d}: restoring")
             algo.load_checkpoint(str(info.path))
-            bar.set_description(f"it{info.training_iteration:06d}: evaluating")
+            bar.describe(f"it{info.training_iteration:06d}: evaluating")
             algo.evaluate()
-        bar.close()
     finally:
+        bar.close()
         session.on_video = None
         if algo is not None:
             algo.stop()
@@ -123,11 +122,13 @@ def _print_table(session) -> None:
     header = f"{'iteration':>9}  {'env steps':>9}  {'episode':>7}  {'return':>9}  {'arrived':>7}  {'length':>6}  video"
     if not flatland:
         header = f"{'iteration':>9}  {'env steps':>9}  {'episode':>7}  {'return':>9}  {'length':>6}  video"
-    print(header, flush=True)
+    console.say(header)
     for video in session.videos:
         m = video.metadata
         arrived = f"  {m['agents_arrived']:>3}/{m['num_agents']:<3}" if facts == "arrived" else ""
-        print(f"{m['training_iteration']:>9}  {m['env_steps']:>9}  {m['episode_index']:>7}  "
-              f"{m['episode_return']:>9.2f}{arrived}  {m['episode_length']:>6}  {video.path}", flush=True)
-    print(f"videos written: {len(session.videos)} in {session.video_dir}", flush=True)
-    print(f"gallery: {session.gallery_path} (open it in a browser, no server needed)", flush=True)
+        console.say(f"{m['training_iteration']:>9}  {m['env_steps']:>9}  {m['episode_index']:>7}  "
+                    f"{m['episode_return']:>9.2f}{arrived}  {m['episode_length']:>6}  {console.shown(video.path)}")
+    for line in console.summary_lines(session, show_manifest=False,
+                                      nothing_recorded="no evaluation episode reached the video folder; "
+                                                       "see the warnings above and the log"):
+        console.say(line)
