@@ -45,6 +45,7 @@ def run_eval_commands() -> list[list[str]]:
 def test_the_readme_has_the_blocks_these_tests_run():
     sections = [heading for heading, _ in code_blocks("python")]
     assert "Use 3: your own RLlib config (library)" in sections
+    assert sections.count("Your own env and algorithm") == 2
     assert len(run_eval_commands()) >= 6
 
 
@@ -118,3 +119,45 @@ def test_library_wandb_folder_is_next_to_the_videos_never_the_working_directory(
 
     monkeypatch.chdir(tmp_path)
     assert default_wandb_dir(RecordingOptions(video_dir=video_dir)) == tmp_path / wandb_dir
+
+
+def own_env_examples() -> list[str]:
+    return [text for heading, text in code_blocks("python") if heading == "Your own env and algorithm"]
+
+
+def run_example(text: str, folder: Path) -> subprocess.CompletedProcess:
+    script = folder / "example.py"
+    script.write_text(text)
+    return subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_flatland_rl_users_example_runs_as_written(tmp_path):
+    """flatland-rl's registration (ray_env_generator + an observation builder of flatland's
+    registry) + APPO + add_recording, byte for byte from the README."""
+    flatland, _ = own_env_examples()
+    proc = run_example(flatland, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(" video tags ")[0] for line in lines] == ["iteration 1", "iteration 2"]
+    records = read_manifest(tmp_path / "flatland_run" / "videos")
+    assert [line.split(" video tags ")[1] for line in lines] == [
+        str([r["training_iteration"] for r in records[:1]]), str([r["training_iteration"] for r in records])]
+    assert [r["evaluation_round"] for r in records] == [1, 2]
+    for record in records:
+        assert record["file"].startswith(f"flatland-it{record['training_iteration']:06d}-ev")
+        assert record["training_iteration"] <= record["evaluation_round"]  # APPO: the iteration that made the weights
+        assert record["num_agents"] == 2 and "completion" in record
+
+
+@pytest.mark.slow
+def test_gymnasium_example_runs_as_written(tmp_path):
+    _, gymnasium = own_env_examples()
+    proc = run_example(gymnasium, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_manifest(tmp_path / "cartpole_run" / "videos")
+    (run_id,) = {r["run_id"] for r in records}
+    names = [f"cartpole-v1-it{it:06d}-ev{it:04d}-ep{ep:03d}-{run_id}.mp4" for it in (1, 2) for ep in (0, 1)]
+    assert proc.stdout.splitlines()[-1] == str(names)
+    assert [r["file"] for r in records] == names
+    assert all(r["agent_returns"] is None and "completion" not in r for r in records)
