@@ -38,6 +38,8 @@ from eval_recorder.gallery import GALLERY
 from eval_recorder.video_store import MANIFEST, read_manifest
 from test_fault_safety import check_folder_is_consistent, jobs, wait_for  # noqa: F401  (jobs: a fixture)
 
+pytestmark = pytest.mark.slow  # real Ray / RLlib runs
+
 RAY = Path(sys.executable).with_name("ray")
 ITERATION_LINE = re.compile(r"^iteration (\d+)/\d+ \| env steps (\d+) \|.* videos written (\d+)$")
 

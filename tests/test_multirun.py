@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 
 from conftest import TINY, run_eval_command
 from eval_recorder.folder_guard import OWNER_FILE
 from eval_recorder.video_store import read_manifest
+
+pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 
 FAST = (*TINY, "training.iterations=1", "evaluation.episodes=1", "evaluation.num_env_runners=0")
 

@@ -23,6 +23,8 @@ from eval_recorder.video_store import read_manifest
 from eval_recorder.wandb_sink import video_key
 from wandb_offline import history_rows, run_records
 
+pytestmark = pytest.mark.slow  # real Ray / RLlib runs
+
 
 class UserCallback(RLlibCallback):
     """A user's own callback: it must keep firing beside the recording callback."""

@@ -15,6 +15,8 @@ from conftest import TINY, run_eval_command
 from eval_recorder.video_store import read_manifest
 from wandb_offline import history_rows, run_records
 
+pytestmark = pytest.mark.slow  # real Ray / RLlib runs
+
 
 def env_steps_of(checkpoint):
     with open(checkpoint / "algorithm_state.pkl", "rb") as handle:

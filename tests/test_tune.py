@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from conftest import TINY, compose_config, flatland_config
@@ -10,6 +12,8 @@ from eval_recorder.folder_guard import OWNER_FILE
 from eval_recorder.session import RecordingOptions
 from eval_recorder.video_store import read_manifest
 from wandb_offline import run_records
+
+pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 
 
 def test_two_concurrent_tune_trials_record_into_their_own_folders_and_wandb_runs(ray_local, tmp_path):
