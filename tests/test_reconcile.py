@@ -176,6 +176,7 @@ def run_child(folder: Path, mode: str, kill_at: int, first: int, count: int, mp4
                            *mp4_files], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_killed_right_after_the_video_got_its_name(tmp_path, mp4_files):
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -225,6 +226,7 @@ def test_killed_half_way_through_a_manifest_line(tmp_path, mp4_files):
     assert len(assert_index_complete(folder, "run1")) == 2
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_every_video_is_indexed_once(tmp_path, mp4_files):
     folder = tmp_path / "videos"
     folder.mkdir()
