@@ -208,7 +208,46 @@ def _default_label(env) -> str:
     return env_label(name)
 
 
-class RecordEpisodes(gym.Wrapper):
+class _RecordsEpisodes:
+    """What both wrappers share: their options, reset, and the finished episodes."""
+
+    multi_agent = False
+
+    def __init__(
+        self,
+        env,
+        *,
+        fps: int = 10,
+        max_side: int = DEFAULT_MAX_SIDE,
+        frame_every: int = 1,
+        overlay: bool = True,
+        label: str | None = None,
+        runner_index: int = 0,
+        seed: int | None = None,
+        source: FrameSource | None = None,
+    ) -> None:
+        self._wrap(env)
+        self.recording = _Recording(
+            env, fps=fps, max_side=max_side, frame_every=frame_every, overlay=overlay, label=label,
+            runner_index=runner_index, seed=seed, source=source, multi_agent=self.multi_agent,
+        )
+
+    def _wrap(self, env) -> None:
+        raise NotImplementedError
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        seed, options = self.recording.plan_reset(seed, options)
+        result = self.env.reset(seed=seed, options=options)
+        self.recording.reset_done()
+        return result
+
+    def pop_finished(self) -> list[RecordedEpisode]:
+        """Hand over (and forget) the episodes finished so far."""
+        finished, self.recording.finished = self.recording.finished, []
+        return finished
+
+
+class RecordEpisodes(_RecordsEpisodes, gym.Wrapper):
     """Records every episode of a single-agent gymnasium ``env`` into an mp4.
 
     ``fps``: frames per second of the videos; ``max_side``: longest frame side (larger
@@ -216,90 +255,39 @@ class RecordEpisodes(gym.Wrapper):
     reset frame and the last step); ``overlay``: burn a label (training iteration, step,
     return) into the frames; ``label``: the env label that starts file names when the
     frame source has none of its own (Flatland's is ``flatland``; default: from the env's
-    id or class); ``seed``: first seed when the caller gives none;
-    ``source``: a FrameSource to use instead of the one found for the env.
+    id or class); ``runner_index``: the env runner it records on (kept in the metadata);
+    ``seed``: first seed when the caller gives none; ``source``: a FrameSource to use
+    instead of the one found for the env.
     """
 
-    def __init__(
-        self,
-        env: gym.Env,
-        *,
-        fps: int = 10,
-        max_side: int = DEFAULT_MAX_SIDE,
-        frame_every: int = 1,
-        overlay: bool = True,
-        label: str | None = None,
-        runner_index: int = 0,
-        seed: int | None = None,
-        source: FrameSource | None = None,
-    ) -> None:
-        super().__init__(env)
-        self.recording = _Recording(
-            env, fps=fps, max_side=max_side, frame_every=frame_every, overlay=overlay, label=label,
-            runner_index=runner_index, seed=seed, source=source, multi_agent=False,
-        )
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        seed, options = self.recording.plan_reset(seed, options)
-        result = self.env.reset(seed=seed, options=options)
-        self.recording.reset_done()
-        return result
+    def _wrap(self, env) -> None:
+        gym.Wrapper.__init__(self, env)
 
     def step(self, action):
         observation, reward, terminated, truncated, info = self.env.step(action)
         self.recording.step_done({None: reward}, done=bool(terminated or truncated))
         return observation, reward, terminated, truncated, info
 
-    def pop_finished(self) -> list[RecordedEpisode]:
-        """Hand over (and forget) the episodes finished so far."""
-        finished, self.recording.finished = self.recording.finished, []
-        return finished
-
     def close(self) -> None:
         self.recording.close()
         super().close()
 
 
-class RecordMultiAgentEpisodes(MultiAgentEnv):
-    """Records every episode of an RLlib ``MultiAgentEnv`` into an mp4 (arguments as for
+class RecordMultiAgentEpisodes(_RecordsEpisodes, MultiAgentEnv):
+    """Records every episode of an RLlib ``MultiAgentEnv`` into an mp4 (options as for
     RecordEpisodes). Everything else (spaces, agents, ``wrap()`` ...) is the env's own."""
 
-    def __init__(
-        self,
-        env: MultiAgentEnv,
-        *,
-        fps: int = 10,
-        max_side: int = DEFAULT_MAX_SIDE,
-        frame_every: int = 1,
-        overlay: bool = True,
-        label: str | None = None,
-        runner_index: int = 0,
-        seed: int | None = None,
-        source: FrameSource | None = None,
-    ) -> None:
+    multi_agent = True
+
+    def _wrap(self, env) -> None:
         # MultiAgentEnv.__init__ is not called: agents and spaces are the wrapped env's.
         self.env = env
-        self.recording = _Recording(
-            env, fps=fps, max_side=max_side, frame_every=frame_every, overlay=overlay, label=label,
-            runner_index=runner_index, seed=seed, source=source, multi_agent=True,
-        )
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        seed, options = self.recording.plan_reset(seed, options)
-        result = self.env.reset(seed=seed, options=options)
-        self.recording.reset_done()
-        return result
 
     def step(self, action_dict):
         observations, rewards, terminateds, truncateds, infos = self.env.step(action_dict)
         done = bool(terminateds.get("__all__", False) or truncateds.get("__all__", False))
         self.recording.step_done(rewards, done=done)
         return observations, rewards, terminateds, truncateds, infos
-
-    def pop_finished(self) -> list[RecordedEpisode]:
-        """Hand over (and forget) the episodes finished so far."""
-        finished, self.recording.finished = self.recording.finished, []
-        return finished
 
     def render(self):
         return self.env.render()
