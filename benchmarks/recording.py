@@ -35,10 +35,13 @@ seeded random actions (modes alternate within each repeat; the order rotates):
 The timed region of every mode starts before the recorder is built and ends when the
 video file is complete: setup (renderer, encoder and its helper process, which starts
 with the first encoder of a process), reset, every step, finishing the video. Env
-construction is outside it. "added" = a mode minus env-only on the same seeded episode,
-per repeat; the median over repeats is reported. Per recorded frame: added wall / frames
-(what recording costs the stepping thread, contention included), and the time spent
-inside the recording calls themselves.
+construction is outside it, and so is reading the finished mp4 (the recorder then holds
+its bytes, the "mp4 bytes" column, to send them to the driver). "added" = a mode minus
+env-only on the same seeded episode, per repeat; the median over repeats is reported.
+Per recorded frame: added wall / frames (what recording costs the stepping thread,
+contention included), the time spent inside the recording calls themselves, and the
+CPU time added in the process and used by its helper processes (robust to a busy
+machine, which the wall figures are not).
 
 Peak RSS = the process's high-water mark during the timed region (VmHWM, reset just
 before it via /proc/self/clear_refs) + the high-water marks (VmHWM) of its helper
@@ -214,8 +217,7 @@ class _FlatlandRecording:
     def finish(self) -> tuple[int, int, str]:
         with self._timer:
             frames = self._encoder.close()
-            written = len(self.path.read_bytes())  # the recorder sends these bytes to the driver
-        return written, frames, f"{self._encoder.width}x{self._encoder.height}"
+        return self.path.stat().st_size, frames, f"{self._encoder.width}x{self._encoder.height}"
 
     def _keep(self, frame: np.ndarray, text: str | None) -> None:
         if self._given is not None:
@@ -314,8 +316,7 @@ def _run(case: dict, mode: str, steps: int, seed: int, out_dir: Path, label_on: 
     if encoder is not None:
         with timer:
             frames = encoder.close()
-            written = len(path.read_bytes())
-        result.update(bytes=written, frames=frames, resolution=f"{encoder.width}x{encoder.height}",
+        result.update(bytes=path.stat().st_size, frames=frames, resolution=f"{encoder.width}x{encoder.height}",
                       in_calls_s=timer.seconds)  # fmt: skip
     return result
 
@@ -419,19 +420,21 @@ def _command(pid: int) -> bytes:
         return b""
 
 
-class _HelperMemory:
+class _Helpers:
     """The high-water marks (VmHWM) of this process's helper processes (our encoder process,
-    moviepy's ffmpeg), read every 20 ms and at the end; the peak is their sum."""
+    moviepy's ffmpeg), read every 20 ms and at the end; the peak is their sum. Also the CPU
+    time they used (as last read: a helper that exits between two reads loses < 20 ms)."""
 
     def __init__(self) -> None:
         import threading
 
         self._peaks: dict[int, float] = {}
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._own_command = _command(os.getpid())
 
-    def __enter__(self) -> "_HelperMemory":
+    def __enter__(self) -> "_Helpers":
         self._thread.start()
         return self
 
@@ -448,6 +451,10 @@ class _HelperMemory:
     def processes(self) -> int:
         return len(self._peaks)
 
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
+
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             self._sample()
@@ -459,6 +466,16 @@ class _HelperMemory:
                 peak = _status_mb(pid, "VmHWM")
                 if peak:
                     self._peaks[pid] = max(self._peaks.get(pid, 0.0), peak)
+                    self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_s(pid))
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def run_child(case_name: str, mode: str, steps: int, seed: int, label_on: bool, quality: bool) -> dict:
@@ -482,16 +499,17 @@ def run_child(case_name: str, mode: str, steps: int, seed: int, label_on: bool, 
     gc.collect()
     with tempfile.TemporaryDirectory(prefix="bench-recording-") as tmp:
         peak_reset = _reset_peak_rss()
-        with _HelperMemory() as helpers:
-            start = time.perf_counter()
+        with _Helpers() as helpers:
+            start, cpu_start = time.perf_counter(), time.process_time()
             result = _run(case, mode, steps, seed, Path(tmp), label_on)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         peak = _peak_rss_mb()
         if quality and mode.startswith("ours"):  # after the measurements: not part of recording
             result.update(_quality(case, mode, steps, seed, Path(tmp) / "quality", label_on))
     return dict(
         result, mode=mode, wall_s=wall, process_peak_mb=peak, helper_peak_mb=helpers.peak_mb,
         helper_processes=helpers.processes, peak_rss_mb=peak + helpers.peak_mb, peak_reset=peak_reset,
+        process_cpu_s=cpu, helper_cpu_s=helpers.cpu_s,
     )  # fmt: skip
 
 
@@ -570,8 +588,8 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> dict
     repeats = len(results["env"])
     print(f"\n## {name}: {_describe(name, case['steps'])}, {repeats} repeats "
           "(medians; added = minus env-only on the same episode)")  # fmt: skip
-    print("| mode | resolution | wall s | added s (min-max) | per frame ms: added / in calls "
-          "| peak RSS MB (process + helpers) | added MB | bytes |")  # fmt: skip
+    print("| mode | resolution | wall s | added s (min-max) | added ms per frame: wall / in calls / CPU process + "
+          "helpers | peak RSS MB (process + helpers) | added MB | mp4 bytes |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     summary = {}
     for mode in modes:
@@ -585,12 +603,14 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> dict
         frames = _median(rows, "frames")
         per_frame = statistics.median(w / r["frames"] * 1000 for w, r in zip(walls, rows))
         in_calls = statistics.median(r["in_calls_s"] / r["frames"] * 1000 for r in rows) if mode != "anchor" else None
+        cpu = statistics.median(c / r["frames"] * 1000 for c, r in zip(_added(results, mode, "process_cpu_s"), rows))
+        helper_cpu = statistics.median(r["helper_cpu_s"] / r["frames"] * 1000 for r in rows)
         added_mb = statistics.median(_added(results, mode, "peak_rss_mb"))
         summary[mode] = dict(added_s=statistics.median(walls), per_frame_ms=per_frame, in_calls_ms=in_calls,
                              added_mb=added_mb, helper_mb=helpers, frames=frames,
                              helper_processes=max(r["helper_processes"] for r in rows),
                              psnr=next(((r["psnr_lowest_db"], r["psnr_db"]) for r in rows if "psnr_db" in r), None))  # fmt: skip
-        calls = "" if in_calls is None else f" / {in_calls:.2f}"
+        calls = f" / {'-' if in_calls is None else f'{in_calls:.2f}'} / {cpu:.2f} + {helper_cpu:.2f}"
         print(f"| {mode} | {rows[0]['resolution']} | {wall:.2f} "
               f"| {statistics.median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) | {per_frame:.2f}{calls} "
               f"| {process + helpers:.0f} ({process:.0f} + {helpers:.0f}) | {added_mb:.0f} "

@@ -302,9 +302,11 @@ class _Tiles:
             for quarter in range(4):
                 if ((file_in + quarter) % 4, (file_out + quarter) % 4) == (direction_in, direction_out):
                     image, paint = self._train_file(file)
-                    rgba = np.array(image.rotate(-quarter * 90))
-                    rgba[np.rot90(paint, -quarter), 0:3] = _AGENT_COLORS[color_index]
-                    return Image.fromarray(rgba)
+                    pixels = np.asarray(image).view(np.uint32)[:, :, 0]  # RGBA bytes as one little-endian word
+                    red, green, blue = _AGENT_COLORS[color_index]
+                    painted = (pixels & np.uint32(0xFF000000)) | np.uint32(red | green << 8 | blue << 16)
+                    rgba = np.where(paint, painted, pixels).astype("<u4").view(np.uint8)
+                    return Image.fromarray(rgba.reshape(*paint.shape, 4)).rotate(-quarter * 90)
         raise KeyError((direction_in, direction_out))
 
     def _train_file(self, name: str) -> tuple[Image.Image, np.ndarray]:
