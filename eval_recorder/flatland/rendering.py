@@ -364,6 +364,7 @@ def _layer(size: tuple[int, int], opacity: int) -> Image.Image:
 
 
 _CLEAR = (255, 255, 255, 0)  # a pixel of an empty layer (PILGL.create_image with opacity 0)
+_PATCHES = 2048  # boxes kept converted per episode (~1 KB each at 14x14 px), oldest dropped first
 _SHARED_TILES: dict[int, _Tiles] = {}
 
 
@@ -412,6 +413,8 @@ class _Scene:
         self._static = np.array(static)[:height, :width].copy()
         self._static_yuv = rgb_to_yuv420p(self._static) if self._out_size == self._even else None
         self._rail_grid = rail_env.rail.grid
+        # {(box, its layer 3 pixels): its yuv420p}: a train that waits draws the same box again
+        self._patches: dict[tuple[tuple[int, int, int, int], bytes], tuple[np.ndarray, ...]] = {}
 
     def render(self) -> np.ndarray:
         frame = self._static.copy()
@@ -428,24 +431,37 @@ class _Scene:
         width, height = self._even
         frame = self._static_yuv.copy()
         y_plane, u_plane, v_plane = _planes(frame, width, height)
-        for boxes, rgb in self._changed_boxes():
-            count, box_height, box_width = rgb.shape[:3]
-            stacked = rgb_to_yuv420p(rgb.reshape(count * box_height, box_width, 3))
-            y, u, v = _planes(stacked, box_width, count * box_height)
+        for boxes, trains in self._drawn_groups():
+            count, box_height, box_width = trains.shape[:3]
+            keys = [(box, pixels.tobytes()) for box, pixels in zip(map(tuple, boxes.tolist()), trains)]
+            missing = [index for index, key in enumerate(keys) if key not in self._patches]
+            if missing:
+                rgb = self._composite(boxes[missing], trains[missing])
+                stacked = rgb_to_yuv420p(rgb.reshape(len(missing) * box_height, box_width, 3))
+                y, u, v = _planes(stacked, box_width, len(missing) * box_height)
+                for n, index in enumerate(missing):
+                    self._keep_patch(keys[index], (y[n * box_height : (n + 1) * box_height],
+                                                   u[n * box_height // 2 : (n + 1) * box_height // 2],
+                                                   v[n * box_height // 2 : (n + 1) * box_height // 2]))  # fmt: skip
+            patches = [self._patches[key] for key in keys]
             rows, cols = _box_indices(boxes, box_height, box_width)
-            y_plane[rows, cols] = y.reshape(count, box_height, box_width)
+            y_plane[rows, cols] = np.stack([patch[0] for patch in patches])
             rows, cols = _box_indices(boxes // 2, box_height // 2, box_width // 2)
-            u_plane[rows, cols] = u.reshape(count, box_height // 2, box_width // 2)
-            v_plane[rows, cols] = v.reshape(count, box_height // 2, box_width // 2)
+            u_plane[rows, cols] = np.stack([patch[1] for patch in patches])
+            v_plane[rows, cols] = np.stack([patch[2] for patch in patches])
         return frame
 
     def _changed_boxes(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Draw the trains; where the frame differs from the static picture.
+        """Draw the trains; where the frame differs from the static picture, and its RGB there.
 
         Returns groups of same-sized boxes: (boxes (n, 4) as x0, y0, x1, y1 with even
-        corners, their RGB pixels (n, height, width, 3)). Each group is composited in one
-        go, stacked: compositing is per pixel, so this is flatland's full-frame result.
+        corners, their RGB pixels (n, height, width, 3)).
         """
+        return [(boxes, self._composite(boxes, trains)) for boxes, trains in self._drawn_groups()]
+
+    def _drawn_groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Draw the trains; the boxes drawn into, rounded out to even corners, in groups of one
+        size: (boxes (n, 4) as x0, y0, x1, y1, the train layer's pixels there (n, h, w, 4))."""
         width, height = self._even
         drawn = self._draw_trains()
         if not drawn:
@@ -458,22 +474,36 @@ class _Scene:
             x0, y0, x1, y1 = box
             if x0 < x1 and y0 < y1:
                 by_size.setdefault((y1 - y0, x1 - x0), []).append(box)
-        trains, selected_box = self._trains, self._selected_box
+        trains = self._trains
         groups = []
         for (box_height, box_width), members in sorted(by_size.items()):
-            group = np.array(members)
-            rows, cols = _box_indices(group, box_height, box_width)
-            tall = (len(group) * box_height, box_width, 4)
-            below, drawn_trains = (Image.fromarray(px[rows, cols].reshape(tall)) for px in (self._below_px, trains))
-            composite = Image.alpha_composite(below, drawn_trains)
-            if selected_box is not None and any(_overlap(box, selected_box) for box in members):
-                composite = Image.alpha_composite(composite, Image.fromarray(self._selected_px[rows, cols].reshape(tall)))
-            # else layer 5 is transparent there, and compositing it changes nothing
-            rgb = np.asarray(composite)[:, :, :3]
-            groups.append((group, rgb.reshape(len(group), box_height, box_width, 3)))
+            boxes = np.array(members)
+            rows, cols = _box_indices(boxes, box_height, box_width)
+            groups.append((boxes, trains[rows, cols]))
         for x0, y0, x1, y1 in drawn:  # layer 3 is cleared for the next frame (PILGL.begin_frame)
             trains[y0:y1, x0:x1] = _CLEAR
         return groups
+
+    def _composite(self, boxes: np.ndarray, trains: np.ndarray) -> np.ndarray:
+        """RGB of same-sized boxes: layers 0-2, the given layer 3 pixels and layer 5, composited
+        stacked in one go (compositing is per pixel, so this is flatland's full-frame result)."""
+        count, box_height, box_width = trains.shape[:3]
+        rows, cols = _box_indices(boxes, box_height, box_width)
+        tall = (count * box_height, box_width, 4)
+        composite = Image.alpha_composite(
+            Image.fromarray(self._below_px[rows, cols].reshape(tall)), Image.fromarray(trains.reshape(tall))
+        )
+        selected = self._selected_box
+        if selected is not None and any(_overlap(box, selected) for box in boxes.tolist()):
+            composite = Image.alpha_composite(composite, Image.fromarray(self._selected_px[rows, cols].reshape(tall)))
+        # else layer 5 is transparent there, and compositing it changes nothing
+        return np.asarray(composite)[:, :, :3].reshape(count, box_height, box_width, 3)
+
+    def _keep_patch(self, key, patch) -> None:
+        """Keep a box's yuv420p for when the same trains are there again (a waiting train)."""
+        self._patches[key] = tuple(plane.copy() for plane in patch)
+        if len(self._patches) > _PATCHES:
+            del self._patches[next(iter(self._patches))]
 
     # -- static picture: RenderLocal.update_background + render_env_svg's rail loop --
 
@@ -601,6 +631,7 @@ class _Scene:
         self._static[y0 : min(y1, height), x0 : min(x1, width)] = np.asarray(static)[: height - y0, : width - x0]
         if self._static_yuv is not None:
             self._static_yuv = rgb_to_yuv420p(self._static)
+        self._patches.clear()  # made on the old layer 0
 
     def _cell_box(self, row: int, col: int, *, margin: int) -> tuple[int, int, int, int]:
         g = self._geometry
