@@ -36,6 +36,7 @@ _BACKGROUND = (20, 20, 20)
 _INK = (255, 255, 255)
 _LEFT = 4  # px from the left edge to the text's anchor
 _STRIPS = 16  # frame sizes whose strips are kept (a runner records a few sizes at most)
+_PIECES = 256  # converted column ranges kept per strip (a few KB each), oldest dropped first
 _PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F))
 
 
@@ -200,6 +201,7 @@ class _Strip:
         self._rgb[:] = _BACKGROUND
         self._yuv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._yuv_dirty = (0, width)
+        self._pieces: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def rgb(self, text: str, *, out: np.ndarray) -> None:
         self._update(text)
@@ -212,14 +214,26 @@ class _Strip:
             self._yuv = _split_yuv420p(np.empty((self.height * 3 // 2, self.width), dtype=np.uint8), self.width)
             start, stop = 0, self.width
         if start < stop:
-            from eval_recorder.flatland.rendering import rgb_to_yuv420p
-
             start, stop = start - start % 2, min(self.width, stop + stop % 2)
-            part = _split_yuv420p(rgb_to_yuv420p(np.ascontiguousarray(self._rgb[:, start:stop])), stop - start)
-            for whole, piece, scale in zip(self._yuv, part, (1, 2, 2)):
+            for whole, piece, scale in zip(self._yuv, self._yuv420p_of(start, stop), (1, 2, 2)):
                 whole[:, start // scale : stop // scale] = piece
             self._yuv_dirty = (self.width, 0)
         y[...], u[...], v[...] = self._yuv
+
+    def _yuv420p_of(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """yuv420p of the strip's columns [start, stop) (even), kept by their text coverage:
+        from one frame to the next it is mostly the same few digits that are redrawn."""
+        key = (stop - start, self._mask[:, start:stop].tobytes()) if self._placed is not None else None
+        found = self._pieces.get(key) if key is not None else None
+        if found is None:
+            from eval_recorder.flatland.rendering import rgb_to_yuv420p
+
+            found = _split_yuv420p(rgb_to_yuv420p(np.ascontiguousarray(self._rgb[:, start:stop])), stop - start)
+            if key is not None:
+                self._pieces[key] = found
+                if len(self._pieces) > _PIECES:
+                    del self._pieces[next(iter(self._pieces))]
+        return found
 
     def _update(self, text: str) -> None:
         if text == self._text:

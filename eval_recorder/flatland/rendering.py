@@ -23,7 +23,10 @@ and sleeps 3 ms per frame. The rails do not move during an episode, so here:
 * each step pastes the trains onto an agent layer and composites only the cells they
   touch, in flatland's layer order (rails, stations, trains, selected station);
 * for the encoder, only those cells are converted to yuv420p, patched into the static
-  picture's yuv420p (converted once per episode).
+  picture's yuv420p (converted once per episode); a cell whose trains did not change
+  since it was last converted (a waiting train) reuses that conversion;
+* tiles are shared by every renderer of the process (a runner's envs) and train tiles
+  are made per turn and colour as they first appear.
 
 Pixel for pixel this is RenderTool's frame (tests/test_rendering.py compares every
 frame of an episode). The placement rules and tile tables below mirror flatland-rl
@@ -364,7 +367,7 @@ def _layer(size: tuple[int, int], opacity: int) -> Image.Image:
 
 
 _CLEAR = (255, 255, 255, 0)  # a pixel of an empty layer (PILGL.create_image with opacity 0)
-_PATCHES = 2048  # boxes kept converted per episode (~1 KB each at 14x14 px), oldest dropped first
+_PATCHES = 1024  # boxes kept converted per episode (~1.3 KB each at 14x14 px), oldest dropped first
 _SHARED_TILES: dict[int, _Tiles] = {}
 
 
@@ -385,7 +388,9 @@ class _Scene:
     2 stations, 3 trains, 4 selected agent (unused), 5 selected station. Kept as arrays:
     ``_below_px`` (layers 0-2 composited), ``_stations_px`` (2), ``_trains`` (3),
     ``_selected_px`` (5), and ``_static`` / ``_static_yuv``, the frame without trains. A
-    step copies the static frame and recomposites only the boxes the trains were drawn into.
+    step copies the static frame and recomposites only the boxes the trains were drawn into;
+    ``_patches`` keeps the yuv420p of recent boxes by their layer 3 pixels, so a box whose
+    trains did not change (a train waiting) is pasted again without compositing.
     """
 
     def __init__(self, rail_env, geometry: _Geometry, tiles: _Tiles, max_side: int) -> None:
