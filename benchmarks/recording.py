@@ -24,10 +24,11 @@ seeded random actions (modes alternate within each repeat; the order rotates):
 
   env      the env steps only (the baseline); in any800 also ``env.render()`` per step,
            the frame any recorder needs from a generic env.
-  ours     what the recorder does per recorded frame: Flatland: FrameRenderer's yuv420p
-           frame into ``StreamingEncoder.add_yuv420p(frame, label=text)``; any800:
-           ``env.render()`` into ``StreamingEncoder.add(frame, label=text)``; the reset
-           frame and every step's frame; the mp4 finished and its bytes read at the end.
+  ours     what the recorder does: ``start_encoder_process()`` when the env is made, then
+           per recorded frame (the reset frame and every step's): Flatland: FrameRenderer's
+           yuv420p frame into ``StreamingEncoder.add_yuv420p(frame, label=text)``; any800:
+           ``env.render()`` into ``StreamingEncoder.add(frame, label=text)``; the mp4
+           finished at the end.
   anchor   gymnasium.wrappers.RecordVideo (frames kept in RAM, moviepy writes them when the
            episode ends) over flatland's RenderTool(env, gl="PILSVG"), or over the any800 env.
   ours1    (many) the four envs step, only the first is recorded: what one env costs there.
@@ -189,10 +190,12 @@ class _FlatlandRecording:
     """One Flatland env recorded as the recorder records it: FrameRenderer -> add_yuv420p(label=)."""
 
     def __init__(self, rail_env, path: Path, label_on: bool, timer: _Timer, given: _Given | None) -> None:
+        from eval_recorder.encoding import start_encoder_process
         from eval_recorder.flatland.rendering import DEFAULT_MAX_SIDE, FrameRenderer
 
         self.path, self._timer, self._given = path, timer, given
         with timer:
+            start_encoder_process()  # as the recorder does when its env is made
             self._renderer = FrameRenderer(rail_env, max_side=DEFAULT_MAX_SIDE)
             self._label = _flatland_label(rail_env, label_on)
         self._encoder = None
@@ -293,6 +296,11 @@ def _run(case: dict, mode: str, steps: int, seed: int, out_dir: Path, label_on: 
         written, resolution, frames = _anchor(env, [step % 5 for step in range(1, steps + 1)], seed, out_dir)
         return dict(result, bytes=written, frames=frames, resolution=resolution)
     timer = _Timer()
+    if mode == "ours":
+        from eval_recorder.encoding import start_encoder_process
+
+        with timer:
+            start_encoder_process()  # as the recorder does when its env is made
     env.reset(seed=seed)
     frame = env.render()
     encoder, path, episode_return = None, out_dir / "ours0.mp4", 0.0

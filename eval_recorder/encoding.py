@@ -4,6 +4,9 @@ Holds:
   StreamingEncoder  frames in, one mp4 out. Takes RGB frames, or frames already in
                     yuv420p (BT.601, limited range), which skip the colour conversion,
                     optionally with the label burned in on the way (``label=``).
+  start_encoder_process  start the helper process now (it takes ~0.2 s to load FFmpeg), so
+                    that the first episode does not wait for it; StreamingEncoder starts it
+                    otherwise.
   encoder_process_ids  the helper process(es) this process has started (tests, benchmark).
   even_size         the (width, height) H.264/yuv420p can take for a frame size.
 
@@ -45,7 +48,7 @@ from collections import deque
 from fractions import Fraction
 from pathlib import Path
 
-__all__ = ["StreamingEncoder", "encoder_process_ids", "even_size"]
+__all__ = ["StreamingEncoder", "encoder_process_ids", "even_size", "start_encoder_process"]
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). As many
@@ -88,6 +91,16 @@ _MESSAGE_BYTES = 1 << 16
 def even_size(width: int, height: int) -> tuple[int, int]:
     """Largest even (width, height) not above the given one (yuv420p needs even sides)."""
     return width - width % 2, height - height % 2
+
+
+def start_encoder_process() -> int:
+    """Start this process's encoder helper process if none is running; its process id.
+
+    Call it when recording is set up (e.g. when an env that records is made): the helper
+    loads Python and FFmpeg (~0.2 s) while the env resets, instead of while the first
+    episode's frames wait for it.
+    """
+    return _service().process.pid
 
 
 def encoder_process_ids() -> list[int]:

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, even_size
+from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, even_size, start_encoder_process
 from eval_recorder.overlay import burn_label, burn_label_yuv420p
 
 
@@ -98,7 +98,7 @@ def test_one_helper_process_serves_four_encoders_at_once(tmp_path):
         decoded = decode(tmp_path / f"env{i}.mp4")
         assert len(decoded) == count and decoded[0].shape == (height, width, 3)
     later = StreamingEncoder(tmp_path / "later.mp4", width=64, height=48, fps=10)  # the next episode: same helper
-    assert set(encoder_process_ids()) == helpers
+    assert set(encoder_process_ids()) == helpers == {start_encoder_process()}
     later.add(frames(1)[0])
     assert later.close() == 1
 

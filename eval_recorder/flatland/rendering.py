@@ -35,6 +35,7 @@ frame of an episode). The placement rules and tile tables below mirror flatland-
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -189,6 +190,14 @@ _WATER_FILE = "Scenery_Water.png"
 _TRAIN_FILES = {(0, 0): "Zug_Gleis_#0091ea.png", (1, 2): "Zug_1_Weiche_#0091ea.png", (0, 3): "Zug_2_Weiche_#0091ea.png"}
 
 
+@functools.lru_cache(maxsize=1)
+def _flatland_images():
+    """flatland's folder of tile images (a Traversable)."""
+    import importlib_resources
+
+    return importlib_resources.files("flatland.png")
+
+
 def _rail_sources() -> dict[int, tuple[str, int]]:
     """{binary transitions: (file, clockwise rotation)}, later entries winning as in load_pngs."""
     from flatland.envs.grid.rail_env_grid import RailEnvTransitions
@@ -335,9 +344,7 @@ class _Tiles:
         """A decoded flatland image file; only the shared backgrounds are kept (memory)."""
         image = self._files.get(name)
         if image is None:
-            import importlib_resources
-
-            data = importlib_resources.files("flatland.png").joinpath(name).read_bytes()
+            data = _flatland_images().joinpath(name).read_bytes()
             with io.BytesIO(data) as stream:
                 image = Image.open(stream)
                 image.load()
