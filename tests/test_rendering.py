@@ -195,3 +195,17 @@ def test_frame_every_records_reset_every_kth_step_and_the_last_step(steps, frame
 def test_frame_every_must_be_positive():
     with pytest.raises(ValueError, match="frame_every must be >= 1, got 0"):
         EpisodeRecorder(tiny_env(), fps=10, max_side=0, runner_index=0, frame_every=0)
+
+
+def test_yuv420p_frames_stay_exact_when_few_converted_boxes_are_kept(monkeypatch):
+    """Boxes whose trains did not change reuse their conversion; with room for only two
+    (three trains, malfunction marks), every frame is still the whole frame converted."""
+    from eval_recorder.flatland import rendering
+
+    monkeypatch.setattr(rendering, "_PATCHES", 2)
+    rail_env = tiny_env()
+    renderer = FrameRenderer(rail_env, max_side=0)
+    renderer.new_episode()
+    for actions in random_actions(rail_env, STEPS, SEED):
+        rail_env.step(actions)
+        assert np.array_equal(renderer.render_yuv420p(), rgb_to_yuv420p(renderer.render()))

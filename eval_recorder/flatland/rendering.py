@@ -446,16 +446,16 @@ class _Scene:
         for boxes, trains in self._drawn_groups():
             count, box_height, box_width = trains.shape[:3]
             keys = [(box, pixels.tobytes()) for box, pixels in zip(map(tuple, boxes.tolist()), trains)]
-            missing = [index for index, key in enumerate(keys) if key not in self._patches]
+            patches = [self._patches.get(key) for key in keys]
+            missing = [index for index, patch in enumerate(patches) if patch is None]
             if missing:
                 rgb = self._composite(boxes[missing], trains[missing])
                 stacked = rgb_to_yuv420p(rgb.reshape(len(missing) * box_height, box_width, 3))
                 y, u, v = _planes(stacked, box_width, len(missing) * box_height)
                 for n, index in enumerate(missing):
-                    self._keep_patch(keys[index], (y[n * box_height : (n + 1) * box_height],
-                                                   u[n * box_height // 2 : (n + 1) * box_height // 2],
-                                                   v[n * box_height // 2 : (n + 1) * box_height // 2]))  # fmt: skip
-            patches = [self._patches[key] for key in keys]
+                    patches[index] = self._keep_patch(keys[index], (y[n * box_height : (n + 1) * box_height],
+                                                                    u[n * box_height // 2 : (n + 1) * box_height // 2],
+                                                                    v[n * box_height // 2 : (n + 1) * box_height // 2]))  # fmt: skip
             rows, cols = _box_indices(boxes, box_height, box_width)
             y_plane[rows, cols] = np.stack([patch[0] for patch in patches])
             rows, cols = _box_indices(boxes // 2, box_height // 2, box_width // 2)
@@ -511,11 +511,12 @@ class _Scene:
         # else layer 5 is transparent there, and compositing it changes nothing
         return np.asarray(composite)[:, :, :3].reshape(count, box_height, box_width, 3)
 
-    def _keep_patch(self, key, patch) -> None:
+    def _keep_patch(self, key, patch) -> tuple[np.ndarray, ...]:
         """Keep a box's yuv420p for when the same trains are there again (a waiting train)."""
-        self._patches[key] = tuple(plane.copy() for plane in patch)
-        if len(self._patches) > _PATCHES:
+        kept = self._patches[key] = tuple(plane.copy() for plane in patch)
+        if len(self._patches) > _PATCHES:  # the oldest goes
             del self._patches[next(iter(self._patches))]
+        return kept
 
     # -- static picture: RenderLocal.update_background + render_env_svg's rail loop --
 
