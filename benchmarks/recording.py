@@ -15,7 +15,10 @@ Cases (the label is burned into every frame, as run_eval.py does by default):
                         (FrameRenderer's default max_side does not scale it).
   any800                a generic ``rgb_array`` env (benchmarks/shapes_env.py) whose
                         ``render()`` returns 800x800 frames (the max_side cap), recorded
-                        through the RGB path, as the recorder records any env.
+                        through the RGB path, as the recorder records any env; ~6 ms
+                        per step and frame (see shapes_env.py).
+  any800fast            the same env at ~2 ms per step: faster than one core encodes
+                        800x800 frames. Reported for information (env, ours), no goal.
   many                  4 Flatland envs (small case, own seeds) stepped together in one
                         process, as an eval runner with num_envs_per_env_runner=4 steps them.
 
@@ -85,10 +88,11 @@ CASES = {
     "small": dict(kind="flatland", agents=10, size=40, steps=400),
     "medium": dict(kind="flatland", agents=30, size=60, steps=450),
     "large": dict(kind="flatland", agents=50, size=100, steps=500),
-    "any800": dict(kind="shapes", size=800, steps=400),
+    "any800": dict(kind="shapes", size=800, steps=400, field=640),
+    "any800fast": dict(kind="shapes", size=800, steps=400, field=64, info=True),
     "many": dict(kind="many", agents=10, size=40, steps=400, envs=4),
 }
-TIME_CASES = ("small", "medium", "large", "any800")
+TIME_CASES = ("small", "medium", "large", "any800", "any800fast")
 MODES = {"flatland": ("env", "ours", "anchor"), "shapes": ("env", "ours", "anchor"), "many": ("env", "ours1", "ours")}
 MEMORY_CASES = ("small", "any800")
 MEMORY_STEPS = (250, 1000, 2000)
@@ -495,7 +499,7 @@ def run_child(case_name: str, mode: str, steps: int, seed: int, label_on: bool, 
     if case["kind"] == "shapes":
         from shapes_env import ShapesEnv
 
-        case["prepared"] = [ShapesEnv(size=case["size"])]
+        case["prepared"] = [ShapesEnv(size=case["size"], field=case["field"])]
     else:
         envs = []
         for i in range(case.get("envs", 1)):
@@ -590,9 +594,14 @@ def _describe(name: str, steps: int | None = None) -> str:
     return text if steps is None else f"{text}, {steps} steps"
 
 
+def _modes(name: str) -> tuple[str, ...]:
+    case = CASES[name]
+    return ("env", "ours") if case.get("info") else MODES[case["kind"]]
+
+
 def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> dict:
     case = CASES[name]
-    modes = MODES[case["kind"]]
+    modes = _modes(name)
     repeats = len(results["env"])
     print(f"\n## {name}: {_describe(name, case['steps'])}, {repeats} repeats "
           "(medians; added = minus env-only on the same episode)")  # fmt: skip
@@ -615,7 +624,7 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> dict
         helper_cpu = statistics.median(r["helper_cpu_s"] / r["frames"] * 1000 for r in rows)
         added_mb = statistics.median(_added(results, mode, "peak_rss_mb"))
         summary[mode] = dict(added_s=statistics.median(walls), per_frame_ms=per_frame, in_calls_ms=in_calls,
-                             added_mb=added_mb, helper_mb=helpers, frames=frames,
+                             added_mb=added_mb, helper_mb=helpers, frames=frames, helper_cpu_ms=helper_cpu,
                              helper_processes=max(r["helper_processes"] for r in rows),
                              psnr=next(((r["psnr_lowest_db"], r["psnr_db"]) for r in rows if "psnr_db" in r), None))  # fmt: skip
         calls = f" / {'-' if in_calls is None else f'{in_calls:.2f}'} / {cpu:.2f} + {helper_cpu:.2f}"
@@ -634,9 +643,17 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> dict
                     f"(x{ratio:.2f}, goal <= x{MANY_HELPER_RATIO_GOAL:.0f}); recording adds {four['added_mb']:.0f} "
                     f"MB for 4 envs, {one['added_mb']:.0f} MB for one")  # fmt: skip
         return summary
-    ours, anchor = summary["ours"], summary["anchor"]
-    ratio = ours["added_s"] / anchor["added_s"]
+    ours = summary["ours"]
     size = f"[{name} {ours_resolution(results)}]"
+    frame_cost = (f"ours adds {ours['per_frame_ms']:.2f} ms per recorded frame on the stepping thread "
+                  f"({ours['in_calls_ms']:.2f} ms inside the recording calls; env-only {env_ms:.2f} ms per step; "
+                  f"the encoder process used {ours['helper_cpu_ms']:.2f} ms of CPU per frame)")  # fmt: skip
+    if case.get("info"):
+        print(f"INFO  {size}: {frame_cost}. An env that makes frames faster than the encoder process encodes "
+              "them (on a 2-core machine, where both share the cores) waits for it; no goal.")  # fmt: skip
+        return summary
+    anchor = summary["anchor"]
+    ratio = ours["added_s"] / anchor["added_s"]
     if case["kind"] == "flatland":
         goals.check(ratio <= TIME_RATIO_GOAL,
                     f"goal 1 time {size}: ours adds {ours['added_s']:.2f} s ({ours['per_frame_ms']:.2f} ms per "
@@ -644,9 +661,7 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> dict
                     f"(goal <= {TIME_RATIO_GOAL})")  # fmt: skip
     else:
         goals.check(ours["per_frame_ms"] <= FRAME_MS_GOAL,
-                    f"goal 1 time {size}: ours adds {ours['per_frame_ms']:.2f} ms per recorded frame on the "
-                    f"stepping thread ({ours['in_calls_ms']:.2f} ms inside the recording calls; env-only "
-                    f"{env_ms:.2f} ms per step) (goal <= {FRAME_MS_GOAL:.0f} ms); ratio to RecordVideo "
+                    f"goal 1 time {size}: {frame_cost} (goal <= {FRAME_MS_GOAL:.0f} ms); ratio to RecordVideo "
                     f"{ratio:.3f}")  # fmt: skip
     goals.check(ours["added_mb"] <= MEMORY_GOAL_MB,
                 f"goal 2 memory {size}: ours adds {ours['added_mb']:.0f} MB (process + helpers; RecordVideo "
@@ -715,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.cases:
         case = CASES[name]
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results = measure(name, case["steps"], args.repeats, MODES[case["kind"]], label_on, quality=True)
+        results = measure(name, case["steps"], args.repeats, _modes(name), label_on, quality=not case.get("info"))
         report_case(name, results, goals)
     if args.many_repeats:
         case = CASES["many"]

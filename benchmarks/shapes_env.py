@@ -4,12 +4,17 @@ Holds:
   ShapesEnv   ``size`` x ``size`` ``rgb_array`` frames (default 800x800, the ``max_side`` cap):
               a fixed landscape (gradient, grid, buildings) with discs that move every
               step, the kind of picture a generic env draws. Used by benchmarks/recording.py
-              for the "any env" case through the recorder's RGB path.
+              for the "any env" cases through the recorder's RGB path.
 
-Its cost is that of a modest env: ``step()`` advances the discs and relaxes a small
-height field (a stand-in for the simulation an env runs), ``render()`` draws the frame
-with numpy. benchmarks/recording.py prints what env-only steps cost, so every figure
-about recording can be read against it.
+What a step costs is set by ``field``: ``step()`` moves the discs and relaxes a
+``field`` x ``field`` height field (the stand-in for the simulation); ``render()`` draws
+the frame with numpy (~2 ms at 800x800). With the default ``field=640`` a step and its
+frame take ~6 ms on the benchmark machine: the low end of what an eval runner spends per
+step with an env that renders 800x800 frames (its simulation, its rendering, and the
+runner's own policy forward pass and connectors, which this env leaves out). ``field=64``
+gives ~2 ms per step, an env faster than one core can encode 800x800 frames.
+benchmarks/recording.py prints what env-only steps cost, so every figure about recording
+can be read against it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class ShapesEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, size: int = 800, discs: int = 24, field: int = 256, render_mode: str = "rgb_array") -> None:
+    def __init__(self, size: int = 800, discs: int = 24, field: int = 640, render_mode: str = "rgb_array") -> None:
         self.size, self.discs, self.field = size, discs, field
         self.render_mode = render_mode
         self.action_space = gymnasium.spaces.Discrete(5)

@@ -67,10 +67,13 @@ _BT601, _LIMITED_RANGE = 6, 1
 # (~5 MB at 800x800) and a third of the encoding time; on flatland's frames the files grow
 # by 2 % and PSNR stays at 42 dB in YUV (measured at 524x524 and 504x504). weightp=0: no
 # weighted prediction (for fades, which env frames do not have): same files, ~5 % faster.
+# no-deblock, me=dia: at this crf the deblocking filter does not bring the picture closer
+# to the input (PSNR the same or 0.1 dB better without it), the diamond search costs 0-2 %
+# in size; together ~15 % less encoding time (800x800 generic frames: 3.3 -> 2.8 ms).
 # The default crf 16 goes a little further (~42 dB in YUV): flatland frames then decode to
 # 30.6 dB PSNR in RGB at 13 px cells (40x40 grid) and 29.8 dB at 5 px cells (100x100),
 # where 4:2:0 chroma subsampling alone allows 31.9 and 30.9 dB.
-_X264_PARAMS = "rc-lookahead=1:bframes=0:subme=0:weightp=0"
+_X264_PARAMS = "rc-lookahead=1:bframes=0:subme=0:weightp=0:no-deblock=1:me=dia"
 _PIXEL_FORMATS = {b"R": "rgb24", b"Y": "yuv420p"}
 
 # Messages on the socket (SOCK_SEQPACKET: one send is one message), all little-endian.
@@ -438,6 +441,7 @@ class _Encoding:
         self.time_base = Fraction(1, settings["fps"])
         self.frames = 0
         self._frames: dict[str, tuple[object, list[memoryview]]] = {}
+        self._reformatter = av.video.reformatter.VideoReformatter()
         self.container = av.open(settings["path"], mode="w", format="mp4", options={"movflags": "+faststart"})
         try:
             self.stream = self.container.add_stream("libx264", rate=Fraction(settings["fps"], 1))
@@ -459,6 +463,10 @@ class _Encoding:
         return frame
 
     def encode(self, frame) -> None:
+        if frame.format.name != "yuv420p":
+            # swscale in this thread only (~2.3 ms at 800x800): the helper takes one core and
+            # leaves the other to the env. One reformatter keeps its swscale context.
+            frame = self._reformatter.reformat(frame, format="yuv420p", threads=1)
         frame.pts, frame.time_base = self.frames, self.time_base
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
