@@ -3,8 +3,8 @@ with PASS/FAIL against the goals of issue 13.
 
 Usage (from the repo root, with the ``bench`` extra installed: ``pip install -e '.[bench]'``)::
 
-    python benchmarks/recording.py                  # every case and goal, 3 repeats (~15 min)
-    python benchmarks/recording.py --repeats 1      # a quicker look
+    python benchmarks/recording.py                  # every case and goal, 3 repeats (~30 min)
+    python benchmarks/recording.py --repeats 1      # a quicker look (~12 min)
     python benchmarks/recording.py --cases small any800 --memory-steps --many-repeats 0   # a subset
     python benchmarks/recording.py --no-label       # ours without the burned-in label
 
@@ -37,8 +37,8 @@ seeded random actions (modes alternate within each repeat; the order rotates):
   ours1    (many) the four envs step, only the first is recorded: what one env costs there.
 
 The timed region of every mode starts before the recorder is built and ends when the
-video file is complete: setup (renderer, encoder and its helper process, which starts
-with the first encoder of a process), reset, every step, finishing the video. Env
+video file is complete: setup (renderer, start of the encoder's helper process), reset,
+every step, finishing the video. Env
 construction is outside it, and so is reading the finished mp4 (the recorder then holds
 its bytes, the "mp4 bytes" column, to send them to the driver). "added" = a mode minus
 env-only on the same seeded episode, per repeat; the median over repeats is reported.
@@ -52,9 +52,10 @@ before it via /proc/self/clear_refs) + the high-water marks (VmHWM) of its helpe
 processes (our encoder process; moviepy's ffmpeg), read every 20 ms and at the end.
 Every child imports the same modules first, so the differences are work, not libraries.
 
-Quality: after the timed region the ours child replays the episode, makes the frames it
-gave the encoder again and compares the decoded video with them (PSNR in yuv420p, what
-the encoder is given; for RGB frames after the encoder's own RGB -> yuv420p conversion).
+Quality (first repeat): after the measurements the ours child records the episode once
+more, keeping every frame as it gives it to the encoder, and compares the decoded video
+with them (PSNR in yuv420p, what the encoder encodes; RGB frames are converted as the
+encoder converts them): the worst frame and the whole video.
 
 Goals (issue 13), each printed as PASS or FAIL with its figures:
   1. time: ours adds <= 1/10 of what RecordVideo adds (small, medium, large), and
