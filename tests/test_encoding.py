@@ -1,16 +1,48 @@
-"""The streaming encoder writes real H.264 mp4 files that decode back."""
+"""The streaming encoder writes real H.264 mp4 files that decode back; one helper process
+serves every encoder of a process, and a failure reaches the encoder it belongs to."""
+
+import os
+import signal
 
 import av
 import numpy as np
 import pytest
 
-from eval_recorder.encoding import StreamingEncoder, even_size
+from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, even_size, start_encoder_process
+from eval_recorder.overlay import burn_label, burn_label_yuv420p
 
 
-def frames(n, width=64, height=48):
-    rng = np.random.default_rng(0)
+def frames(n, width=64, height=48, seed=0):
+    rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
     return [np.roll(base, shift=i * 2, axis=1) for i in range(n)]
+
+
+def scene(n, size):
+    """Frames a generic env might render: a gradient, a grid, a few moving discs."""
+    ramp = np.linspace(40, 200, size, dtype=np.float32)
+    background = np.stack([ramp[:, None] + 0 * ramp, 0 * ramp[:, None] + ramp, 120 + 0 * ramp[:, None] * ramp], axis=2)
+    background = background.astype(np.uint8)
+    background[::40] = background[:, ::40] = 90
+    yy, xx = np.ogrid[:size, :size]
+    result = []
+    for i in range(n):
+        frame = background.copy()
+        for k, color in enumerate([(220, 40, 40), (30, 30, 200), (250, 220, 30)]):
+            cx, cy = (100 + 13 * i + 150 * k) % size, (200 + 7 * i * (k + 1)) % size
+            frame[(yy - cy) ** 2 + (xx - cx) ** 2 <= (20 + 5 * k) ** 2] = color
+        result.append(frame)
+    return result
+
+
+def decode(path, pixel_format="rgb24"):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format=pixel_format) for f in container.decode(video=0)]
+
+
+def psnr(a, b):
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def test_frames_round_trip_as_h264_yuv420p(tmp_path):
@@ -38,4 +70,129 @@ def test_a_wrong_frame_is_refused(tmp_path):
     encoder = StreamingEncoder(tmp_path / "clip.mp4", width=64, height=48, fps=10)
     with pytest.raises(ValueError, match=r"frame must be uint8 of shape \(48, 64, 3\), got uint8 \(48, 64, 4\)"):
         encoder.add(np.zeros((48, 64, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"yuv420p frame must be uint8 of shape \(72, 64\), got int64 \(72, 64\)"):
+        encoder.add_yuv420p(np.zeros((72, 64), dtype=np.int64))
     encoder.abort()
+
+
+def test_one_helper_process_serves_four_encoders_at_once(tmp_path):
+    """Four envs of one runner record at the same time: four complete mp4s, one helper process."""
+    sizes = [(64, 48), (96, 64), (64, 48), (128, 96)]
+    counts = [30, 25, 41, 12]
+    encoders = [StreamingEncoder(tmp_path / f"env{i}.mp4", width=w, height=h, fps=10) for i, (w, h) in enumerate(sizes)]
+    helpers = set(encoder_process_ids())
+    assert len(helpers) == 1
+    clips = [frames(count, w, h, seed=i) for i, ((w, h), count) in enumerate(zip(sizes, counts))]
+    for step in range(max(counts)):  # interleaved, as a vector env steps
+        for index, (encoder, clip) in enumerate(zip(encoders, clips)):
+            if step < len(clip):
+                if index % 2:
+                    encoder.add(clip[step], label=f"env {index} | step {step}")
+                else:
+                    from eval_recorder.flatland.rendering import rgb_to_yuv420p
+
+                    encoder.add_yuv420p(rgb_to_yuv420p(clip[step]))
+    assert [encoder.close() for encoder in encoders] == counts
+    assert set(encoder_process_ids()) == helpers
+    for i, ((width, height), count) in enumerate(zip(sizes, counts)):
+        decoded = decode(tmp_path / f"env{i}.mp4")
+        assert len(decoded) == count and decoded[0].shape == (height, width, 3)
+    later = StreamingEncoder(tmp_path / "later.mp4", width=64, height=48, fps=10)  # the next episode: same helper
+    assert set(encoder_process_ids()) == helpers == {start_encoder_process()}
+    later.add(frames(1)[0])
+    assert later.close() == 1
+
+
+def test_label_is_burned_into_the_frame_the_encoder_gets(tmp_path):
+    """add(frame, label=) encodes exactly what add(burn_label(frame)) encodes: same mp4 bytes."""
+    clip = scene(12, 160)
+    paths = {}
+    for how in ("burned before", "burned on the way", "yuv burned before", "yuv burned on the way"):
+        path = paths[how] = tmp_path / f"{how}.mp4"
+        encoder = StreamingEncoder(path, width=160, height=160, fps=10)
+        for step, frame in enumerate(clip):
+            text = f"iteration 3 | step {step} | return {step * 0.5:.1f}"
+            if how == "burned before":
+                encoder.add(burn_label(frame, text))
+            elif how == "burned on the way":
+                encoder.add(frame, label=text)
+            else:
+                from eval_recorder.flatland.rendering import rgb_to_yuv420p
+
+                yuv = rgb_to_yuv420p(frame)
+                if how == "yuv burned before":
+                    encoder.add_yuv420p(burn_label_yuv420p(yuv, text))
+                else:
+                    encoder.add_yuv420p(yuv, label=text)
+        assert encoder.close() == 12
+    assert paths["burned before"].read_bytes() == paths["burned on the way"].read_bytes()
+    assert paths["yuv burned before"].read_bytes() == paths["yuv burned on the way"].read_bytes()
+
+
+def test_800x800_rgb_frames_decode_within_40_db_of_what_the_encoder_was_given(tmp_path):
+    clip = scene(20, 800)
+    path = tmp_path / "large.mp4"
+    encoder = StreamingEncoder(path, width=800, height=800, fps=10)
+    given = []
+    for step, frame in enumerate(clip):
+        encoder.add(frame, label=f"iteration 1 | step {step}")
+        labelled = burn_label(frame, f"iteration 1 | step {step}")
+        given.append(av.VideoFrame.from_ndarray(labelled, format="rgb24").reformat(format="yuv420p").to_ndarray())
+    assert encoder.close() == 20
+    decoded = decode(path, "yuv420p")
+    assert len(decoded) == 20
+    assert min(psnr(d, g) for d, g in zip(decoded, given)) >= 40.0
+
+
+def test_a_failing_encoder_reports_its_own_failure_and_the_others_go_on(tmp_path):
+    good = [StreamingEncoder(tmp_path / f"good{i}.mp4", width=64, height=48, fps=10) for i in range(2)]
+    bad = StreamingEncoder(tmp_path / "missing" / "bad.mp4", width=64, height=48, fps=10)
+    failure = None
+    for frame in frames(20):
+        for encoder in good:
+            encoder.add(frame)
+        if failure is None:  # the failure arrives with a reply: raised by a later add, or by close
+            try:
+                bad.add(frame)
+            except RuntimeError as error:
+                failure = str(error)
+    if failure is None:
+        with pytest.raises(RuntimeError) as raised:
+            bad.close()
+        failure = str(raised.value)
+    assert failure.startswith("encoding bad.mp4 failed: ") and "No such file or directory" in failure
+    bad.abort()
+    assert [encoder.close() for encoder in good] == [20, 20]
+    assert [len(decode(tmp_path / f"good{i}.mp4")) for i in range(2)] == [20, 20]
+
+
+def test_a_dead_helper_fails_every_open_encoder_and_the_next_encoder_gets_a_new_one(tmp_path):
+    encoders = [StreamingEncoder(tmp_path / f"clip{i}.mp4", width=64, height=48, fps=10) for i in range(2)]
+    for encoder in encoders:
+        encoder.add(frames(1)[0])
+    (helper,) = encoder_process_ids()
+    os.kill(helper, signal.SIGKILL)
+    for index, encoder in enumerate(encoders):
+        with pytest.raises(RuntimeError, match=rf"encoding clip{index}\.mp4 failed: encoder process exited with -9"):
+            for frame in frames(10):
+                encoder.add(frame)
+            encoder.close()
+        encoder.abort()  # after a failure: nothing to wait for
+    fresh = StreamingEncoder(tmp_path / "fresh.mp4", width=64, height=48, fps=10)
+    assert encoder_process_ids() != [helper]
+    for frame in frames(5):
+        fresh.add(frame)
+    assert fresh.close() == 5
+    assert len(decode(tmp_path / "fresh.mp4")) == 5
+
+
+def test_abort_drops_the_encoder_and_close_after_it_is_refused(tmp_path):
+    encoder = StreamingEncoder(tmp_path / "dropped.mp4", width=64, height=48, fps=10)
+    for frame in frames(5):
+        encoder.add(frame)
+    encoder.abort()
+    encoder.abort()  # twice is harmless
+    with pytest.raises(RuntimeError, match=r"close\(\) after close\(\) or abort\(\)"):
+        encoder.close()
+    with pytest.raises(RuntimeError, match=r"frame added after close\(\) or abort\(\)"):
+        encoder.add(frames(1)[0])
