@@ -226,7 +226,7 @@ class _Strip:
         key = (stop - start, self._mask[:, start:stop].tobytes()) if self._placed is not None else None
         found = self._pieces.get(key) if key is not None else None
         if found is None:
-            from eval_recorder.flatland.rendering import rgb_to_yuv420p
+            from eval_recorder.yuv import rgb_to_yuv420p
 
             found = _split_yuv420p(rgb_to_yuv420p(np.ascontiguousarray(self._rgb[:, start:stop])), stop - start)
             if key is not None:

@@ -20,9 +20,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from eval_recorder.encoding import StreamingEncoder
+from eval_recorder.encoding import StreamingEncoder, start_encoder_process
 from eval_recorder.frames import RGB, FrameSource
-from eval_recorder.overlay import burn_label, burn_label_yuv420p
 from eval_recorder.scratch import new_episode_file, remove_orphans
 
 __all__ = ["RecordedEpisode", "EpisodeRecorder"]
@@ -78,6 +77,7 @@ class EpisodeRecorder:
         if frame_every < 1:
             raise ValueError(f"frame_every must be >= 1, got {frame_every}")
         remove_orphans()  # unfinished episodes of eval runners that died on this machine
+        start_encoder_process()  # the process's one encoder helper loads FFmpeg while the env resets
         self.source = source
         self._label = label
         self._fps = fps
@@ -137,15 +137,12 @@ class EpisodeRecorder:
         return (encoder.height * 3 // 2, encoder.width)
 
     def _send(self, frame) -> None:
-        """Label ``frame`` (if a label is set) and hand it to the encoder."""
+        """Hand ``frame`` to the encoder, which burns the label (if set) into its copy."""
+        label = None if self._label is None else self._label()
         if self._pixel_format == RGB:
-            if self._label is not None:
-                frame = burn_label(frame, self._label())
-            self._encoder.add(frame)
+            self._encoder.add(frame, label=label)
         else:
-            if self._label is not None:
-                frame = burn_label_yuv420p(frame, self._label())
-            self._encoder.add_yuv420p(frame)
+            self._encoder.add_yuv420p(frame, label=label)
 
     def finish(
         self, *, env_label: str, episode_length: int, episode_return: float,

@@ -89,7 +89,7 @@ def test_one_helper_process_serves_four_encoders_at_once(tmp_path):
                 if index % 2:
                     encoder.add(clip[step], label=f"env {index} | step {step}")
                 else:
-                    from eval_recorder.flatland.rendering import rgb_to_yuv420p
+                    from eval_recorder.yuv import rgb_to_yuv420p
 
                     encoder.add_yuv420p(rgb_to_yuv420p(clip[step]))
     assert [encoder.close() for encoder in encoders] == counts
@@ -117,7 +117,7 @@ def test_label_is_burned_into_the_frame_the_encoder_gets(tmp_path):
             elif how == "burned on the way":
                 encoder.add(frame, label=text)
             else:
-                from eval_recorder.flatland.rendering import rgb_to_yuv420p
+                from eval_recorder.yuv import rgb_to_yuv420p
 
                 yuv = rgb_to_yuv420p(frame)
                 if how == "yuv burned before":

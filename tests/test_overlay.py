@@ -46,7 +46,7 @@ def label_sequence():
 
 @pytest.mark.parametrize("size", [(484, 484), (800, 800), (64, 48), (1000, 120)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_the_kept_strip_is_byte_identical_to_drawing_the_label_whole(size):
-    from eval_recorder.flatland.rendering import paste_rows_yuv420p, rgb_to_yuv420p
+    from eval_recorder.yuv import paste_rows_yuv420p, rgb_to_yuv420p
 
     width, height = size
     rng = np.random.default_rng(1)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from eval_recorder.encoding import StreamingEncoder
+from eval_recorder.flatland.frames import FlatlandFrames
+from eval_recorder.frames import frames_rendered
 from eval_recorder.recorder import EpisodeRecorder
+from eval_recorder.yuv import paste_rows_yuv420p, rgb_to_yuv420p
 from eval_recorder.flatland.rendering import (
     DEFAULT_MAX_SIDE,
     FrameRenderer,
-    frames_rendered,
-    paste_rows_yuv420p,
-    rgb_to_yuv420p,
 )
 
 STEPS = 40
@@ -161,11 +161,12 @@ def test_default_max_side_keeps_flatland_size_for_ordinary_grids(episode):
     assert renderer.render().shape == (484, 484, 3)
 
 
-def test_frames_rendered_counts_every_frame(episode):
-    renderer = FrameRenderer(episode["rail_env"], max_side=0)
+def test_frames_rendered_counts_every_frame_the_flatland_source_gives(episode):
+    source = FlatlandFrames.find(episode["rail_env"], max_side=0)
+    source.new_episode()
     before = frames_rendered()
-    renderer.render()
-    renderer.render_yuv420p()
+    source.frame()
+    source.frame()
     assert frames_rendered() == before + 2
 
 
@@ -176,14 +177,13 @@ def test_frames_rendered_counts_every_frame(episode):
 )
 def test_frame_every_records_reset_every_kth_step_and_the_last_step(steps, frame_every, frames):
     rail_env = tiny_env()
-    recorder = EpisodeRecorder(rail_env, fps=10, max_side=0, runner_index=0, frame_every=frame_every)
+    recorder = EpisodeRecorder(FlatlandFrames.find(rail_env, max_side=0), fps=10, runner_index=0,
+                               frame_every=frame_every)
     recorder.start(env_seed=SEED)
     for actions in random_actions(rail_env, steps, SEED):
         rail_env.step(actions)
         recorder.capture()
-    video = recorder.finish(
-        weights_seq_no=1, episode_length=steps, num_agents=3, agents_arrived=0, episode_return=0.0
-    )
+    video = recorder.finish(env_label="flatland", episode_length=steps, episode_return=0.0)
     assert (video.frames, video.frame_every, video.width, video.height) == (frames, frame_every, 484, 484)
     with av.open(io.BytesIO(video.mp4)) as container:
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -194,7 +194,7 @@ def test_frame_every_records_reset_every_kth_step_and_the_last_step(steps, frame
 
 def test_frame_every_must_be_positive():
     with pytest.raises(ValueError, match="frame_every must be >= 1, got 0"):
-        EpisodeRecorder(tiny_env(), fps=10, max_side=0, runner_index=0, frame_every=0)
+        EpisodeRecorder(FlatlandFrames.find(tiny_env(), max_side=0), fps=10, runner_index=0, frame_every=0)
 
 
 def test_yuv420p_frames_stay_exact_when_few_converted_boxes_are_kept(monkeypatch):

@@ -17,7 +17,6 @@ from eval_recorder.flatland.envs import make_env
 from eval_recorder.flatland.frames import FlatlandFrames
 from eval_recorder.flatland.rendering import FrameRenderer
 from eval_recorder.frames import NoFrames, RenderFrames
-from eval_recorder.overlay import burn_label_yuv420p, strip_height
 from eval_recorder.tags import WeightsHistory
 from eval_recorder.wrapper import runner_round, set_runner_round
 
@@ -151,27 +150,25 @@ def test_an_eval_runner_labels_with_the_iteration_of_the_weights_it_holds():
 
 
 def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered(monkeypatch):
+    """The recorder hands the encoder the renderer's frame and the label text; the encoder
+    burns the label into its copy (tests/test_encoding.py: the same mp4 bytes as burning first)."""
     from eval_recorder.encoding import StreamingEncoder
 
     given = []
     encode = StreamingEncoder.add_yuv420p
-    monkeypatch.setattr(StreamingEncoder, "add_yuv420p", lambda self, frame: (given.append(frame.copy()),
-                                                                             encode(self, frame)))
+    monkeypatch.setattr(StreamingEncoder, "add_yuv420p", lambda self, frame, *, label=None: (
+        given.append((frame.copy(), label)), encode(self, frame, label=label)))
     set_runner_round(None, None)
     for overlay in (False, True):
         env = record_episodes(make_env(SMALL), overlay=overlay)
         env.reset(seed=5)  # the reset frame goes to the (real) encoder
         env.recording.recorder.discard()
-    off, on = given
+    (off, no_label), (on, label) = given
     env = make_env(SMALL)
     env.reset(seed=5)
     plain = FrameRenderer(env.wrap()).render_yuv420p()
-    height = plain.shape[0] * 2 // 3
-    strip = strip_height(height)
-    assert np.array_equal(off, plain)  # overlay off: pixel-identical to the renderer's frame
-    assert np.array_equal(on, burn_label_yuv420p(plain, "iteration ? | step 0 | arrived 0/2"))
-    assert np.array_equal(on[: height - strip], plain[: height - strip])  # luma above the strip untouched
-    assert not np.array_equal(on, off)
+    assert np.array_equal(off, plain) and no_label is None  # overlay off: pixel-identical to the renderer's frame
+    assert np.array_equal(on, plain) and label == "iteration ? | step 0 | arrived 0/2"
 
 
 @pytest.mark.parametrize("count, runners, shares", [

@@ -5,11 +5,10 @@ Holds:
                      ``RenderTool(env, gl="PILSVG")`` draws, made off-screen (no display
                      needed) and scaled to ``max_side``: as RGB (``render``) or as the
                      yuv420p the video encoder takes (``render_yuv420p``).
-  frames_rendered    how many frames this process has rendered: lets a test prove
-                     that training env runners never render.
   DEFAULT_MAX_SIDE   the default cap on the longest frame side, in pixels.
-  rgb_to_yuv420p     RGB → the yuv420p the encoder takes (what render_yuv420p uses).
-  paste_rows_yuv420p put RGB rows (e.g. a burned-in label strip) into a yuv420p frame.
+
+(The RGB → yuv420p conversion it patches cells with is the core's eval_recorder.yuv; the
+frames it gives recording are counted by its frame source, eval_recorder.flatland.frames.)
 
 Why not call RenderTool per step: it loads and recolours every tile image at full size
 (~2 s and ~200 MB per RenderTool), resizes a 300 px tile for every cell it draws
@@ -43,21 +42,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from eval_recorder.encoding import even_size
+from eval_recorder.yuv import paste_rows_yuv420p, planes as _planes, rgb_to_yuv420p
 
-__all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer", "frames_rendered", "paste_rows_yuv420p", "rgb_to_yuv420p"]
+__all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer"]
 
 DEFAULT_MAX_SIDE = 800
 """Default cap on the longest frame side. Flatland sizes its picture for an 800x600
 screen, so ordinary grids keep flatland's own size; only very large grids (where
 flatland falls back to a few pixels per cell) are scaled down."""
-
-_FRAMES_RENDERED = 0
-
-
-def frames_rendered() -> int:
-    """Number of frames any FrameRenderer of this process has produced."""
-    return _FRAMES_RENDERED
-
 
 class FrameRenderer:
     """Render the current state of ``rail_env`` as an RGB frame with even sides.
@@ -86,7 +78,7 @@ class FrameRenderer:
 
     def render(self) -> np.ndarray:
         """The frame of the env's current state, (height, width, 3) uint8 RGB, even sides."""
-        return self._count(self._current_scene().render())
+        return self._current_scene().render()
 
     def render_yuv420p(self) -> np.ndarray:
         """The same frame as ``render()``, as planar YUV 4:2:0 (BT.601, limited range).
@@ -96,18 +88,12 @@ class FrameRenderer:
         trains touch are converted per step (the static picture is converted once per
         episode), which spares the encoder a full-frame colour conversion per frame.
         """
-        return self._count(self._current_scene().render_yuv420p())
+        return self._current_scene().render_yuv420p()
 
     def _current_scene(self) -> "_Scene":
         if self._scene is None:
             self.new_episode()
         return self._scene
-
-    @staticmethod
-    def _count(frame: np.ndarray) -> np.ndarray:
-        global _FRAMES_RENDERED
-        _FRAMES_RENDERED += 1
-        return frame
 
 
 # ---- geometry and tiles, as flatland's PILGL / PILSVG make them ------------------------
@@ -685,68 +671,6 @@ def _distance_to_stations(width: int, height: int, stations) -> np.ndarray:
     return grid
 
 
-def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """RGB (h, w, 3) uint8 with even sides → yuv420p (h * 3 // 2, w): BT.601, limited range.
-
-    Chroma is the BT.601 chroma of each 2x2 block's mean colour. Luma is then chosen per
-    pixel to bring the decoded RGB (BT.601, chroma shared by the block) closest to the
-    pixel's RGB, which wins back ~0.5 dB of what 4:2:0 subsampling costs on flatland's
-    small, colourful cells. Works in bands of rows, so a full frame needs little scratch.
-    Block sums are taken with strided adds, and a pixel's mean and a block's chroma term
-    are looked up (``_MEAN``, ``_CHROMA``: the float32 values the arithmetic gives), so
-    the result is bit for bit that arithmetic's, ~3x faster than reducing 4-D views.
-    """
-    height, width = rgb.shape[:2]
-    out = np.empty((height * 3 // 2, width), dtype=np.uint8)
-    y_plane, u_plane, v_plane = _planes(out, width, height)
-    for top in range(0, height, _BAND_ROWS):
-        pixels = rgb[top : top + _BAND_ROWS].astype(np.int32)
-        rows = pixels.shape[0]
-        pairs = pixels[:, 0::2] + pixels[:, 1::2]
-        blocks = pairs[0::2] + pairs[1::2]  # (rows / 2, width / 2, 3): sums of each 2x2 block
-        r4, g4, b4 = blocks[..., 0], blocks[..., 1], blocks[..., 2]
-        u = ((-38 * r4 - 74 * g4 + 112 * b4 + 512) >> 10) + 128
-        v = ((112 * r4 - 94 * g4 - 18 * b4 + 512) >> 10) + 128
-        u_plane[top // 2 : (top + rows) // 2] = u
-        v_plane[top // 2 : (top + rows) // 2] = v
-        # Decoded: R, G, B = 1.164383 (Y - 16) + chroma terms, whose sum is 1.625470 U' + 0.783059 V'.
-        luma = _MEAN[pixels[..., 0] + pixels[..., 1] + pixels[..., 2]].reshape(rows // 2, 2, width // 2, 2)
-        luma -= _CHROMA[u, v][:, None, :, None]
-        luma /= _LUMA_SCALE
-        luma += np.float32(16)
-        np.rint(luma, out=luma)
-        np.clip(luma, 0, 255, out=luma)
-        y_plane[top : top + rows] = luma.reshape(rows, width)
-    return out
-
-
-_BAND_ROWS = 64  # even
-_MEAN = np.arange(766, dtype=np.float32) / np.float32(3)  # a pixel's (R + G + B) / 3, in float32
-_CHROMA = (  # [U, V]: the block's chroma term (1.625470 (U - 128) + 0.783059 (V - 128)) / 3, in float32
-    (1.625470 / 3) * (np.arange(256)[:, None] - 128) + (0.783059 / 3) * (np.arange(256)[None, :] - 128)
-).astype(np.float32)
-_LUMA_SCALE = np.float32(1.164383)
-
-
-def paste_rows_yuv420p(frame: np.ndarray, top: int, rgb_rows: np.ndarray) -> None:
-    """Overwrite rows ``top ..`` of the yuv420p ``frame`` (h * 3 // 2, w) with ``rgb_rows`` (n, w, 3).
-
-    ``top`` and ``n`` must be even (4:2:0 chroma covers 2x2 pixels). For a label strip
-    burned into recorded frames: only the strip is converted, not the frame.
-    """
-    rows, width = rgb_rows.shape[:2]
-    height = frame.shape[0] * 2 // 3
-    if top % 2 or rows % 2 or top < 0 or top + rows > height or width != frame.shape[1]:
-        raise ValueError(
-            f"rows {top}..{top + rows} of width {width} do not fit a {frame.shape[1]}x{height} frame evenly"
-        )
-    y_plane, u_plane, v_plane = _planes(frame, width, height)
-    y, u, v = _planes(rgb_to_yuv420p(rgb_rows), width, rows)
-    y_plane[top : top + rows] = y
-    u_plane[top // 2 : (top + rows) // 2] = u
-    v_plane[top // 2 : (top + rows) // 2] = v
-
-
 def _paste_pixels(layer: np.ndarray, tile: np.ndarray, box: tuple[int, int, int, int]) -> None:
     """``Image.paste(tile, box, mask=tile)`` for RGBA arrays, with PIL's integer blend."""
     x0, y0, x1, y1 = box
@@ -768,17 +692,6 @@ def _box_indices(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray
     rows = boxes[:, 1, None, None] + np.arange(height)[None, :, None]
     cols = boxes[:, 0, None, None] + np.arange(width)[None, None, :]
     return rows, cols
-
-
-def _planes(yuv: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of the Y, U and V planes of a yuv420p array."""
-    flat = yuv.reshape(-1)
-    size = width * height
-    return (
-        flat[:size].reshape(height, width),
-        flat[size : size * 5 // 4].reshape(height // 2, width // 2),
-        flat[size * 5 // 4 :].reshape(height // 2, width // 2),
-    )
 
 
 def _scaled(width: int, height: int, max_side: int) -> tuple[int, int]:
