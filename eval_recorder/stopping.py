@@ -33,7 +33,7 @@ import sys
 import threading
 from typing import Callable, Iterator
 
-__all__ = ["EXIT_CODES", "StopSignals", "critical", "exit_code_for"]
+__all__ = ["EXIT_CODES", "StopSignals", "children_shielded", "critical", "exit_code_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,23 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # Deferred stops: only the main thread runs signal handlers, so only its critical blocks count.
 _depth = 0
 _deferred: Callable[[], None] | None = None
+
+
+@contextlib.contextmanager
+def children_shielded(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Processes started inside this block (and the processes they start) begin with
+    ``signals`` blocked — as Ray starts its own processes with SIGINT blocked — so a stop
+    signal sent to the whole process group reaches only this process, which then stops
+    them itself, after closing the run. (Here such a signal waits until the block ends.)
+    Threads started inside the block keep it blocked: it goes to the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def exit_code_for(signal_number: int) -> int:
@@ -91,6 +108,7 @@ class StopSignals:
         self._previous: dict[int, object] = {}
         self._closed = False
         self._farewell: str | None = None
+        self._before_exit: Callable[[], None] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -130,13 +148,16 @@ class StopSignals:
         """The handler of ``number`` before ours (e.g. Ray's own in a Ray worker)."""
         return self._previous.get(number)
 
-    def closed(self, farewell: str | None = None, *, exit_within: float | None = None) -> None:
+    def closed(self, farewell: str | None = None, *, exit_within: float | None = None,
+               before_exit: Callable[[], None] | None = None) -> None:
         """The run's folder and wandb run are closed: from now on a further signal ends
-        the process at once, after printing ``farewell`` (e.g. how to resume) on stderr;
-        if one already asked to hurry, that happens now. ``exit_within``: end the process
-        so after that many seconds at the latest (what is left, stopping Ray, may hang)."""
+        the process at once, after printing ``farewell`` (e.g. how to resume) on stderr
+        and calling ``before_exit`` (e.g. telling child processes to go); if one already
+        asked to hurry, that happens now. ``exit_within``: end the process so after that
+        many seconds at the latest (what is left, stopping Ray, may hang)."""
         self._closed = True
         self._farewell = farewell
+        self._before_exit = before_exit
         if self.hurry.is_set():
             self._exit_now()
         if exit_within is not None:
@@ -179,6 +200,11 @@ class StopSignals:
     def _exit_now(self) -> None:
         if self._farewell:
             print(self._farewell, file=sys.stderr)
+        if self._before_exit is not None:
+            try:
+                self._before_exit()
+            except Exception as error:
+                logger.debug("before exit: %s", error)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

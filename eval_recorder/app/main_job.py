@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 
 from eval_recorder.api import add_recording
-from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options, start_ray
+from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
-from eval_recorder.app.stopping import stop_cleanly
+from eval_recorder.app.stopping import start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals
@@ -104,10 +104,8 @@ def _resume_hint(session: RecordingSession) -> str:
 
 def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choice, facts,
            stop: StopSignals) -> int:
-    import ray
-
     _say("starting Ray ..." if cfg.ray.address is None else f"joining the Ray cluster at {cfg.ray.address} ...")
-    _say(start_ray(cfg))
+    _say(start_ray_shielded(cfg))  # SIGTERM to the whole group: Ray stays up until the run is closed
     stop.install()  # Ray's core worker put its own SIGTERM handler in place (abort: exit code 134)
     config = algorithm_config(cfg, env=choice.specifier, env_config=choice.env_config, multi_agent=facts.multi_agent)
     if cfg.evaluation.render is not None:
@@ -137,7 +135,7 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
         return 0
     finally:
         algo.stop()
-        ray.shutdown()
+        stop_ray()
 
 
 def _save(algo, final: Path) -> Path:

@@ -25,10 +25,9 @@ from eval_recorder.app.algorithms import (
     check_config,
     evaluation_settings,
     recording_options,
-    start_ray,
 )
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
-from eval_recorder.app.stopping import stop_cleanly
+from eval_recorder.app.stopping import start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
 from eval_recorder.stopping import StopSignals
 
@@ -103,10 +102,9 @@ def _key(choice: EnvChoice) -> str:
 
 
 def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], session, stop: StopSignals) -> None:
-    import ray
     from tqdm import tqdm
 
-    print(start_ray(cfg), flush=True)
+    print(start_ray_shielded(cfg), flush=True)  # SIGTERM to the whole group: Ray stays up until the run is closed
     stop.install()  # Ray's core worker put its own SIGTERM handler in place (abort: exit code 134)
     episodes = len(session.scenarios()) or cfg.evaluation.episodes
     bar = tqdm(total=len(infos) * episodes, unit="episode", desc="evaluating", file=sys.stdout)
@@ -138,7 +136,7 @@ def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], sessio
         session.on_video = None
         if algo is not None:
             algo.stop()
-        ray.shutdown()
+        stop_ray()
 
 
 def _build(cfg, info: CheckpointInfo, choice: EnvChoice, session):
