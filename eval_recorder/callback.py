@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 # and for a hand-over in progress (an episode that ended as the stop arrived).
 STOP_COLLECT_SECONDS = 10.0
 INBOX_TIMEOUT_SECONDS = 60.0  # longest wait for the inbox actor to answer a take
+TRIAL_CLOSE_SECONDS = 30.0  # longest a signalled Tune trial waits for its session to close
 STOP_IN_FLIGHT_SECONDS = 1.0
 
 TRAINING_RENDER_REFUSED = (
@@ -257,6 +258,10 @@ class RecordingCallback(RLlibCallback):
         if not session.is_open:
             _check_eval_runners_record(algorithm)
             session.open()
+            if self._own_session is not None:
+                # After wandb.init: atexit hooks run last-in first-out, and wandb's own
+                # (which ends its service) must come after this one.
+                atexit.register(self._close_own_session)
         self._inbox = session.inbox(name=inbox_name(self.session_token))
         self._record_start(algorithm)
         self._prepare_runners(algorithm, evaluation_round=None)
@@ -266,32 +271,43 @@ class RecordingCallback(RLlibCallback):
         stopped" callback; Tune stops a trial with Trainable.stop() -> cleanup() and may
         end the process right after, so the session closes there (atexit covers any other
         exit). Its exit code: 1 if a training step raised, 143 if the trial process got
-        SIGTERM (what ``ray stop``, SLURM and Kubernetes send), else 0."""
-        cleanup, step = algorithm.cleanup, algorithm.step
+        SIGTERM (what ``ray stop``, SLURM and Kubernetes send), else 0. (The atexit hook
+        is registered once the session is open, see on_algorithm_init.)"""
+        cleanup = algorithm.cleanup
 
-        def step_noting_failure(*args, **kwargs):
-            try:
-                return step(*args, **kwargs)
-            except Exception:
-                self._exit_code = 1
-                raise
+        def noting_failure(method):
+            def call(*args, **kwargs):
+                try:
+                    return method(*args, **kwargs)
+                except Exception:
+                    self._exit_code = 1
+                    raise
+
+            return call
 
         def cleanup_and_close() -> None:
             self._close_own_session()
             cleanup()
 
-        algorithm.step = step_noting_failure
+        # Trainable.train() runs step() (training, evaluation) and log_result() (the
+        # on_train_result callbacks): a failure in either fails the trial.
+        algorithm.step = noting_failure(algorithm.step)
+        algorithm.log_result = noting_failure(algorithm.log_result)
         algorithm.cleanup = cleanup_and_close
-        atexit.register(self._close_own_session)
         # The trial's process is a Ray worker: Ray's own SIGTERM handler ends it
-        # (SystemExit); ours notes the exit code first, never in the middle of storing a
-        # video, and the atexit hook above then publishes and closes.
+        # (SystemExit), and Ray shuts down, killing the wandb service, before any atexit
+        # hook runs. Ours closes the session first, never in the middle of storing a video.
         self._signals = StopSignals((signal.SIGTERM,), on_stop=self._trial_signalled).install()
 
     def _trial_signalled(self, signal_number: int) -> None:
+        """Runs in the trial's main thread (outside any critical block), maybe inside a
+        ray.get: the Ray calls of closing run in a thread of their own meanwhile."""
         self._exit_code = exit_code_for(signal_number)
         logger.warning("trial process got %s: storing the finished episodes, finishing the wandb run",
                        signal.Signals(signal_number).name)
+        closer = threading.Thread(target=self._close_own_session, name="eval_recorder-trial-close", daemon=True)
+        closer.start()
+        closer.join(TRIAL_CLOSE_SECONDS)
         previous = self._signals.previous_handler(signal_number) if self._signals else None
         if callable(previous):
             previous(signal_number, None)
@@ -423,11 +439,9 @@ class RecordingCallback(RLlibCallback):
         """Fires on the driver at the end of each train() call: remembers its weights."""
         iteration = result["training_iteration"]
         env_steps = int(result.get(ENV_RUNNER_RESULTS, {}).get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
-        with self._lock:
-            self._history.record(
-                weights_seq_no=_learner_weights_version(algorithm), training_iteration=iteration,
-                env_steps=env_steps,
-            )
+        version = _learner_weights_version(algorithm)
+        with critical(), self._lock:  # a stop waits: closing takes this lock too
+            self._history.record(weights_seq_no=version, training_iteration=iteration, env_steps=env_steps)
             metrics = {"env_steps": env_steps}  # the sink adds training_iteration, the step metric
             train_return = result.get(ENV_RUNNER_RESULTS, {}).get("episode_return_mean")
             if train_return is not None:
@@ -435,19 +449,16 @@ class RecordingCallback(RLlibCallback):
             self.session().log_training(metrics, step=iteration)
 
     def _record_start(self, algorithm) -> None:
-        with self._lock:
-            self._history.record(
-                weights_seq_no=_learner_weights_version(algorithm),
-                training_iteration=algorithm.iteration,
-                env_steps=_env_steps(algorithm),
-            )
+        version, env_steps = _learner_weights_version(algorithm), _env_steps(algorithm)
+        with critical(), self._lock:  # a stop waits: closing takes this lock too
+            self._history.record(weights_seq_no=version, training_iteration=algorithm.iteration, env_steps=env_steps)
 
     def _prepare_runners(self, algorithm, *, evaluation_round, indices=None) -> None:
         group = algorithm.eval_env_runner_group
         if group is None or self._inbox is None:
             return
         actor = self._inbox.actor
-        with self._lock:
+        with critical(), self._lock:
             state = RoundState(evaluation_round, copy.deepcopy(self._history), self.session().scenarios(),
                                group.num_remote_workers())
         self._inbox.set_round(state)

@@ -223,7 +223,7 @@ class RecordingSession:
     def inbox(self, name: str | None = None):
         """The inbox eval runners deliver finished episodes to (made on first use, after
         Ray started; ``name`` lets runners find it by name)."""
-        with self._lock:
+        with critical(), self._lock:
             if self._inbox is None:
                 from eval_recorder.inbox import Inbox
 
