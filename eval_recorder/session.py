@@ -351,7 +351,8 @@ class RecordingSession:
         try:
             return write_gallery(self.claim.path)
         except Exception as error:  # the gallery is a view: its faults never stop training
-            logger.warning("could not write the gallery in %s: %s", self.claim.path, error)
+            if self._trouble is None:  # a full or unwritable folder was said already
+                logger.warning("could not write the gallery in %s: %s", self.claim.path, error)
             return None
 
     @property

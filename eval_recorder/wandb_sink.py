@@ -221,9 +221,11 @@ class WandbSink:
                 except (KeyError, TypeError, ValueError):  # a record recovered after a crash knows less
                     text = f"iteration {metadata.get('training_iteration')} · episode {metadata.get('episode_index')}"
                 key = video_key(metadata["episode_index"])
-                if key in payload or (step_now == self._last_step and key in self._keys_at_last_step):
-                    # wandb keeps one value per key and step: a video stored late (after a
-                    # full disk) must not replace the one of this slot at this step.
+                if step_now != step or key in payload or (
+                        step_now == self._last_step and key in self._keys_at_last_step):
+                    # A video stored late (after a full disk) goes to a later step than its
+                    # iteration, and wandb keeps one value per key and step: under a key of
+                    # its own, it neither shows in another iteration's slot nor replaces one.
                     key = f"{LATE_VIDEO_PREFIX}{Path(path).stem}"
                 payload[key] = wandb.Video(str(path), caption=text, format="mp4")
             self._log(payload, step)
