@@ -44,16 +44,16 @@ TINY = (
 class Job:
     """``run_eval.py`` in its own session, so that it and its Ray processes can be cleaned up.
 
-    ``wrapper``: a script in tests/support run instead of run_eval.py (it patches a fault in,
-    then runs run_eval.py's main with the same arguments)."""
+    ``wrapper``: a script of tests/support and its own first arguments, run instead of
+    run_eval.py (it patches a fault in, then runs run_eval.py with the other arguments)."""
 
     def __init__(self, tmp: Path, name: str, *overrides: str, env: dict | None = None, tiny: bool = True,
-                 wrapper: str | None = None):
+                 wrapper: tuple[str, ...] | None = None):
         self.run_dir = tmp / name
         self.name = name
         self.stdout_path, self.stderr_path = tmp / f"{name}.out", tmp / f"{name}.err"
-        script = SUPPORT / wrapper if wrapper else ROOT / "run_eval.py"
-        command = [sys.executable, str(script), *(TINY if tiny else ()), *overrides, f"hydra.run.dir={self.run_dir}"]
+        script = [str(SUPPORT / wrapper[0]), *wrapper[1:]] if wrapper else [str(ROOT / "run_eval.py")]
+        command = [sys.executable, *script, *(TINY if tiny else ()), *overrides, f"hydra.run.dir={self.run_dir}"]
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True,
                                          env=env, cwd=ROOT)
