@@ -118,6 +118,7 @@ class RecordingSession:
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
         self.on_video: Callable[[StoredVideo], None] | None = None  # e.g. a progress bar, per stored video
         self._round_videos: list[StoredVideo] = []
+        self._round_count = 0  # episodes published in the current round
         self.recovered: list[dict] = []  # records the folder's reconciliation added at open
         self.unstored: list[tuple[RecordedEpisode, TrainingTag, str, int, int]] = []  # waiting for disk space
         self.dropped = 0  # unstored episodes beyond the memory budget (lost)
@@ -244,6 +245,7 @@ class RecordingSession:
         with critical(), self._lock:
             self.evaluation_round += 1  # also for a round that records nothing (e.g. its runner died)
             self._round_videos = []
+            self._round_count = 0
             return self.evaluation_round
 
     def publish(self, episode: RecordedEpisode, tag: TrainingTag) -> StoredVideo | None:
@@ -258,7 +260,8 @@ class RecordingSession:
                 logger.error("an episode of %d steps arrived after the recording session closed; it is not stored",
                              episode.episode_length)
                 return None
-            index = len(self._round_videos) + sum(1 for item in self.unstored if item[3] == self.evaluation_round)
+            index = self._round_count  # the n-th episode of the round, stored now or later (or dropped)
+            self._round_count += 1
             self._retry_unstored()
             video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
             if video is not None:
