@@ -122,3 +122,31 @@ def test_a_second_sigterm_stops_at_once_and_still_safely(tmp_path, jobs):
     _check_stopped_run(job, videos, run_id, 143)
     print(f"\nSIGTERM twice to the driver during evaluation: exit 143 after {took:.1f} s")
     assert took < 10
+
+
+def test_sigterm_stops_a_standalone_evaluation_cleanly(tmp_path, jobs):
+    trained = jobs(tmp_path, "train", "training.iterations=1", "wandb.run_id=trained1",
+                   f"recording.video_dir={tmp_path / 'train_videos'}")
+    assert trained.wait(timeout=600) == 0, trained.stderr[-3000:]
+    checkpoint = trained.run_dir / "checkpoints" / "it000001"
+    videos, run_id = tmp_path / "videos", "standalone1"
+    job = jobs(tmp_path, "eval", f"checkpoint={checkpoint}", "evaluation.episodes=6", f"recording.video_dir={videos}",
+               f"wandb.run_id={run_id}")
+    wait_for(lambda: len(read_manifest(videos)) >= 1 or not job.running(), 300, "the first episode")
+    assert job.running(), job.stderr[-3000:]
+    # The progress bar moved with the episode, as it reached the folder.
+    wait_for(lambda: "1/6" in job.stdout, 10, "the progress bar at 1/6")
+    sent = job.signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 143, job.stderr[-3000:]
+    took = time.monotonic() - sent
+
+    manifest = check_folder_is_consistent(videos)
+    assert job.last_error_line == f"interrupted: {len(manifest)} videos written in {videos}"
+    assert [(r["training_iteration"], r["episode_index"], r["checkpoint"]) for r in manifest] == [
+        (1, episode, str(checkpoint)) for episode in range(len(manifest))]
+    claim_folder(videos, run_id=run_id, resume=True).release()
+    (wandb_run,) = wandb_runs(job.run_dir, run_id)
+    assert wandb_exit_codes(wandb_run) == [143]
+    assert wandb_video_logs([wandb_run]) == {record["sha256"]: 1 for record in manifest}
+    print(f"\nSIGTERM to a standalone evaluation: exit 143 after {took:.1f} s, {len(manifest)} of 6 videos")
+    assert took < 30
