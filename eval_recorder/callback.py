@@ -384,8 +384,10 @@ class RecordingCallback(RLlibCallback):
         deadline = time.monotonic() + timeout_seconds
         try:
             published += self.publish_finished(timeout_seconds=timeout_seconds)
+            # Hand-overs in progress as the stop came (not episodes that end later on).
+            in_flight_until = min(time.monotonic(), deadline) + STOP_IN_FLIGHT_SECONDS
             while self._inbox is not None and not (hurry is not None and hurry.is_set()):
-                wait = min(STOP_IN_FLIGHT_SECONDS, deadline - time.monotonic())
+                wait = min(in_flight_until, deadline) - time.monotonic()
                 if wait <= 0 or self._inbox.wait(self._taken, timeout_s=wait) <= self._taken:
                     break
                 published += self.publish_finished(timeout_seconds=max(deadline - time.monotonic(), 1.0))
