@@ -8,7 +8,12 @@ Holds:
                       round (the training iteration of their weights, for the labels;
                       saved scenarios to play), takes finished episodes as they arrive,
                       tags them with the training state of their weights and hands them
-                      to the RecordingSession, which alone writes the video folder.
+                      to the RecordingSession, which alone writes the video folder. After
+                      a stop in the middle of a round (Ctrl-C, SIGTERM) it publishes what
+                      reached the driver (``finish_interrupted_round``). In a Tune trial it
+                      opens the trial's own session, and a SIGTERM of the trial process
+                      stores what finished and finishes the wandb run with exit code 143
+                      (a trial whose training raised: 1).
   callback_class()    a RecordingCallback bound to one driver session.
   TRAINING_RENDER_REFUSED  the sentence that refuses recording on training runners.
 """
@@ -21,7 +26,9 @@ import dataclasses
 import functools
 import logging
 import re
+import signal
 import threading
+import time
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils.annotations import override
@@ -32,6 +39,7 @@ import ray
 from eval_recorder.inbox import Inbox, deliver, find_inbox
 from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.session import RecordingSession, get_session, new_run_id
+from eval_recorder.stopping import StopSignals, critical, exit_code_for
 from eval_recorder.tags import WeightsHistory
 from eval_recorder.wrapper import recording_wrapper, runner_round, set_runner_round
 
@@ -41,6 +49,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# After a stop: how long to wait for the inbox (it may be going down with the whole job),
+# and for a hand-over in progress (an episode that ended as the stop arrived).
+STOP_COLLECT_SECONDS = 10.0
+INBOX_TIMEOUT_SECONDS = 60.0  # longest wait for the inbox actor to answer a take
+TRIAL_CLOSE_SECONDS = 30.0  # longest a signalled Tune trial waits for its session to close
+STOP_IN_FLIGHT_SECONDS = 1.0
 
 TRAINING_RENDER_REFUSED = (
     "render is set for the training env runners, but recording is evaluation-only; "
@@ -172,6 +187,9 @@ class RecordingCallback(RLlibCallback):
         self._taken = 0
         self._lock = threading.Lock()  # one publisher at a time (watcher thread or main thread)
         self._problems: set[str] = set()
+        self._exit_code = 0  # a Tune trial's: 1 if its training raised, 143 after SIGTERM
+        self._signals: StopSignals | None = None
+        self._trial_closed = False
 
     def session(self) -> RecordingSession:
         """The driver session this callback publishes to."""
@@ -234,25 +252,73 @@ class RecordingCallback(RLlibCallback):
         """Fires on the driver when the Algorithm is built: checks that the eval runners
         can record, then opens the session (claims the folder, starts wandb)."""
         if self.session_token is None:
-            self._own_session = session = RecordingSession(trial_options(self.options, algorithm))
-            # RLlib has no "algorithm stopped" callback; Tune stops a trial with
-            # Trainable.stop() -> cleanup(), and may end the process right after: finish
-            # the wandb run and release the folder there (atexit covers a plain exit).
-            cleanup = algorithm.cleanup
-
-            def cleanup_and_close() -> None:
-                session.close()
-                cleanup()
-
-            algorithm.cleanup = cleanup_and_close
-            atexit.register(session.close)
+            self._own_session = RecordingSession(trial_options(self.options, algorithm))
+            self._watch_trial(algorithm)
         session = self.session()
         if not session.is_open:
             _check_eval_runners_record(algorithm)
             session.open()
+            if self._own_session is not None:
+                # After wandb.init: atexit hooks run last-in first-out, and wandb's own
+                # (which ends its service) must come after this one.
+                atexit.register(self._close_own_session)
         self._inbox = session.inbox(name=inbox_name(self.session_token))
         self._record_start(algorithm)
         self._prepare_runners(algorithm, evaluation_round=None)
+
+    def _watch_trial(self, algorithm) -> None:
+        """A Tune trial's own session is closed by the trial: RLlib has no "algorithm
+        stopped" callback; Tune stops a trial with Trainable.stop() -> cleanup() and may
+        end the process right after, so the session closes there (atexit covers any other
+        exit). Its exit code: 1 if a training step raised, 143 if the trial process got
+        SIGTERM (what ``ray stop``, SLURM and Kubernetes send), else 0. (The atexit hook
+        is registered once the session is open, see on_algorithm_init.)"""
+        cleanup = algorithm.cleanup
+
+        def noting_failure(method):
+            def call(*args, **kwargs):
+                try:
+                    return method(*args, **kwargs)
+                except Exception:
+                    self._exit_code = 1
+                    raise
+
+            return call
+
+        def cleanup_and_close() -> None:
+            self._close_own_session()
+            cleanup()
+
+        # Trainable.train() runs step() (training, evaluation) and log_result() (the
+        # on_train_result callbacks): a failure in either fails the trial.
+        algorithm.step = noting_failure(algorithm.step)
+        algorithm.log_result = noting_failure(algorithm.log_result)
+        algorithm.cleanup = cleanup_and_close
+        # The trial's process is a Ray worker: Ray's own SIGTERM handler ends it
+        # (SystemExit), and Ray shuts down, killing the wandb service, before any atexit
+        # hook runs. Ours closes the session first, never in the middle of storing a video.
+        self._signals = StopSignals((signal.SIGTERM,), on_stop=self._trial_signalled).install()
+
+    def _trial_signalled(self, signal_number: int) -> None:
+        """Runs in the trial's main thread (outside any critical block), maybe inside a
+        ray.get: the Ray calls of closing run in a thread of their own meanwhile."""
+        self._exit_code = exit_code_for(signal_number)
+        logger.warning("trial process got %s: storing the finished episodes, finishing the wandb run",
+                       signal.Signals(signal_number).name)
+        closer = threading.Thread(target=self._close_own_session, name="eval_recorder-trial-close", daemon=True)
+        closer.start()
+        closer.join(TRIAL_CLOSE_SECONDS)
+        previous = self._signals.previous_handler(signal_number) if self._signals else None
+        if callable(previous):
+            previous(signal_number, None)
+        raise SystemExit(self._exit_code)
+
+    def _close_own_session(self) -> None:
+        if self._own_session is None or self._trial_closed:
+            return
+        self._trial_closed = True
+        self.finish_interrupted_round()
+        self._own_session.close(exit_code=self._exit_code)
 
     @override(RLlibCallback)
     def on_checkpoint_loaded(self, *, algorithm, **kwargs) -> None:
@@ -298,9 +364,42 @@ class RecordingCallback(RLlibCallback):
         already in the inbox.)"""
         if self._inbox is None:
             return 0
-        with self._lock:
-            items = self._inbox.take(timeout_s=timeout_seconds)
-            return self._publish(items)
+        # Taken episodes exist only here: a stop signal waits until they are stored.
+        with critical():
+            items = self._inbox.take(timeout_s=timeout_seconds or INBOX_TIMEOUT_SECONDS)
+            with self._lock:
+                return self._publish(items)
+
+    def finish_interrupted_round(self, *, timeout_seconds: float = STOP_COLLECT_SECONDS,
+                                 hurry: threading.Event | None = None) -> int:
+        """After a stop (Ctrl-C, SIGTERM), also in the middle of an evaluation round: stop
+        publishing as episodes arrive, publish every episode that reached the driver's
+        inbox (waiting up to ``timeout_seconds`` for it, and ``STOP_IN_FLIGHT_SECONDS``
+        for a hand-over in progress), then close the round (gallery, wandb means) if one
+        was under way. Returns how many were published; never raises (the inbox may be
+        gone with the whole job: what reached this process is stored)."""
+        in_round = self._watcher is not None
+        self._stop_watcher(timeout_seconds=2.0)
+        published = 0
+        deadline = time.monotonic() + timeout_seconds
+        try:
+            published += self.publish_finished(timeout_seconds=timeout_seconds)
+            # Hand-overs in progress as the stop came (not episodes that end later on).
+            in_flight_until = min(time.monotonic(), deadline) + STOP_IN_FLIGHT_SECONDS
+            while self._inbox is not None and not (hurry is not None and hurry.is_set()):
+                wait = min(in_flight_until, deadline) - time.monotonic()
+                if wait <= 0 or self._inbox.wait(self._taken, timeout_s=wait) <= self._taken:
+                    break
+                published += self.publish_finished(timeout_seconds=max(deadline - time.monotonic(), 1.0))
+        except Exception as error:
+            logger.warning("could not collect the last finished episodes (%s: %s); %d were stored",
+                           type(error).__name__, error, published)
+        if in_round:
+            try:
+                self.session().end_round()
+            except Exception as error:
+                logger.warning("could not close the interrupted evaluation round: %s", error)
+        return published
 
     def _watch(self) -> None:
         """The publisher thread of a round: publishes each episode as it arrives."""
@@ -308,17 +407,18 @@ class RecordingCallback(RLlibCallback):
             while not self._stop_watching.is_set():
                 delivered = self._inbox.wait(self._taken, timeout_s=0.5)
                 if delivered > self._taken:
+                    items = self._inbox.take(timeout_s=INBOX_TIMEOUT_SECONDS)  # outside the lock: a stuck call blocks no one
                     with self._lock:
-                        self._publish(self._inbox.take())
+                        self._publish(items)
         except Exception as error:  # the main thread publishes what is left at the round's end
             if not self._stop_watching.is_set():
                 logger.warning("publishing episodes as they finish stopped (%s: %s); the rest is published "
                                "when the round ends", type(error).__name__, error)
 
-    def _stop_watcher(self) -> None:
+    def _stop_watcher(self, timeout_seconds: float = 30.0) -> None:
         self._stop_watching.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=30)
+            self._watcher.join(timeout=timeout_seconds)
             self._watcher = None
 
     def _publish(self, items: list) -> int:
@@ -341,11 +441,9 @@ class RecordingCallback(RLlibCallback):
         """Fires on the driver at the end of each train() call: remembers its weights."""
         iteration = result["training_iteration"]
         env_steps = int(result.get(ENV_RUNNER_RESULTS, {}).get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
-        with self._lock:
-            self._history.record(
-                weights_seq_no=_learner_weights_version(algorithm), training_iteration=iteration,
-                env_steps=env_steps,
-            )
+        version = _learner_weights_version(algorithm)
+        with critical(), self._lock:  # a stop waits: closing takes this lock too
+            self._history.record(weights_seq_no=version, training_iteration=iteration, env_steps=env_steps)
             metrics = {"env_steps": env_steps}  # the sink adds training_iteration, the step metric
             train_return = result.get(ENV_RUNNER_RESULTS, {}).get("episode_return_mean")
             if train_return is not None:
@@ -353,19 +451,16 @@ class RecordingCallback(RLlibCallback):
             self.session().log_training(metrics, step=iteration)
 
     def _record_start(self, algorithm) -> None:
-        with self._lock:
-            self._history.record(
-                weights_seq_no=_learner_weights_version(algorithm),
-                training_iteration=algorithm.iteration,
-                env_steps=_env_steps(algorithm),
-            )
+        version, env_steps = _learner_weights_version(algorithm), _env_steps(algorithm)
+        with critical(), self._lock:  # a stop waits: closing takes this lock too
+            self._history.record(weights_seq_no=version, training_iteration=algorithm.iteration, env_steps=env_steps)
 
     def _prepare_runners(self, algorithm, *, evaluation_round, indices=None) -> None:
         group = algorithm.eval_env_runner_group
         if group is None or self._inbox is None:
             return
         actor = self._inbox.actor
-        with self._lock:
+        with critical(), self._lock:
             state = RoundState(evaluation_round, copy.deepcopy(self._history), self.session().scenarios(),
                                group.num_remote_workers())
         self._inbox.set_round(state)

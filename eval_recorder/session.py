@@ -7,6 +7,10 @@ Holds:
                      episode's video as it arrives (tagged by the caller), rewrites the
                      offline gallery after each round and publishes to wandb; closes
                      both at the end. Used by periodic and standalone evaluation alike.
+                     A full or unwritable folder costs no training: it is said once,
+                     videos wait in memory (bounded) and are stored when space returns.
+                     At resume it completes the folder's index and logs to wandb the
+                     videos an earlier process stored but wandb never got.
   register_session() / get_session()   the driver-process registry through which the
                      RLlib callback finds its session by an opaque token.
 """
@@ -24,9 +28,11 @@ from typing import Callable
 from eval_recorder.folder_guard import FolderClaim, claim_folder
 from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import check_run_id, video_stem
-from eval_recorder.tags import TrainingTag
 from eval_recorder.recorder import RecordedEpisode
+from eval_recorder.stopping import critical
+from eval_recorder.tags import TrainingTag
 from eval_recorder.video_store import StoreFailed, VideoStore, read_manifest
+from eval_recorder.wandb_history import logged_videos, run_logs
 from eval_recorder.wandb_sink import WandbSink
 
 __all__ = [
@@ -88,7 +94,7 @@ class RecordingOptions:
     ``.pkl`` or ``.mpk``): each evaluation round plays each of them once, in name order."""
     unstored_budget_mb: int = 256
     """Memory for videos that could not be stored (full or unwritable folder) while they
-    wait to be stored; beyond it the oldest are dropped."""
+    wait to be stored; beyond it the oldest are dropped (and said to be lost)."""
     eval_seed: int | None = 1000
     """Seed of the evaluation episodes when the config sets none (same seed, same
     episodes every round); None leaves the config's seed alone."""
@@ -129,10 +135,14 @@ class RecordingSession:
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
         self.on_video: Callable[[StoredVideo], None] | None = None  # e.g. a progress bar, per stored video
         self._round_videos: list[StoredVideo] = []
+        self._round_count = 0  # episodes published in the current round
         self.recovered: list[dict] = []  # records the folder's reconciliation added at open
         self.unstored: list[tuple[RecordedEpisode, TrainingTag, str, int, int]] = []  # waiting for disk space
         self.dropped = 0  # unstored episodes beyond the memory budget (lost)
+        self.caught_up: list[dict] = []  # records of earlier processes' videos logged to wandb at resume
         self._trouble: str | None = None  # the store problem last reported (said once per outage)
+        self._dropping = False  # the loss of unstored videos was reported (once per outage)
+        self._closed = False
         self._inbox = None
         self._lock = threading.RLock()
         self._scenarios: list[tuple[str, bytes]] | None = None
@@ -145,11 +155,23 @@ class RecordingSession:
     def is_open(self) -> bool:
         return self.claim is not None
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` ran: the folder is released, nothing more is written."""
+        return self._closed
+
     def open(self) -> "RecordingSession":
-        """Claim the folder (refusing if it is not ours to use), then start wandb."""
+        """Claim the folder (refusing if it is not ours to use), then start wandb; at resume,
+        complete the folder's index and log to wandb what an earlier process could not."""
+        with critical():
+            return self._open()
+
+    def _open(self) -> "RecordingSession":
         if self.claim is not None:
             return self
         options = self.options
+        # The owner record keeps where the wandb run goes (next to the video folder unless
+        # the options say where), so that a resumed run writes beside it and finds what wandb got.
         details = {"wandb_dir": str(default_wandb_dir(options))}
         if options.checkpoint_dir:
             details["checkpoint_dir"] = options.checkpoint_dir
@@ -186,12 +208,42 @@ class RecordingSession:
             config=options.config,
         )
         self.wandb.start()
+        if options.resume:
+            self._log_what_wandb_missed(wandb_dir)
         return self
+
+    def _log_what_wandb_missed(self, wandb_dir: Path) -> None:
+        """Log to wandb, once each, this run's videos that are in the folder but in no wandb
+        run an earlier process of the run wrote (e.g. it was killed before wandb flushed).
+        What wandb got is read from the runs' own transaction logs (``run-<id>.wandb``),
+        the only record that is true even after a kill -9."""
+        if not self.wandb.active:
+            return
+        folders = {wandb_dir}
+        if self.claim.owner.get("wandb_dir"):
+            folders.add(Path(self.claim.owner["wandb_dir"]))
+        own = self.wandb.run_dir.resolve() if self.wandb.run_dir else None
+        logs = [log for folder in sorted(folders) for log in run_logs(folder, self.options.run_id)
+                if log.parent.resolve() != own]
+        logged = logged_videos(logs)
+        for record in read_manifest(self.claim.path):
+            if record.get("run_id") != self.options.run_id or not isinstance(record.get("file"), str):
+                continue
+            if logged[record.get("sha256")] > 0:  # a multiset: videos with the same bytes count apart
+                logged[record.get("sha256")] -= 1
+                continue
+            path = self.claim.path / record["file"]
+            if path.is_file() and isinstance(record.get("training_iteration"), int):
+                self.wandb.log_videos([(path, record)], metrics={}, step=record["training_iteration"])
+                self.caught_up.append(record)
+        if self.caught_up:
+            logger.info("%d videos of run %s that reached %s but not wandb were logged to wandb now",
+                        len(self.caught_up), self.options.run_id, self.claim.path)
 
     def inbox(self, name: str | None = None):
         """The inbox eval runners deliver finished episodes to (made on first use, after
         Ray started; ``name`` lets runners find it by name)."""
-        with self._lock:
+        with critical(), self._lock:
             if self._inbox is None:
                 from eval_recorder.inbox import Inbox
 
@@ -209,9 +261,10 @@ class RecordingSession:
 
     def begin_round(self) -> int:
         """A new evaluation round starts; its number (a resumed run goes on counting)."""
-        with self._lock:
+        with critical(), self._lock:
             self.evaluation_round += 1  # also for a round that records nothing (e.g. its runner died)
             self._round_videos = []
+            self._round_count = 0
             return self.evaluation_round
 
     def publish(self, episode: RecordedEpisode, tag: TrainingTag) -> StoredVideo | None:
@@ -219,10 +272,15 @@ class RecordingSession:
         current round), then log it to wandb at its training iteration. If the folder is
         full or unwritable, the episode waits in memory (``options.unstored_budget_mb``)
         and is stored as soon as the folder takes writes again; None then."""
-        with self._lock:
+        with critical(), self._lock:
             if self.store is None:
                 raise RuntimeError("publish() before open()")
-            index = len(self._round_videos) + sum(1 for item in self.unstored if item[3] == self.evaluation_round)
+            if self._closed:  # the folder is no longer ours: never write it
+                logger.error("an episode of %d steps arrived after the recording session closed; it is not stored",
+                             episode.episode_length)
+                return None
+            index = self._round_count  # the n-th episode of the round, stored now or later (or dropped)
+            self._round_count += 1
             self._retry_unstored()
             video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
             if video is not None:
@@ -249,17 +307,20 @@ class RecordingSession:
             if self._trouble is not None:
                 logger.warning("video folder %s takes videos again", self.store.folder)
                 self._trouble = None
+                self._dropping = False
         video = StoredVideo(path, metadata)
         self.videos.append(video)
         self.wandb.log_videos([(path, metadata)], metrics={}, step=tag.training_iteration)
         return video
 
     def _store_trouble(self, error: StoreFailed) -> None:
-        """Say once per outage what is wrong with the folder; training goes on."""
+        """Say once per outage, in one sentence, what is wrong with the folder (which
+        folder, how much is needed) and that training goes on."""
         if self._trouble != error.reason:
             self._trouble = error.reason
-            logger.warning("%s Training goes on; unstored videos wait in memory (up to %d MB) and are stored "
-                           "as soon as the folder takes writes again.", error, self.options.unstored_budget_mb)
+            logger.warning("%s; training goes on and videos that cannot be stored wait in memory (up to %d MB) "
+                           "until the folder takes writes again.", str(error).removesuffix("."),
+                           self.options.unstored_budget_mb)
 
     def _keep_unstored(self, item) -> None:
         self.unstored.append(item)
@@ -267,8 +328,11 @@ class RecordingSession:
         while sum(len(kept[0].mp4) for kept in self.unstored) > budget and len(self.unstored) > 1:
             self.unstored.pop(0)
             self.dropped += 1
-            logger.warning("the oldest unstored video was dropped: the %d MB kept in memory for a full or "
-                           "unwritable video folder are used up", self.options.unstored_budget_mb)
+            if not self._dropping:
+                self._dropping = True
+                logger.error("the %d MB kept in memory for videos the video folder %s cannot take are used up: "
+                             "the oldest waiting videos are dropped (lost) until the folder takes writes again",
+                             self.options.unstored_budget_mb, self.store.folder)
 
     def _retry_unstored(self) -> None:
         """Store the waiting episodes, oldest first, while the folder takes them."""
@@ -284,7 +348,9 @@ class RecordingSession:
     def end_round(self) -> list[StoredVideo]:
         """The round's videos are all in: rewrite the gallery, log the round's means to
         wandb (at each training iteration its videos show); returns them."""
-        with self._lock:
+        with critical(), self._lock:
+            if self._closed:
+                return []
             self._retry_unstored()
             stored = list(self._round_videos)
             if not stored:
@@ -307,7 +373,8 @@ class RecordingSession:
         try:
             return write_gallery(self.claim.path)
         except Exception as error:  # the gallery is a view: its faults never stop training
-            logger.warning("could not write the gallery in %s: %s", self.claim.path, error)
+            if self._trouble is None:  # a full or unwritable folder was said already
+                logger.warning("could not write the gallery in %s: %s", self.claim.path, error)
             return None
 
     @property
@@ -331,13 +398,25 @@ class RecordingSession:
         self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
 
     def log_training(self, metrics: dict[str, float], *, step: int) -> None:
-        with self._lock:
+        """Log training metrics at ``step``; also stores videos waiting for space if the
+        folder has room again (each iteration checks)."""
+        with critical(), self._lock:
+            if self._closed:
+                return
+            if self.store is not None and self.unstored:
+                self._retry_unstored()
             if self.wandb is not None:
                 self.wandb.log_metrics(metrics, step=step)
 
-    def close(self, exit_code: int = 0) -> None:
-        """Log the manifest table, finish the wandb run and release the folder (safe twice)."""
-        with self._lock:
+    def close(self, exit_code: int = 0, *, hurry: threading.Event | None = None) -> None:
+        """Log the manifest table, finish the wandb run with ``exit_code`` (0 done, 1 crashed,
+        130/143 stopped by SIGINT/SIGTERM) and release the folder (safe twice). Once
+        ``hurry`` is set (a second stop signal), the manifest table is skipped and wandb is
+        not waited for."""
+        with critical(), self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if self._inbox is not None:
                 import ray
 
@@ -358,8 +437,9 @@ class RecordingSession:
                     logger.error("%d videos could not be stored in %s (the folder is full or unwritable) and are "
                                  "lost with this process", len(self.unstored) + self.dropped, self.store.folder)
             if self.wandb is not None:
-                self.publish_manifest_table()
-                self.wandb.finish(exit_code=exit_code)
+                if hurry is None or not hurry.is_set():
+                    self.publish_manifest_table()
+                self.wandb.finish(exit_code=exit_code, give_up=hurry)
             if self.claim is not None:
                 self.claim.release()
 

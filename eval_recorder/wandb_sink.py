@@ -4,44 +4,108 @@ Holds:
   WANDB_MODES   the modes understood: offline (default; no account, no network),
                 online, disabled.
   api_key_configured()  whether wandb would find an API key (online mode needs one).
+  probe_server()  whether wandb's server answers and takes the API key, within a timeout.
   WandbSink     one wandb run per training run (or per standalone evaluation):
                 videos at step = training iteration under stable keys
                 (``eval/video/episode_<i>``), with captions; evaluation and training
                 metrics at the same steps. A wandb failure is logged once and turns the
                 sink off: it never stops training nor costs a local video.
   video_key()   the stable wandb key of the i-th episode of an evaluation round.
+
+Online mode that cannot work falls back to offline without touching other wandb runs of
+the process: the server is asked first (``probe_server``), so no online run is started
+that is bound to fail. (A failed ``wandb.init`` leaves its run id held by the process's
+wandb service, which only ``wandb.teardown()`` frees — and that ends every wandb run the
+process has open. If an online start fails all the same, the sink tears down only when no
+other wandb run is open; otherwise it turns itself off.)
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import netrc
 import os
+import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WANDB_MODES", "WandbSink", "video_key"]
+__all__ = ["WANDB_MODES", "WandbSink", "api_key_configured", "probe_server", "video_key"]
 
 logger = logging.getLogger(__name__)
 
 WANDB_MODES = ("offline", "online", "disabled")
 STEP_METRIC = "training_iteration"
+LATE_VIDEO_PREFIX = "eval/video/late/"  # + the file's stem: a video that could not go to its own slot
 
-# Longest wait for wandb's servers in online mode before falling back to offline
-# (wandb itself adds about 10 s of retries on top).
+# Longest wait for wandb's server to answer before online mode falls back to offline.
+ONLINE_PROBE_TIMEOUT_S = 10.0
+# Longest wait for wandb.init in online mode once the server answered (wandb itself adds
+# about 10 s of retries on top).
 ONLINE_INIT_TIMEOUT_S = 15.0
+_DEFAULT_BASE_URL = "https://api.wandb.ai"
+# How long finishing a run may still take once told to give up (a second stop signal).
+FINISH_GRACE_S = 3.0
+
+
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", _DEFAULT_BASE_URL).rstrip("/")
+
+
+def _api_key() -> str | None:
+    """The API key wandb would use: WANDB_API_KEY, else the netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    host = urllib.parse.urlparse(_base_url()).hostname
+    try:
+        entry = netrc.netrc().authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
 
 
 def api_key_configured() -> bool:
     """True if wandb would find an API key: WANDB_API_KEY or a netrc entry for its host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    return _api_key() is not None
+
+
+def probe_server(timeout_s: float = ONLINE_PROBE_TIMEOUT_S) -> str | None:
+    """Ask wandb's server who the API key belongs to (the query ``wandb login`` makes):
+    None if it answers and takes the key within ``timeout_s``, else why not, e.g.
+    ``wandb could not be reached (ConnectionRefusedError)``."""
+    key = _api_key() or ""
+    request = urllib.request.Request(
+        f"{_base_url()}/graphql",
+        data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()},
+    )
     try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            return f"wandb refused the API key (HTTP {error.code})"
+        return f"wandb's server answered HTTP {error.code}"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return f"wandb could not be reached ({type(reason).__name__})"
+    return None
+
+
+def _other_runs_open() -> bool:
+    """Whether this process has wandb runs open (a teardown would end them). Unknown
+    counts as yes."""
+    try:
+        import wandb
+
+        return bool(wandb.setup()._active_runs)
+    except Exception:
+        return True
 
 
 def video_key(episode_index: int) -> str:
@@ -82,6 +146,7 @@ class WandbSink:
         )
         self._run = None
         self._last_step = 0  # wandb drops rows logged at a step below one already used
+        self._keys_at_last_step: set[str] = set()
         self.run_dir: Path | None = None
 
     @property
@@ -89,23 +154,31 @@ class WandbSink:
         return self._run is not None
 
     def start(self) -> None:
-        """Start the wandb run. ``online`` without an API key, or with wandb unreachable
-        within ``ONLINE_INIT_TIMEOUT_S``, falls back to ``offline`` with one warning."""
+        """Start the wandb run. ``online`` without an API key, with wandb's server
+        unreachable within ``ONLINE_PROBE_TIMEOUT_S`` or refusing the key, falls back to
+        ``offline`` with one warning; other wandb runs of the process are never ended."""
         if self.mode == "disabled" or self._run is not None:
             return
         import wandb
 
         Path(self._init_args["dir"]).mkdir(parents=True, exist_ok=True)
         if self.mode == "online":
-            if not api_key_configured():
-                self._fall_back_offline("no wandb API key is set (run `wandb login` or set WANDB_API_KEY)")
+            problem = ("no wandb API key is set (run `wandb login` or set WANDB_API_KEY)"
+                       if not api_key_configured() else probe_server())
+            if problem is not None:
+                self._fall_back_offline(problem)
             else:
                 try:
                     self._run = wandb.init(**self._init_args,
                                            settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S))
                 except Exception as error:
-                    self._fall_back_offline(f"wandb could not be reached ({type(error).__name__})")
-                    wandb.teardown()  # the failed attempt still holds the run id in wandb's service
+                    # The failed attempt holds the run id in the process's wandb service
+                    # until a teardown, which would end every other wandb run it has open.
+                    if _other_runs_open():
+                        self._fail("start online (other wandb runs of this process stay open)", error)
+                        return
+                    self._fall_back_offline(f"wandb could not start the run online ({type(error).__name__})")
+                    wandb.teardown()
         if self._run is None and self.mode == "offline":
             try:
                 self._run = wandb.init(**{**self._init_args, "mode": "offline"})
@@ -141,10 +214,20 @@ class WandbSink:
 
         try:
             payload: dict[str, Any] = dict(metrics)
+            step_now = max(step, self._last_step)
             for path, metadata in records:
-                payload[video_key(metadata["episode_index"])] = wandb.Video(
-                    str(path), caption=caption(metadata), format="mp4"
-                )
+                try:
+                    text = caption(metadata)
+                except (KeyError, TypeError, ValueError):  # a record recovered after a crash knows less
+                    text = f"iteration {metadata.get('training_iteration')} · episode {metadata.get('episode_index')}"
+                key = video_key(metadata["episode_index"])
+                if step_now != step or key in payload or (
+                        step_now == self._last_step and key in self._keys_at_last_step):
+                    # A video stored late (after a full disk) goes to a later step than its
+                    # iteration, and wandb keeps one value per key and step: under a key of
+                    # its own, it neither shows in another iteration's slot nor replaces one.
+                    key = f"{LATE_VIDEO_PREFIX}{Path(path).stem}"
+                payload[key] = wandb.Video(str(path), caption=text, format="mp4")
             self._log(payload, step)
         except Exception as error:
             self._fail("log videos", error)
@@ -172,13 +255,40 @@ class WandbSink:
             self._fail("log metrics", error)
 
     def _log(self, payload: dict, step: int) -> None:
-        self._run.log({STEP_METRIC: step, **payload}, step=step)
-        self._last_step = max(self._last_step, step)
+        """Log at wandb step ``step`` (with ``training_iteration`` = ``step``, the charts' x
+        axis). What belongs to an earlier step than one already logged (a video stored late,
+        after a full disk) goes to the latest step, which wandb accepts, without a
+        ``training_iteration`` of its own (it would replace that row's); its caption and
+        key say its iteration."""
+        step_now = max(step, self._last_step)
+        self._run.log({STEP_METRIC: step, **payload} if step == step_now else payload, step=step_now)
+        if step_now != self._last_step:
+            self._keys_at_last_step = set()
+        self._keys_at_last_step.update(payload)
+        self._last_step = step_now
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, *, give_up: threading.Event | None = None) -> None:
+        """Finish the run with ``exit_code`` (0 done, 1 crashed, 130/143 stopped by a
+        signal). Once ``give_up`` is set, wait at most ``FINISH_GRACE_S`` more (whatever
+        wandb's service already wrote stays in the run's files)."""
         if self._run is None:
             return
         run, self._run = self._run, None
+        if give_up is None:
+            self._finish(run, exit_code)
+            return
+        worker = threading.Thread(target=self._finish, args=(run, exit_code), name="eval_recorder-wandb-finish",
+                                  daemon=True)
+        worker.start()
+        while not give_up.wait(0.1):
+            if not worker.is_alive():
+                return
+        worker.join(FINISH_GRACE_S)  # an offline run finishes within about a second
+        if worker.is_alive():
+            logger.warning("stopped waiting for wandb to finish run %s; what it wrote so far stays in %s",
+                           self._init_args["id"], self.run_dir)
+
+    def _finish(self, run, exit_code: int) -> None:
         try:
             run.finish(exit_code=exit_code)
         except Exception as error:

@@ -9,7 +9,9 @@ Holds:
 
 Exit codes: 0 done; 2 the user asked for something that cannot work (one sentence on
 stderr says what and what to do; nothing of the user's was touched); 130 interrupted
-(Ctrl-C): finished videos are written, the wandb run finished, the folder released.
+(Ctrl-C), 143 stopped (SIGTERM): finished videos are written, the wandb run finished with
+that code, the folder released, the resume command printed; 1 crashed (an exception; the
+wandb run is finished with 1).
 """
 
 from __future__ import annotations
@@ -20,19 +22,17 @@ from pathlib import Path
 
 from eval_recorder.api import add_recording
 from eval_recorder.app import console
-from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options, start_ray
+from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
-from eval_recorder.callback import RecordingCallback
+from eval_recorder.app.stopping import start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingSession
+from eval_recorder.stopping import StopSignals
 
 __all__ = ["train_with_recording"]
 
 logger = logging.getLogger(__name__)
-
-# On Ctrl-C, how long to wait for the driver's inbox to hand over finished episodes.
-_INTERRUPT_COLLECT_SECONDS = 30.0
 
 
 def _say(message: str) -> None:
@@ -41,7 +41,16 @@ def _say(message: str) -> None:
 
 def train_with_recording(cfg, output_dir: Path) -> int:
     """Run the main job; the exit code is returned (see module docstring)."""
-    output_dir = Path(output_dir)
+    # SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt here); stop.exit_code says which.
+    with StopSignals(tell=lambda line: console.say(line, err=True)) as stop:
+        try:
+            return _run(cfg, Path(output_dir), stop)
+        except KeyboardInterrupt:  # the stop came as the finished run was closing
+            return 0
+
+
+def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
+    session = None
     try:
         check_config(cfg)
         if cfg.recording.resume and not cfg.wandb.run_id:
@@ -59,6 +68,11 @@ def train_with_recording(cfg, output_dir: Path) -> int:
     except (UserError, FolderRefused, ValueError) as error:
         console.error(str(error))
         return 2
+    except KeyboardInterrupt:  # stopped before the run started
+        if session is not None:
+            session.close(exit_code=stop.exit_code)
+        console.say("interrupted before the run started; nothing was recorded", err=True)
+        return stop.exit_code
     # A resumed run keeps saving into, and restores from, its own checkpoints folder.
     checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
     code = 0
@@ -71,22 +85,30 @@ def train_with_recording(cfg, output_dir: Path) -> int:
         start = resume_from.training_iteration if resume_from else 0
         if _rounds_ahead(cfg, start) == 0:
             console.warn(f"nothing will be recorded: {_why_no_rounds(cfg, start)}.")
-        code = _train(cfg, checkpoints, session, resume_from, choice, facts)
+        code = _train(cfg, checkpoints, session, resume_from, choice, facts, stop)
     except KeyboardInterrupt:
-        code = 130
+        code = stop.exit_code
+        stop_cleanly(None, session, stop, farewell=lambda: _resume_hint(session))  # if _train did not
+    except BaseException:
+        code = 1  # crashed: the wandb run says so
+        raise
     finally:
         session.close(exit_code=code)
-    if code == 130:
-        console.say(f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}; "
-                    f"continue with recording.resume=true wandb.run_id={run_id}", err=True)
+    if code in (130, 143):
+        console.say(_resume_hint(session), err=True)
     return code
 
 
-def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choice, facts) -> int:
-    import ray
+def _resume_hint(session: RecordingSession) -> str:
+    return (f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}; "
+            f"continue with recording.resume=true wandb.run_id={session.options.run_id}")
 
+
+def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choice, facts,
+           stop: StopSignals) -> int:
     _say("starting Ray ..." if cfg.ray.address is None else f"joining the Ray cluster at {cfg.ray.address} ...")
-    _say(start_ray(cfg))
+    _say(start_ray_shielded(cfg))  # SIGTERM to the whole group: Ray stays up until the run is closed
+    stop.install()  # Ray's core worker put its own SIGTERM handler in place (abort: exit code 134)
     config = algorithm_config(cfg, env=choice.specifier, env_config=choice.env_config, multi_agent=facts.multi_agent)
     if cfg.evaluation.render is not None:
         config = add_recording(config, session, render=cfg.evaluation.render)
@@ -121,8 +143,10 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
                 bar.describe(desc="evaluating the final weights", postfix="")
                 algo.evaluate()
                 _say(_final_line(new_videos=session.videos[before:]))
-        except KeyboardInterrupt:
-            _publish_finished(algo)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: store what finished, close, then stop Ray
+            session.on_video = None
+            bar.close()
+            stop_cleanly(algo, session, stop, farewell=lambda: _resume_hint(session))
             raise
         finally:
             session.on_video = None
@@ -134,7 +158,7 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
         return 0
     finally:
         algo.stop()
-        ray.shutdown()
+        stop_ray()
 
 
 def _save(algo, final: Path) -> Path:
@@ -143,16 +167,6 @@ def _save(algo, final: Path) -> Path:
     algo.save_to_path(str(partial))
     partial.rename(final)
     return final
-
-
-def _publish_finished(algo) -> None:
-    """After Ctrl-C: store the episodes eval runners finished (they wait in the inbox)."""
-    for callback in algo.callbacks if isinstance(algo.callbacks, list) else [algo.callbacks]:
-        if isinstance(callback, RecordingCallback):
-            try:
-                callback.publish_finished(timeout_seconds=_INTERRUPT_COLLECT_SECONDS)
-            except Exception as error:  # interrupted: keep what is written, report the rest
-                logger.warning("could not collect the last finished episodes: %s", error)
 
 
 def _round_count(session: RecordingSession) -> int:

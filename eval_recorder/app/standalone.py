@@ -9,6 +9,9 @@ Holds:
       user names), builds it once and checks it fits each policy — all before anything is
       claimed — then claims the video folder and evaluates each checkpoint through the same
       recording path as periodic evaluation (add_recording + the callback + the session).
+
+Exit codes as for the main job: 0 done, 2 refused, 1 crashed, 130 Ctrl-C, 143 SIGTERM (the
+episodes that finished are stored and the wandb run finished with that code).
 """
 
 from __future__ import annotations
@@ -22,19 +25,30 @@ from eval_recorder.app.algorithms import (
     check_config,
     evaluation_settings,
     recording_options,
-    start_ray,
 )
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
+from eval_recorder.app.stopping import start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
+from eval_recorder.stopping import StopSignals
 
 __all__ = ["evaluate_checkpoints"]
 
 
 def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool) -> int:
     """Evaluate and record every checkpoint at ``checkpoint``; returns the exit code."""
+    # SIGTERM stops the evaluation as Ctrl-C does (KeyboardInterrupt here); stop.exit_code says which.
+    with StopSignals(tell=lambda line: console.say(line, err=True)) as stop:
+        try:
+            return _run(cfg, output_dir, checkpoint, env_overridden=env_overridden, stop=stop)
+        except KeyboardInterrupt:  # the stop came as the finished evaluation was closing
+            return 0
+
+
+def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: StopSignals) -> int:
     from eval_recorder.folder_guard import FolderRefused
     from eval_recorder.session import RecordingSession
 
+    session = None
     try:
         check_config(cfg)
         infos = find_checkpoints(checkpoint)
@@ -56,23 +70,40 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
     except (UserError, FolderRefused, ValueError) as error:
         console.error(str(error))
         return 2
+    except KeyboardInterrupt:  # stopped before anything was evaluated
+        if session is not None:
+            session.close(exit_code=stop.exit_code)
+        console.say("interrupted before the evaluation started; nothing was recorded", err=True)
+        return stop.exit_code
     console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
+    code = 0
     try:
-        _evaluate(cfg, infos, choices, session)
+        _evaluate(cfg, infos, choices, session, stop)
         _print_table(session)
-        return 0
+    except KeyboardInterrupt:
+        code = stop.exit_code
+        stop_cleanly(None, session, stop, farewell=lambda: _interrupted(session))  # if _evaluate did not
+    except BaseException:
+        code = 1  # crashed: the wandb run says so
+        raise
     finally:
-        session.close()
+        session.close(exit_code=code)
+    if code in (130, 143):
+        console.say(_interrupted(session), err=True)
+    return code
+
+
+def _interrupted(session) -> str:
+    return f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}"
 
 
 def _key(choice: EnvChoice) -> str:
     return json.dumps([str(choice.specifier), choice.env_config], sort_keys=True, default=str)
 
 
-def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], session) -> None:
-    import ray
-
-    console.say(start_ray(cfg))
+def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], session, stop: StopSignals) -> None:
+    console.say(start_ray_shielded(cfg))  # SIGTERM to the whole group: Ray stays up until the run is closed
+    stop.install()  # Ray's core worker put its own SIGTERM handler in place (abort: exit code 134)
     episodes = len(session.scenarios()) or cfg.evaluation.episodes
     bar = console.progress(total=len(infos) * episodes, unit="episode", desc="evaluating")
     session.on_video = lambda video: bar.update(1)  # each episode as it reaches the folder
@@ -92,13 +123,18 @@ def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], sessio
             bar.describe(f"it{info.training_iteration:06d}: restoring")
             algo.load_checkpoint(str(info.path))
             bar.describe(f"it{info.training_iteration:06d}: evaluating")
-            algo.evaluate()
+            try:
+                algo.evaluate()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: store what finished, close, then stop Ray
+                bar.close()
+                stop_cleanly(algo, session, stop, farewell=lambda: _interrupted(session))
+                raise
     finally:
         bar.close()
         session.on_video = None
         if algo is not None:
             algo.stop()
-        ray.shutdown()
+        stop_ray()
 
 
 def _build(cfg, info: CheckpointInfo, choice: EnvChoice, session):

@@ -1,0 +1,145 @@
+"""How the jobs (training, standalone evaluation) stop when asked to: Ctrl-C or SIGTERM.
+
+Holds:
+  COLLECT_SECONDS   how long a stop waits for the driver's inbox to hand over the episodes
+                    eval runners finished.
+  stop_cleanly()    the stop path of a job: publish the episodes that reached the driver
+                    (also of an evaluation round cut short), finish the wandb run with the
+                    signal's exit code (130 SIGINT, 143 SIGTERM) and release the folder —
+                    before Ray is stopped, which takes seconds and may hang or fail when
+                    the signal reached Ray's processes too — then let a second signal end
+                    the process at once, printing ``farewell`` (how to resume).
+
+  start_ray_shielded()  ``start_ray`` with SIGTERM blocked in the processes Ray starts (as
+                    Ray blocks SIGINT there): a SIGTERM to the whole process group (a
+                    terminal, ``kill -TERM -<pgid>``) or to every process of the job (SLURM)
+                    then stops only the driver, which closes the run while Ray still
+                    serves it. Otherwise the raylet dies at once and Ray's core worker
+                    ends the driver with exit code 1 as soon as it notices (measured: within
+                    40 ms, before the wandb run could be finished).
+  stop_ray()        ``ray.shutdown()`` for a Ray started so: its processes ignore SIGTERM,
+                    so they are killed without Ray's 1 s wait for each to stop gracefully.
+  end_own_ray_now() before the process ends at once: kill the Ray workers and agents below
+                    the Ray processes it started (they would outlive it).
+
+The signals themselves are turned into KeyboardInterrupt by ``eval_recorder.stopping``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+from eval_recorder.app.algorithms import start_ray
+from eval_recorder.callback import RecordingCallback
+from eval_recorder.session import RecordingSession
+from eval_recorder.stopping import StopSignals, children_shielded
+
+__all__ = ["COLLECT_SECONDS", "RAY_STOP_SECONDS", "end_own_ray_now", "own_ray_is_down", "start_ray_shielded",
+           "stop_cleanly", "stop_ray"]
+
+COLLECT_SECONDS = 10.0
+RAY_STOP_SECONDS = 20.0  # longest a stopped job waits for Ray to stop before it ends anyway
+
+logger = logging.getLogger(__name__)
+
+
+def start_ray_shielded(cfg) -> str:
+    """``start_ray(cfg)`` (a local Ray, or joining a cluster) with SIGTERM blocked in every
+    process it starts; what it says."""
+    with children_shielded():
+        return start_ray(cfg)
+
+
+def stop_ray() -> None:
+    """Shut Ray down; the processes of a local Ray started by ``start_ray_shielded`` ignore
+    SIGTERM, so they are killed at once (workers and agents first: the raylet would have
+    stopped them) instead of after Ray's graceful wait of 1 s each."""
+    import ray
+    import ray._private.worker as worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is not None and node.all_processes:
+        kill_all = node.kill_all_processes
+
+        def kill_all_at_once(check_alive: bool = True, allow_graceful: bool = False, wait: bool = False) -> None:
+            end_own_ray_now()
+            kill_all(check_alive=check_alive, allow_graceful=False, wait=wait)
+
+        node.kill_all_processes = kill_all_at_once
+    ray.shutdown()
+
+
+def stop_cleanly(algo, session: RecordingSession, stop: StopSignals, farewell) -> None:
+    """After a stop signal: store what finished, close the session with the signal's exit
+    code; ``farewell()`` (called after closing) is what the process prints if it ends
+    early: at a second signal, at once if the signal stopped this job's own Ray too (its
+    processes are gone: stopping Ray would only wait for them), or when stopping Ray takes
+    longer than ``RAY_STOP_SECONDS``."""
+    if session.closed:
+        return
+    if algo is not None:
+        callbacks = algo.callbacks if isinstance(algo.callbacks, list) else [algo.callbacks]
+        for callback in callbacks:
+            if isinstance(callback, RecordingCallback):
+                callback.finish_interrupted_round(timeout_seconds=COLLECT_SECONDS, hurry=stop.hurry)
+    session.close(exit_code=stop.exit_code, hurry=stop.hurry)
+    logger.info("stopped: %d videos in %s, wandb run finished with exit code %d, folder released",
+                len(session.videos), session.video_dir, stop.exit_code)
+    stop.closed(farewell=farewell(), exit_within=RAY_STOP_SECONDS, before_exit=end_own_ray_now)
+    if own_ray_is_down():
+        stop.exit_now()
+
+
+def own_ray_is_down() -> bool:
+    """True if this process started a local Ray and some of its processes (GCS, raylet,
+    ...) are gone, e.g. the stop signal reached the whole process group."""
+    try:
+        import ray._private.worker as worker
+
+        node = getattr(worker, "_global_node", None)
+        return node is not None and bool(node.dead_processes())
+    except Exception:
+        return False
+
+
+def end_own_ray_now() -> None:
+    """Before this process ends at once: SIGKILL the processes that the Ray processes it
+    started (GCS, raylet, ...) started in turn — workers and the raylet's agents. Ray
+    SIGKILLs its own processes as this one ends, but not theirs, and the agents would
+    outlive it. (Asking the raylet to stop instead makes Ray end this process with exit
+    code 1 as soon as the raylet is gone.)"""
+    import ray._private.worker as worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None:
+        return
+    roots = {info.process.pid for infos in node.all_processes.values() for info in infos}
+    for pid in _descendants(roots):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """Every live process below ``roots`` (from /proc; none where there is no /proc)."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return set()
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, frontier = set(), set(roots)
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
+        found |= frontier
+    return found
