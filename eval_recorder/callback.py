@@ -354,9 +354,10 @@ class RecordingCallback(RLlibCallback):
         the round's summary (gallery, wandb metrics)."""
         self._stop_watcher()
         self.publish_finished()
-        stored = self.session().end_round()
-        if not stored:
-            logger.warning("evaluation round %d ended without a recorded episode", self.session().evaluation_round)
+        session = self.session()
+        session.end_round()
+        if session.round_episodes == 0:  # (episodes waiting for a full folder did arrive: said already)
+            logger.warning("evaluation round %d ended without a recorded episode", session.evaluation_round)
 
     def publish_finished(self, *, timeout_seconds: float | None = None) -> int:
         """Take every episode that reached the inbox, tag, store and publish it; returns

@@ -259,6 +259,11 @@ class RecordingSession:
             self._scenarios = [(path.name, path.read_bytes()) for path in files]
         return self._scenarios
 
+    @property
+    def round_episodes(self) -> int:
+        """Episodes that reached the driver in the current round (stored, waiting or dropped)."""
+        return self._round_count
+
     def begin_round(self) -> int:
         """A new evaluation round starts; its number (a resumed run goes on counting)."""
         with critical(), self._lock:

@@ -30,9 +30,9 @@ WAITING = ("; training goes on and videos that cannot be stored wait in memory (
            "takes writes again.")
 
 
-def _warnings(stdout: str) -> list[str]:
-    """What the session said (Hydra prints log records as ``[time][logger][LEVEL] - text``)."""
-    return re.findall(r"\]\[eval_recorder\.session\]\[(?:WARNING|ERROR)\] - (.*)$", stdout, re.MULTILINE)
+def _warnings(stderr: str) -> list[str]:
+    """What the run said to the user (our warnings and errors: ``warning: ...`` lines on stderr)."""
+    return re.findall(r"^(?:warning|error): (.*)$", stderr, re.MULTILINE)
 
 
 def _iterations(stdout: str) -> dict[int, int]:
@@ -69,7 +69,7 @@ def test_a_folder_that_cannot_take_videos_costs_no_training(tmp_path, jobs, faul
 
         manifest = check_folder_is_consistent(videos)
         gallery = (videos / GALLERY).read_text()
-    said = _warnings(job.stdout)
+    said = _warnings(job.stderr)
     # The round that ended as the folder filled may have failed to rewrite its gallery.
     gallery_said = [line for line in said if line.startswith(f"could not write the gallery in {videos}: ")]
     assert len(gallery_said) <= 1

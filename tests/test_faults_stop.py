@@ -113,7 +113,9 @@ def test_a_second_sigterm_stops_at_once_and_still_safely(tmp_path, jobs):
     assert job.running(), job.stderr[-3000:]
     sent = job.signal(signal.SIGTERM)
     # A second signal sent before Python ran the handler of the first would merge with it.
-    wait_for(lambda: "received SIGTERM: stopping cleanly" in job.stdout, 30, "the first SIGTERM", interval=0.02)
+    log = job.run_dir / "run_eval.log"  # the job's log records (the console shows warnings only)
+    wait_for(lambda: log.exists() and "received SIGTERM: stopping cleanly" in log.read_text(), 30,
+             "the first SIGTERM", interval=0.02)
     job.signal(signal.SIGTERM)
     job.wait(timeout=60)
     took = time.monotonic() - sent
@@ -134,9 +136,7 @@ def test_sigterm_stops_a_standalone_evaluation_cleanly(tmp_path, jobs):
                f"wandb.run_id={run_id}")
     wait_for(lambda: len(read_manifest(videos)) >= 1 or not job.running(), 300, "the first episode")
     assert job.running(), job.stderr[-3000:]
-    # The progress bar moved with the episode, as it reached the folder.
-    wait_for(lambda: "1/6" in job.stdout, 10, "the progress bar at 1/6")
-    sent = job.signal(signal.SIGTERM)
+    sent = job.signal(signal.SIGTERM)  # in the middle of the round: the first episode reached the folder
     assert job.wait(timeout=120) == 143, job.stderr[-3000:]
     took = time.monotonic() - sent
 
