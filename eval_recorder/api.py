@@ -83,26 +83,29 @@ def add_recording(
         for key, value in {**dict(config.env_config or {}), **dict(evaluation_overrides.get("env_config") or {})}.items()
         if key not in (RENDER_KEY, RECORDING_KEY)
     }
-    evaluation_overrides["env_config"] = {
-        **user_env_config,
-        RENDER_KEY: render,
-        RECORDING_KEY: {
-            "fps": options.fps,
-            "max_side": options.max_side,
-            "frame_every": options.frame_every,
-            "overlay": options.overlay,
-        },
+    settings = {
+        "fps": options.fps,
+        "max_side": options.max_side,
+        "frame_every": options.frame_every,
+        "overlay": options.overlay,
     }
+    scenarios = session.scenarios() if options.scenarios else []
+    if options.scenarios and not scenarios:
+        raise ValueError(f"{options.scenarios} holds no saved scenario (.pkl or .mpk files of RailEnvPersister)")
+    if scenarios:
+        # RLlib fixes an eval runner's agent ids (its action spaces) when it makes the env:
+        # each env starts in the scenario with the most trains, so every scenario's agents fit.
+        from eval_recorder.flatland.frames import scenario_agents
+
+        settings["spaces_scenario"] = max(scenarios, key=lambda scenario: scenario_agents(*scenario))
+    evaluation_overrides["env_config"] = {**user_env_config, RENDER_KEY: render, RECORDING_KEY: settings}
     # RLlib's env checker resets and steps each new env once; on a recording env that
     # renders frames nobody keeps. Training runners check the very same env anyway.
     evaluation_overrides["disable_env_checking"] = True
     if evaluation_overrides.get("seed") is None and options.eval_seed is not None:
         evaluation_overrides["seed"] = options.eval_seed
     recorded.evaluation(evaluation_config=evaluation_overrides)
-    if options.scenarios:
-        scenarios = session.scenarios()
-        if not scenarios:
-            raise ValueError(f"{options.scenarios} holds no saved scenario (.pkl or .mpk files of RailEnvPersister)")
+    if scenarios:
         recorded.evaluation(evaluation_duration=len(scenarios), evaluation_duration_unit="episodes")
     if options.video_dir is None:  # e.g. Tune trials: each opens its own session
         recording = callback_class(options=options)

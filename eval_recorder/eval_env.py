@@ -8,7 +8,9 @@ Holds:
                          recording settings from the env config, makes the user's env
                          exactly as RLlib would (a registered name, a gymnasium id — made
                          with ``render_mode="rgb_array"`` —, an env class or a
-                         ``module.Class`` path) and wraps it for recording.
+                         ``module.Class`` path) and wraps it for recording (loaded
+                         with the saved scenario of most trains when evaluation plays
+                         scenarios: RLlib fixes a runner's agent ids when it makes the env).
   make_user_env()        the user's env for an env specifier and an env config.
   describe_env()         a short name of an env specifier (for labels and messages).
 """
@@ -73,7 +75,7 @@ class RecordingEnvCreator:
         else:
             user_context = EnvContext(user_config, worker_index=0)
         env = make_user_env(self.env_specifier, user_context)
-        return record_episodes(
+        recording = record_episodes(
             env,
             fps=settings.get("fps", 10),
             max_side=settings.get("max_side", DEFAULT_MAX_SIDE),
@@ -82,3 +84,7 @@ class RecordingEnvCreator:
             label=self.label,
             runner_index=getattr(env_context, "worker_index", 0),
         )
+        spaces_scenario = settings.get("spaces_scenario")
+        if spaces_scenario is not None and hasattr(recording.recording.source, "load_scenario"):
+            recording.recording.source.load_scenario(*spaces_scenario)  # every scenario's agent ids fit the runner
+        return recording

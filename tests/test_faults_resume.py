@@ -71,10 +71,14 @@ def test_killed_at_the_publish_moment_then_resumed(tmp_path, jobs, moment):
         data = (videos / MANIFEST).read_bytes()
         assert TORN + b"\n" + b'{"file":"flatland-it000002-ev0003-ep000-' in data
     # wandb: each video once over both runs; the resumed run logged what the killed one had not.
-    (resumed_wandb,) = wandb_runs(resumed.run_dir, run_id)
+    # The resumed run writes next to the killed one (one `wandb sync` uploads both).
+    assert not (resumed.run_dir / "wandb").exists()
+    assert wandb_runs(first.run_dir, run_id)[0] == killed_wandb
+    (resumed_wandb,) = wandb_runs(first.run_dir, run_id)[1:]
     assert wandb_exit_codes(resumed_wandb) == [0]
-    in_killed = logged_videos(run_logs(first.run_dir, run_id))
-    in_resumed = logged_videos(run_logs(resumed.run_dir, run_id))
+    killed_log, resumed_log = run_logs(first.run_dir, run_id)
+    in_killed = logged_videos([killed_log])
+    in_resumed = logged_videos([resumed_log])
     assert in_killed + in_resumed == collections.Counter(r["sha256"] for r in manifest)
     if moment == "after-link":
         # wandb writes a step's row when the next step begins: iteration 1's row was still

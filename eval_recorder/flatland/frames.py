@@ -114,6 +114,12 @@ def load_scenario_dict(name: str, data: bytes) -> dict:
     return pickle.load(io.BytesIO(data))
 
 
+def scenario_agents(name: str, data: bytes) -> int:
+    """How many trains the saved scenario ``data`` (file ``name``) runs."""
+    env_dict = load_scenario_dict(name, data)
+    return len(env_dict.get("agents", env_dict.get("agents_static", ())))
+
+
 def _refresh_wrappers(env: Any, rail_env) -> None:
     """A scenario may have another number of trains: flatland-rl's RayMultiAgentWrapper
     fixes its agents and spaces when made, so remake them for the loaded RailEnv."""
