@@ -18,12 +18,36 @@ The public API (everything else may move; ``tests/test_public_api.py`` pins this
   FolderRefused                    the error of a video folder that may not be used
 """
 
-from eval_recorder.api import add_recording, recording_session
-from eval_recorder.folder_guard import FolderRefused
-from eval_recorder.frames import FrameSource, RenderFrames
-from eval_recorder.recorder import RecordedEpisode
-from eval_recorder.session import RecordingOptions, RecordingSession
-from eval_recorder.wrapper import RecordEpisodes, RecordMultiAgentEpisodes, record_episodes
+import importlib
+
+# Names are imported when first used (PEP 562): ``import eval_recorder.app.config`` (the
+# CLI refusing a bad option) then does not pay for importing RLlib and torch (~3 s).
+_WHERE = {
+    "add_recording": "eval_recorder.api",
+    "recording_session": "eval_recorder.api",
+    "FolderRefused": "eval_recorder.folder_guard",
+    "FrameSource": "eval_recorder.frames",
+    "RenderFrames": "eval_recorder.frames",
+    "RecordedEpisode": "eval_recorder.recorder",
+    "RecordingOptions": "eval_recorder.session",
+    "RecordingSession": "eval_recorder.session",
+    "RecordEpisodes": "eval_recorder.wrapper",
+    "RecordMultiAgentEpisodes": "eval_recorder.wrapper",
+    "record_episodes": "eval_recorder.wrapper",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'eval_recorder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "FolderRefused",

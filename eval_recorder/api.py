@@ -19,6 +19,7 @@ from ray.rllib.utils import force_list
 
 from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class, is_recording_callback
 from eval_recorder.eval_env import RECORDING_KEY, RENDER_KEY, RecordingEnvCreator
+from eval_recorder.frames import most_agents
 from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
 
 __all__ = ["RENDER_MODES", "add_recording", "recording_session"]
@@ -95,9 +96,7 @@ def add_recording(
     if scenarios:
         # RLlib fixes an eval runner's agent ids (its action spaces) when it makes the env:
         # each env starts in the scenario with the most trains, so every scenario's agents fit.
-        from eval_recorder.flatland.frames import scenario_agents
-
-        settings["spaces_scenario"] = max(scenarios, key=lambda scenario: scenario_agents(*scenario))
+        settings["spaces_scenario"] = most_agents(scenarios)
     evaluation_overrides["env_config"] = {**user_env_config, RENDER_KEY: render, RECORDING_KEY: settings}
     # RLlib's env checker resets and steps each new env once; on a recording env that
     # renders frames nobody keeps. Training runners check the very same env anyway.

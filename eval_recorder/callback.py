@@ -37,7 +37,6 @@ from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LI
 import ray
 
 from eval_recorder.inbox import Inbox, deliver, find_inbox
-from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.session import RecordingSession, get_session, new_run_id
 from eval_recorder.stopping import StopSignals, critical, exit_code_for
 from eval_recorder.tags import WeightsHistory

@@ -9,6 +9,7 @@ Holds:
                    to even sides and scaled down to ``max_side``.
   find_frame_source()  the first plug-in source that recognises the env (Flatland's fast
                    renderer), else RenderFrames; refuses an env that renders no frames.
+  most_agents()    of saved scenarios, the one with the most agents (plug-ins count them).
   NoFrames         raised when an env cannot be recorded (message: what to do).
   frames_rendered() how many frames this process has produced (a test proves that
                    training env runners render nothing).
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameSource", "NoFrames", "RenderFrames", "find_frame_source", "frames_rendered", "scaled_size"]
+__all__ = ["FrameSource", "NoFrames", "RenderFrames", "find_frame_source", "frames_rendered", "most_agents",
+           "scaled_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,12 @@ class FrameSource:
 
     def close(self) -> None:
         """Release what the source holds."""
+
+    @classmethod
+    def scenario_agents(cls, name: str, data: bytes) -> int | None:
+        """How many agents the saved scenario ``data`` (file ``name``) runs, if this kind of
+        source plays saved scenarios (``load_scenario(name, data)``), else None."""
+        return None
 
 
 def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -174,3 +182,14 @@ def find_frame_source(env: Any, *, max_side: int, label: str) -> FrameSource:
     source = RenderFrames.find(env, max_side=max_side)
     source.label = label
     return source
+
+
+def most_agents(scenarios: list[tuple[str, bytes]]) -> tuple[str, bytes]:
+    """The saved scenario (name, bytes) that runs the most agents, as the installed frame
+    sources count them (the first one if none can)."""
+
+    def agents(scenario: tuple[str, bytes]) -> int:
+        counts = [source_class.scenario_agents(*scenario) for source_class in plugin_sources()]
+        return max((count for count in counts if count is not None), default=0)
+
+    return max(scenarios, key=agents)

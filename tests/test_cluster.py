@@ -36,7 +36,7 @@ import pytest
 
 from eval_recorder.gallery import GALLERY
 from eval_recorder.video_store import MANIFEST, read_manifest
-from test_fault_safety import check_folder_is_consistent, jobs, wait_for  # noqa: F401  (jobs: a fixture)
+from support.jobs import Proc, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401  (jobs: a fixture)
 
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 
@@ -59,28 +59,6 @@ def _short_tmpdir(prefix: str) -> Path:
 # ---- processes, from /proc ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    comm: str
-
-
-def session_processes(sid: int) -> dict[int, Proc]:
-    """The live processes (zombies excluded) whose session id is ``sid``."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        state, ppid, _pgrp, session = text[text.rindex(")") + 2 :].split()[:4]
-        if int(session) == sid and state not in "ZX":
-            found[int(entry)] = Proc(int(entry), int(ppid), comm)
-    return found
 
 
 def opened_paths(pid: int) -> list[str]:

@@ -10,14 +10,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
-import pytest
 
 from conftest import run_eval_command
 from eval_recorder.folder_guard import claim_folder
 from eval_recorder.video_store import MANIFEST, read_manifest
-from support.jobs import Job, check_folder_is_consistent, jobs, wait_for  # noqa: F401  (jobs: a fixture)
+from support.jobs import check_folder_is_consistent, jobs, wait_for  # noqa: F401  (jobs: a fixture)
 from wandb_offline import run_records
 
 HOST = socket.gethostname()

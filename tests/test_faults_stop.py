@@ -126,11 +126,8 @@ def test_a_second_sigterm_stops_at_once_and_still_safely(tmp_path, jobs):
     assert took < 10
 
 
-def test_sigterm_stops_a_standalone_evaluation_cleanly(tmp_path, jobs):
-    trained = jobs(tmp_path, "train", "training.iterations=1", "wandb.run_id=trained1",
-                   f"recording.video_dir={tmp_path / 'train_videos'}")
-    assert trained.wait(timeout=600) == 0, trained.stderr[-3000:]
-    checkpoint = trained.run_dir / "checkpoints" / "it000001"
+def test_sigterm_stops_a_standalone_evaluation_cleanly(tmp_path, jobs, trained_run):
+    checkpoint = trained_run / "checkpoints" / "it000002"
     videos, run_id = tmp_path / "videos", "standalone1"
     job = jobs(tmp_path, "eval", f"checkpoint={checkpoint}", "evaluation.episodes=6", f"recording.video_dir={videos}",
                f"wandb.run_id={run_id}")
@@ -143,7 +140,7 @@ def test_sigterm_stops_a_standalone_evaluation_cleanly(tmp_path, jobs):
     manifest = check_folder_is_consistent(videos)
     assert job.last_error_line == f"interrupted: {len(manifest)} videos written in {videos}"
     assert [(r["training_iteration"], r["episode_index"], r["checkpoint"]) for r in manifest] == [
-        (1, episode, str(checkpoint)) for episode in range(len(manifest))]
+        (2, episode, str(checkpoint)) for episode in range(len(manifest))]
     claim_folder(videos, run_id=run_id, resume=True).release()
     (wandb_run,) = wandb_runs(job.run_dir, run_id)
     assert wandb_exit_codes(wandb_run) == [143]

@@ -60,7 +60,7 @@ def test_sigterm_to_a_tune_trial_process_finishes_its_wandb_run_with_143(tmp_pat
         wait_for(lambda: (v := _trial_videos(tmp_path)) is not None and len(read_manifest(v)) >= 2
                  or proc.poll() is not None, 400, "the trial's first round")
         assert proc.poll() is None, (tmp_path / "tune.out").read_text()[-3000:]
-        (trial,) = [pid for pid, comm in session_processes(proc.pid).items() if comm.startswith("ray::PPO")]
+        (trial,) = [pid for pid, found in session_processes(proc.pid).items() if found.comm.startswith("ray::PPO")]
         import os
 
         sent = time.monotonic()

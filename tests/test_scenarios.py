@@ -109,3 +109,16 @@ def test_scenarios_need_a_flatland_env(scenarios, tmp_path):
         "drop env.scenarios or use a Flatland env."
     )
     assert not (tmp_path / "videos").exists()
+
+
+def test_the_eval_env_starts_in_the_scenario_with_the_most_trains(scenarios):
+    """RLlib fixes an eval runner's agent ids when it makes the env: starting in the scenario
+    of most trains (Test_2.pkl, 3 trains; the others 2) lets every scenario's trains act."""
+    from eval_recorder.flatland.frames import FlatlandFrames
+    from eval_recorder.frames import most_agents
+
+    folder, _ = scenarios
+    saved = [(name, (folder / name).read_bytes()) for name in NAMES]
+    assert [FlatlandFrames.scenario_agents(*scenario) for scenario in saved] == [2, 2, 3]
+    assert most_agents(saved)[0] == "Test_2.pkl"
+    assert most_agents(list(reversed(saved)))[0] == "Test_2.pkl"

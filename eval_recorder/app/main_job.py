@@ -25,7 +25,7 @@ from eval_recorder.app import console
 from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
-from eval_recorder.app.stopping import start_ray_shielded, stop_cleanly, stop_ray
+from eval_recorder.app.stopping import run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.folder_guard import FolderRefused
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals
@@ -75,8 +75,7 @@ def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
         return stop.exit_code
     # A resumed run keeps saving into, and restores from, its own checkpoints folder.
     checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
-    code = 0
-    try:
+    def work() -> int:
         _say(f"run {run_id}: videos go to {console.shown(session.video_dir)}")
         resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
         if cfg.recording.resume:
@@ -85,18 +84,9 @@ def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
         start = resume_from.training_iteration if resume_from else 0
         if _rounds_ahead(cfg, start) == 0:
             console.warn(f"nothing will be recorded: {_why_no_rounds(cfg, start)}.")
-        code = _train(cfg, checkpoints, session, resume_from, choice, facts, stop)
-    except KeyboardInterrupt:
-        code = stop.exit_code
-        stop_cleanly(None, session, stop, farewell=lambda: _resume_hint(session))  # if _train did not
-    except BaseException:
-        code = 1  # crashed: the wandb run says so
-        raise
-    finally:
-        session.close(exit_code=code)
-    if code in (130, 143):
-        console.say(_resume_hint(session), err=True)
-    return code
+        return _train(cfg, checkpoints, session, resume_from, choice, facts, stop)
+
+    return run_and_close(session, stop, work, farewell=lambda: _resume_hint(session))
 
 
 def _resume_hint(session: RecordingSession) -> str:

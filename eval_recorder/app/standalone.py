@@ -27,7 +27,7 @@ from eval_recorder.app.algorithms import (
     recording_options,
 )
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
-from eval_recorder.app.stopping import start_ray_shielded, stop_cleanly, stop_ray
+from eval_recorder.app.stopping import run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
 from eval_recorder.stopping import StopSignals
 
@@ -76,21 +76,12 @@ def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: 
         console.say("interrupted before the evaluation started; nothing was recorded", err=True)
         return stop.exit_code
     console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
-    code = 0
-    try:
+
+    def work() -> None:
         _evaluate(cfg, infos, choices, session, stop)
         _print_table(session)
-    except KeyboardInterrupt:
-        code = stop.exit_code
-        stop_cleanly(None, session, stop, farewell=lambda: _interrupted(session))  # if _evaluate did not
-    except BaseException:
-        code = 1  # crashed: the wandb run says so
-        raise
-    finally:
-        session.close(exit_code=code)
-    if code in (130, 143):
-        console.say(_interrupted(session), err=True)
-    return code
+
+    return run_and_close(session, stop, work, farewell=lambda: _interrupted(session))
 
 
 def _interrupted(session) -> str:

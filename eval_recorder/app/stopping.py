@@ -3,6 +3,9 @@
 Holds:
   COLLECT_SECONDS   how long a stop waits for the driver's inbox to hand over the episodes
                     eval runners finished.
+  run_and_close()   a job's run after its folder is claimed: its exit code (0, 1 after a
+                    crash, 130/143 after a stop signal), the session closed with it either
+                    way and, after a stop, the farewell printed.
   stop_cleanly()    the stop path of a job: publish the episodes that reached the driver
                     (also of an evaluation round cut short), finish the wandb run with the
                     signal's exit code (130 SIGINT, 143 SIGTERM) and release the folder —
@@ -37,8 +40,8 @@ from eval_recorder.callback import RecordingCallback
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals, children_shielded
 
-__all__ = ["COLLECT_SECONDS", "RAY_STOP_SECONDS", "end_own_ray_now", "own_ray_is_down", "start_ray_shielded",
-           "stop_cleanly", "stop_ray"]
+__all__ = ["COLLECT_SECONDS", "RAY_STOP_SECONDS", "end_own_ray_now", "own_ray_is_down", "run_and_close",
+           "start_ray_shielded", "stop_cleanly", "stop_ray"]
 
 COLLECT_SECONDS = 10.0
 RAY_STOP_SECONDS = 20.0  # longest a stopped job waits for Ray to stop before it ends anyway
@@ -70,6 +73,29 @@ def stop_ray() -> None:
 
         node.kill_all_processes = kill_all_at_once
     ray.shutdown()
+
+
+def run_and_close(session: RecordingSession, stop: StopSignals, work, *, farewell) -> int:
+    """Run ``work()`` (returns the run's exit code, None for 0) with ``session`` claimed; the
+    exit code the wandb run and the process get: ``work``'s, the stop signal's (130 SIGINT,
+    143 SIGTERM) after a clean stop, 1 after a crash (re-raised). ``farewell()`` is what a
+    stopped run prints last (how to resume)."""
+    from eval_recorder.app import console
+
+    code = 0
+    try:
+        code = work() or 0
+    except KeyboardInterrupt:
+        code = stop.exit_code
+        stop_cleanly(None, session, stop, farewell=farewell)  # if ``work`` did not
+    except BaseException:
+        code = 1  # crashed: the wandb run says so
+        raise
+    finally:
+        session.close(exit_code=code)
+    if code in (130, 143):
+        console.say(farewell(), err=True)
+    return code
 
 
 def stop_cleanly(algo, session: RecordingSession, stop: StopSignals, farewell) -> None:

@@ -94,6 +94,10 @@ class FlatlandFrames(FrameSource):
         agents, done = self.rail_env.get_num_agents(), arrived(self.rail_env)
         return {"num_agents": agents, "agents_arrived": done, "completion": done / agents if agents else 0.0}
 
+    @classmethod
+    def scenario_agents(cls, name: str, data: bytes) -> int:
+        return scenario_agents(name, data)
+
     def load_scenario(self, name: str, data: bytes) -> dict[str, Any]:
         """Load the saved scenario ``data`` (a RailEnvPersister file named ``name``) into the
         env, keeping its observation builder; returns the reset options that keep it."""

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from eval_recorder.encoding import even_size
-from eval_recorder.yuv import paste_rows_yuv420p, planes as _planes, rgb_to_yuv420p
+from eval_recorder.yuv import planes as _planes, rgb_to_yuv420p
 
 __all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer"]
 

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -180,8 +181,15 @@ def wandb_video_logs(run_dirs: list[Path]) -> dict:
 # ---- processes ------------------------------------------------------------------------------
 
 
-def session_processes(sid: int) -> dict[int, str]:
-    """{pid: command name} of the live processes (zombies excluded) of session ``sid``."""
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    comm: str
+
+
+def session_processes(sid: int) -> dict[int, Proc]:
+    """The live processes (zombies excluded) of session ``sid``, by pid."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -191,13 +199,13 @@ def session_processes(sid: int) -> dict[int, str]:
         except OSError:
             continue
         comm = text[text.index("(") + 1: text.rindex(")")]
-        state, _ppid, _pgrp, session = text[text.rindex(")") + 2:].split()[:4]
+        state, ppid, _pgrp, session = text[text.rindex(")") + 2:].split()[:4]
         if int(session) == sid and state not in "ZX":
-            found[int(entry)] = comm
+            found[int(entry)] = Proc(int(entry), int(ppid), comm)
     return found
 
 
 def ray_workers(job: Job, prefix: str) -> list[int]:
     """Pids of the job's Ray worker processes whose name starts with ``prefix`` (Ray names
     a worker ``ray::<class>`` / ``ray::<class>.<method>``), e.g. ``ray::MultiAgentEnvRunner``."""
-    return sorted(pid for pid, comm in session_processes(job.pid).items() if comm.startswith(prefix[:15]))
+    return sorted(pid for pid, proc in session_processes(job.pid).items() if proc.comm.startswith(prefix[:15]))
