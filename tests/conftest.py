@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,18 @@ def flatland_config(cfg):
 
 def run_eval_command(*overrides: str) -> list[str]:
     return [sys.executable, str(ROOT / "run_eval.py"), *overrides]
+
+
+@pytest.fixture(autouse=True)
+def jobs_start_their_own_wandb_service():
+    """Once wandb ran in this process (an in-process test), it leaves its service's address in
+    WANDB_SERVICE for child processes to share. The jobs a test starts are a user's
+    commands: each starts its own service, and a job killed with kill -9 takes its open
+    wandb run with it (in a shared service the run stays open, and a resumed run of the
+    same id finds it "in use")."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 @pytest.fixture(scope="session")
