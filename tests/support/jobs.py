@@ -28,18 +28,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY  # tiny but real: PPO on the small Flatland env, few steps per iteration
+
 SUPPORT = Path(__file__).resolve().parent
 TESTS = SUPPORT.parent
 ROOT = TESTS.parent
 
-# Tiny but real: PPO on the small Flatland env, few steps per iteration (as conftest.TINY).
-TINY = (
-    "algorithm.train_batch_size=200",
-    "algorithm.minibatch_size=64",
-    "algorithm.num_epochs=1",
-    "algorithm.hidden=[16]",
-    "evaluation.episodes=2",
-)
 
 
 class Job:
