@@ -20,8 +20,8 @@ The public API (everything else may move; ``tests/test_public_api.py`` pins this
 
 import importlib
 
-# Names are imported when first used (PEP 562): ``import eval_recorder.app.config`` (the
-# CLI refusing a bad option) then does not pay for importing RLlib and torch (~3 s).
+# Names are imported when first used (PEP 562): importing a module of the package (e.g.
+# ``eval_recorder.app.config`` for ``run_eval.py --help``) does not import RLlib and torch (~3 s).
 _WHERE = {
     "add_recording": "eval_recorder.api",
     "recording_session": "eval_recorder.api",

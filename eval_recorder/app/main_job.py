@@ -75,6 +75,7 @@ def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
         return stop.exit_code
     # A resumed run keeps saving into, and restores from, its own checkpoints folder.
     checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
+
     def work() -> int:
         _say(f"run {run_id}: videos go to {console.shown(session.video_dir)}")
         resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
