@@ -18,7 +18,7 @@ mapped here); ``add`` copies the frame into a free slot (burning the label into 
 copy) and sends the helper a few bytes saying which slot to encode. The helper reads the
 slot straight into the frame it encodes, frees the slot and encodes, on its own core,
 while the env steps. Memory is bounded by the slots: a producer faster than the encoder
-waits for a slot instead of queueing frames. Measured: the helper takes ~33 MB for Python
+waits for a slot instead of queueing frames. Measured: the helper takes 33-45 MB for Python
 and FFmpeg plus ~10 MB per open encoder at 520x520 (~17 MB at 800x800); per frame it
 spends ~1 ms encoding a 520x520 yuv420p frame, ~5 ms on an 800x800 RGB one (2.3 ms of
 that converting it to yuv420p).
