@@ -84,7 +84,6 @@ class RecordingEnvCreator:
             label=self.label,
             runner_index=getattr(env_context, "worker_index", 0),
         )
-        spaces_scenario = settings.get("spaces_scenario")
-        if spaces_scenario is not None and hasattr(recording.recording.source, "load_scenario"):
-            recording.recording.source.load_scenario(*spaces_scenario)  # every scenario's agent ids fit the runner
+        if settings.get("spaces_scenario") is not None:
+            recording.recording.load_scenario(*settings["spaces_scenario"])  # every scenario's agent ids fit the runner
         return recording

@@ -142,12 +142,15 @@ class _Recording:
         self._scenario = None
         scenario = runner_round().next_scenario()
         if scenario is not None:
-            name, data = scenario
-            if not hasattr(self.source, "load_scenario"):
-                raise ValueError(f"saved scenarios can be played only in Flatland envs, not in {type(self.env).__name__}")
-            options = {**(options or {}), **self.source.load_scenario(name, data)}
-            self._scenario = name
+            options = {**(options or {}), **self.load_scenario(*scenario)}
+            self._scenario = scenario[0]
         return seed, options
+
+    def load_scenario(self, name: str, data: bytes) -> dict:
+        """Load the saved scenario ``data`` (file ``name``) into the env; the reset options that keep it."""
+        if not hasattr(self.source, "load_scenario"):
+            raise ValueError(f"saved scenarios can be played only in Flatland envs, not in {type(self.env).__name__}")
+        return self.source.load_scenario(name, data)
 
     def reset_done(self) -> None:
         self.steps = 0
