@@ -10,18 +10,18 @@ Holds:
   encoder_process_ids  the helper process(es) this process has started (tests, benchmark).
   even_size         the (width, height) H.264/yuv420p can take for a frame size.
 
-How: every StreamingEncoder of a process is served by one helper process (this file run
-as a script; it imports only PyAV), started with the first encoder and kept for the
-next ones, so an eval runner with several envs recording at once pays for one Python +
-FFmpeg, not one per env. Each encoder owns a few frame slots in shared memory (a memfd
-mapped here); ``add`` copies the frame into a free slot (burning the label into the
-copy) and sends the helper a few bytes saying which slot to encode. The helper reads the
-slot straight into the frame it encodes, frees the slot and encodes, on its own core,
-while the env steps. Memory is bounded by the slots: a producer faster than the encoder
-waits for a slot instead of queueing frames. Measured: the helper takes 33-45 MB for Python
-and FFmpeg plus ~10 MB per open encoder at 520x520 (~17 MB at 800x800); per frame it
-spends ~1 ms encoding a 520x520 yuv420p frame, ~5 ms on an 800x800 RGB one (2.3 ms of
-that converting it to yuv420p).
+How: every StreamingEncoder of a process is served by one helper process
+(``encoder_process`` run as a script; it loads only PyAV's container and video modules),
+started with the first encoder and kept for the next ones, so an eval runner with several
+envs recording at once pays for one Python + FFmpeg, not one per env. Each encoder owns
+two frame slots in shared memory (a memfd mapped here); ``add`` copies the frame into a
+free slot (burning the label into the copy) and sends the helper a few bytes saying which
+slot to encode. The helper reads the slot straight into the frame it encodes, frees the
+slot and encodes, on its own core, while the env steps. Memory is bounded by the slots: a
+producer faster than the encoder waits for a slot instead of queueing frames. Measured:
+the helper takes ~31 MB for Python and FFmpeg plus ~10 MB per open encoder at 524x524
+yuv420p (~20 MB at 800x800 RGB); per frame it spends ~1 ms encoding a 520x520 yuv420p
+frame, ~5 ms on an 800x800 RGB one (2.3 ms of that converting it to yuv420p).
 
 Why a process and not a thread: PyAV releases the GIL inside FFmpeg, but takes it back
 four or five times per frame (send, receive, mux ...). Against an env that steps in
@@ -30,70 +30,34 @@ stepping thread lost about as much time waiting as the encoder spent encoding. W
 shared memory and not the pipe it replaced: a pipe write copies the frame into the
 kernel, the helper copies it out and again into FFmpeg's frame, in pieces of the pipe's
 size, each a wake-up of the other side; a slot is one copy here and one read there.
-
-This module is also the helper's program, so it imports only the standard library at the
-top (numpy and the label drawing are imported where the encoders use them).
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import weakref
 from collections import deque
-from fractions import Fraction
 from pathlib import Path
+
+import numpy as np
+
+from eval_recorder import encoder_process
+from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, pack_open
 
 __all__ = ["StreamingEncoder", "encoder_process_ids", "even_size", "start_encoder_process"]
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
-# grow with episode length (a producer faster than the encoder waits for a slot). As many
-# RGB frames as fit in _SLOT_BYTES, at least 2 (one filled while the helper reads the other)
-# and at most 4: 4 at Flatland's ~520x520, 2 at 800x800. A slot is free again as soon as
-# the helper has read it, before encoding, so 2 already let the env run a frame ahead.
-_SLOT_BYTES = 4 << 20
-# H.264 colour tags (FFmpeg's AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic
-# SMPTE 170M = BT.601; AVColorRange MPEG = limited): what PyAV's rgb24 conversion and
-# rendering.FrameRenderer.render_yuv420p produce, so players need not guess.
-_BT601, _LIMITED_RANGE = 6, 1
-# x264 keeps about rc-lookahead + bframes frames (and their analysis) alive: with veryfast's
-# 10 + 3 that is ~30 MB at 500x500; with 1 + 0 it is ~13 MB, and at crf 18 the files are as
-# small and as close to the input (~40 dB PSNR in YUV) as veryfast's defaults at crf 23.
-# subme=0 (integer-pel motion search) spares the half-pel planes of every reference frame
-# (~5 MB at 800x800) and a third of the encoding time; on flatland's frames the files grow
-# by 2 % and PSNR stays at 42 dB in YUV (measured at 524x524 and 504x504). weightp=0: no
-# weighted prediction (for fades, which env frames do not have): same files, ~5 % faster.
-# no-deblock, me=dia: at this crf the deblocking filter does not bring the picture closer
-# to the input (PSNR the same or 0.1 dB better without it), the diamond search costs 0-2 %
-# in size; together ~15 % less encoding time (800x800 generic frames: 3.3 -> 2.8 ms).
-# The default crf 16 goes a little further (~42 dB in YUV): flatland frames then decode to
-# 30.6 dB PSNR in RGB at 13 px cells (40x40 grid) and 29.8 dB at 5 px cells (100x100),
-# where 4:2:0 chroma subsampling alone allows 31.9 and 30.9 dB.
-_X264_PARAMS = "rc-lookahead=1:bframes=0:subme=0:weightp=0:no-deblock=1:me=dia"
-_PIXEL_FORMATS = {b"R": "rgb24", b"Y": "yuv420p"}
-
-# Messages on the socket (SOCK_SEQPACKET: one send is one message), all little-endian.
-#   to the helper:   O json (+ the slots' fd)  open an encoder
-#                    F id slot format          encode the frame in that slot
-#                    C id                      flush and finish the mp4
-#                    A id                      drop the encoder, file as it is
-#   from the helper: S id slot                 the slot is free again
-#                    D id frames               the mp4 is finished
-#                    X id text                 the encoder failed (why)
-#                    K id                      the encoder was dropped
-_FRAME = struct.Struct("<cIIc")
-_ID = struct.Struct("<cI")
-_ID_NUMBER = struct.Struct("<cII")
-_MESSAGE_BYTES = 1 << 16
-
-
+# grow with episode length (a producer faster than the encoder waits for a slot). Two: one
+# filled here while the helper reads the other. A slot is free again as soon as the helper
+# has read it, before encoding, so two let the env run a frame ahead of the encoder; four
+# took 0.8 MB more at 524x524 and were no faster (benchmarks/recording.py, small case).
+_SLOTS = 2
 def even_size(width: int, height: int) -> tuple[int, int]:
     """Largest even (width, height) not above the given one (yuv420p needs even sides)."""
     return width - width % 2, height - height % 2
@@ -128,7 +92,7 @@ class StreamingEncoder:
     and leaves the file as it is (maybe invalid).
     libx264 runs with ``crf``, ``preset`` and ``threads`` threads (default 1: env frames
     are small, and the stepping process needs the other core), and a short lookahead
-    without B-frames (see ``_X264_PARAMS``), which keeps its memory small.
+    without B-frames (see ``encoder_process._X264_PARAMS``), which keeps its memory small.
     """
 
     def __init__(
@@ -144,22 +108,19 @@ class StreamingEncoder:
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"H.264 with yuv420p needs even frame sides, got {width}x{height}")
-        import numpy as np
-
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
         slot_bytes = width * height * 3  # an RGB frame; a yuv420p frame uses the first half
-        slots = max(2, min(4, _SLOT_BYTES // slot_bytes))
-        memory = _shared_memory(slot_bytes * slots)
+        memory = _shared_memory(slot_bytes * _SLOTS)
         try:
-            self._slots = mmap.mmap(memory.fileno(), slot_bytes * slots)
+            self._slots = mmap.mmap(memory.fileno(), slot_bytes * _SLOTS)
         except BaseException:
             memory.close()
             raise
         self._rgb = [
             np.frombuffer(self._slots, np.uint8, slot_bytes, slot * slot_bytes).reshape(height, width, 3)
-            for slot in range(slots)
+            for slot in range(_SLOTS)
         ]
         self._yuv = [view.reshape(-1)[: slot_bytes // 2].reshape(height * 3 // 2, width) for view in self._rgb]
         settings = dict(
@@ -168,7 +129,7 @@ class StreamingEncoder:
         )  # fmt: skip
         self._service = _service()
         try:
-            self._id = self._service.open(settings, memory.fileno(), slots)
+            self._id = self._service.open(settings, memory.fileno(), _SLOTS)
         finally:
             memory.close()  # the helper has its own descriptor now; the mapping keeps ours alive
         self._done = False
@@ -276,8 +237,8 @@ class _EncoderService:
         self._log = tempfile.TemporaryFile(prefix="eval-recorder-encoder-")
         try:
             self.process = subprocess.Popen(
-                # -P: this file's folder (the package) is not put on sys.path; the process imports only PyAV.
-                [sys.executable, "-P", str(Path(__file__).resolve()), str(theirs.fileno())],
+                # -P: the program's folder (the package) is not put on sys.path; it imports only PyAV.
+                [sys.executable, "-P", str(Path(encoder_process.__file__).resolve()), str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._log,
@@ -300,7 +261,7 @@ class _EncoderService:
             self._next_id += 1
             number = self._next_id
             self._states[number] = _EncoderState(slots)
-            message = b"O" + json.dumps({"id": number, **settings}).encode()
+            message = pack_open(dict(settings, id=number))
             self._send(lambda: socket.send_fds(self._socket, [message], [fd]))
             return number
 
@@ -316,14 +277,14 @@ class _EncoderService:
 
     def encode(self, number: int, slot: int, pixel_format: bytes) -> None:
         with self._lock:
-            self._send(lambda: self._socket.send(_FRAME.pack(b"F", number, slot, pixel_format)))
+            self._send(lambda: self._socket.send(FRAME.pack(b"F", number, slot, pixel_format)))
 
     def finish(self, number: int, name: str) -> None:
         with self._lock:
             state = self._states[number]
             try:
                 _raise_failure(state, name)
-                self._send(lambda: self._socket.send(_ID.pack(b"C", number)))
+                self._send(lambda: self._socket.send(ID.pack(b"C", number)))
                 while not state.finished and state.failure is None:
                     self._take_replies(block=True)
                 _raise_failure(state, name)
@@ -337,7 +298,7 @@ class _EncoderService:
                 return
             try:
                 if self.dead is None:  # wait for the drop, so nothing writes the file after we return
-                    self._send(lambda: self._socket.send(_ID.pack(b"A", number)))
+                    self._send(lambda: self._socket.send(ID.pack(b"A", number)))
                     while not state.dropped and self.dead is None:
                         self._take_replies(block=True)
             finally:
@@ -347,7 +308,7 @@ class _EncoderService:
         """An encoder was collected without close() or abort(): drop it in the helper, without waiting."""
         with self._lock:
             if self._states.pop(number, None) is not None and self.dead is None and self.owner == os.getpid():
-                self._send(lambda: self._socket.send(_ID.pack(b"A", number)))
+                self._send(lambda: self._socket.send(ID.pack(b"A", number)))
 
     # -- socket --
 
@@ -363,7 +324,7 @@ class _EncoderService:
         """Take in the helper's replies: one (waiting for it) if ``block``, else all there are."""
         while self.dead is None:
             try:
-                message = self._socket.recv(_MESSAGE_BYTES, 0 if block else socket.MSG_DONTWAIT)
+                message = self._socket.recv(MESSAGE_BYTES, 0 if block else socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
@@ -376,16 +337,16 @@ class _EncoderService:
                 return
 
     def _dispatch(self, message: bytes) -> None:
-        kind, number = _ID.unpack_from(message)
+        kind, number = ID.unpack_from(message)
         state = self._states.get(number)
         if state is None:
             return  # a reply for an encoder that was forgotten
         if kind == b"S":
-            state.free.append(_ID_NUMBER.unpack(message)[2])
+            state.free.append(ID_NUMBER.unpack(message)[2])
         elif kind == b"D":
             state.finished = True
         elif kind == b"X":
-            state.failure = message[_ID.size :].decode(errors="replace")
+            state.failure = message[ID.size :].decode(errors="replace")
         elif kind == b"K":
             state.dropped = True
 
@@ -427,183 +388,3 @@ def _service() -> _EncoderService:
 def _service_if_running() -> _EncoderService | None:
     with _current_lock:
         return _current if _current is not None and _current.running() else None
-
-
-# ---- the helper process ---------------------------------------------------------------
-
-
-class _Encoding:
-    """One mp4 being written in the helper: container, stream, the frames slots are read into."""
-
-    def __init__(self, settings: dict, fd: int) -> None:
-        import av
-
-        self.fd = fd
-        self.width, self.height = settings["width"], settings["height"]
-        self.slot_bytes = settings["slot_bytes"]
-        self.time_base = Fraction(1, settings["fps"])
-        self.frames = 0
-        self._frames: dict[str, tuple[object, list[memoryview]]] = {}
-        self._reformatter = av.video.reformatter.VideoReformatter()
-        self.container = av.open(settings["path"], mode="w", format="mp4", options={"movflags": "+faststart"})
-        try:
-            self.stream = self.container.add_stream("libx264", rate=Fraction(settings["fps"], 1))
-            self.stream.width, self.stream.height = self.width, self.height
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": str(settings["crf"]), "preset": settings["preset"], "x264-params": _X264_PARAMS}
-            context = self.stream.codec_context
-            context.thread_count = settings["threads"]
-            context.colorspace = context.color_primaries = context.color_trc = _BT601
-            context.color_range = _LIMITED_RANGE
-        except BaseException:
-            self.container.close()
-            raise
-
-    def read(self, slot: int, pixel_format: str):
-        """The frame in ``slot``, read from shared memory into the (reused) frame PyAV encodes."""
-        frame, rows = self._frame(pixel_format)
-        _read_rows(self.fd, rows, slot * self.slot_bytes)
-        return frame
-
-    def encode(self, frame) -> None:
-        if frame.format.name != "yuv420p":
-            # swscale in this thread only (~2.3 ms at 800x800): the helper takes one core and
-            # leaves the other to the env. One reformatter keeps its swscale context.
-            frame = self._reformatter.reformat(frame, format="yuv420p", threads=1)
-        frame.pts, frame.time_base = self.frames, self.time_base
-        self.container.mux(self.stream.encode(frame))
-        self.frames += 1
-
-    def finish(self) -> int:
-        self.container.mux(self.stream.encode(None))
-        self.container.close()
-        return self.frames
-
-    def drop(self) -> None:
-        try:
-            self.container.close()
-        except Exception:  # noqa: BLE001 - dropping a broken encoder: the file is abandoned anyway
-            pass
-
-    def _frame(self, pixel_format: str):
-        """A frame to read slots into, and views of its rows as packed in a slot (planes may be padded)."""
-        found = self._frames.get(pixel_format)
-        if found is None:
-            import av
-
-            frame = av.VideoFrame(self.width, self.height, pixel_format)
-            if pixel_format == "rgb24":
-                layout = [(self.width * 3, self.height)]
-            else:
-                layout = [(self.width, self.height)] + [(self.width // 2, self.height // 2)] * 2
-            rows: list[memoryview] = []
-            for plane, (row_bytes, count) in zip(frame.planes, layout):
-                view, stride = memoryview(plane).cast("B"), plane.line_size
-                if stride == row_bytes:
-                    rows.append(view[: row_bytes * count])
-                else:
-                    rows += [view[row * stride : row * stride + row_bytes] for row in range(count)]
-            found = self._frames[pixel_format] = (frame, rows)
-        return found
-
-
-def _read_rows(fd: int, rows: list[memoryview], offset: int) -> None:
-    """Fill ``rows`` with the bytes of ``fd`` from ``offset`` on (preadv, in batches of IOV_MAX)."""
-    batch = 1024
-    for start in range(0, len(rows), batch):
-        views = rows[start : start + batch]
-        wanted = sum(len(view) for view in views)
-        if hasattr(os, "preadv"):
-            got = os.preadv(fd, views, offset)
-        else:  # no preadv: row by row
-            got = 0
-            for view in views:
-                data = os.pread(fd, len(view), offset + got)
-                view[: len(data)] = data
-                got += len(data)
-        if got != wanted:
-            raise EOFError(f"frame slot ended early ({got} of {wanted} bytes)")
-        offset += wanted
-
-
-def serve(connection: socket.socket) -> None:
-    """The helper's loop: encoders opened, frames encoded and files finished as the messages say,
-    until the other end closes. A failing encoder is reported and dropped; the others go on."""
-    import av  # noqa: F401 - loaded once, before the first frame waits for it
-
-    encodings: dict[int, _Encoding] = {}
-    failures: dict[int, str] = {}  # failed encoders not closed or aborted yet
-
-    def reply(kind: bytes, number: int, value: int | None = None, text: str = "") -> None:
-        head = _ID.pack(kind, number) if value is None else _ID_NUMBER.pack(kind, number, value)
-        connection.send(head + text.encode())
-
-    def fail(number: int, error: BaseException) -> None:
-        encoding = encodings.pop(number, None)
-        if encoding is not None:
-            encoding.drop()
-            os.close(encoding.fd)
-        failures[number] = f"{type(error).__name__}: {error}"
-        reply(b"X", number, text=failures[number])
-
-    while True:
-        message, fds, _, _ = socket.recv_fds(connection, _MESSAGE_BYTES, 1)
-        if not message:
-            return
-        kind = message[:1]
-        if kind == b"O":
-            settings = json.loads(message[1:])
-            number = settings["id"]
-            try:
-                encodings[number] = _Encoding(settings, fds[0])
-            except Exception as error:  # noqa: BLE001 - reported to the encoder that asked
-                os.close(fds[0])
-                fail(number, error)
-        elif kind == b"F":
-            _, number, slot, pixel_format = _FRAME.unpack(message)
-            encoding = encodings.get(number)
-            if encoding is None:  # failed already: free the slot, there is nothing to encode into
-                reply(b"S", number, slot)
-                continue
-            try:
-                frame = encoding.read(slot, _PIXEL_FORMATS[pixel_format])
-                reply(b"S", number, slot)  # the slot is free while its frame is encoded
-                encoding.encode(frame)
-            except Exception as error:  # noqa: BLE001
-                fail(number, error)
-        elif kind == b"C":
-            number = _ID.unpack(message)[1]
-            encoding = encodings.get(number)
-            if encoding is None:
-                reply(b"X", number, text=failures.pop(number, "unknown encoder"))
-                continue
-            try:
-                frames = encoding.finish()
-            except Exception as error:  # noqa: BLE001
-                fail(number, error)
-                failures.pop(number)
-                continue
-            del encodings[number]
-            os.close(encoding.fd)
-            reply(b"D", number, frames)
-        elif kind == b"A":
-            number = _ID.unpack(message)[1]
-            failures.pop(number, None)
-            encoding = encodings.pop(number, None)
-            if encoding is not None:
-                encoding.drop()
-                os.close(encoding.fd)
-            reply(b"K", number)
-
-
-def _main(arguments: list[str]) -> int:
-    with socket.socket(fileno=int(arguments[0])) as connection:
-        try:
-            serve(connection)
-        except (ConnectionError, BrokenPipeError):
-            pass  # the recording process went away
-    return 0
-
-
-if __name__ == "__main__":  # the helper process: python -P encoding.py SOCKET_FD
-    sys.exit(_main(sys.argv[1:]))

@@ -3,11 +3,14 @@ serves every encoder of a process, and a failure reaches the encoder it belongs 
 
 import os
 import signal
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 
+from eval_recorder import encoder_process
 from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, even_size, start_encoder_process
 from eval_recorder.overlay import burn_label, burn_label_yuv420p
 
@@ -196,3 +199,45 @@ def test_abort_drops_the_encoder_and_close_after_it_is_refused(tmp_path):
         encoder.close()
     with pytest.raises(RuntimeError, match=r"frame added after close\(\) or abort\(\)"):
         encoder.add(frames(1)[0])
+
+
+def test_the_helper_loads_pyav_s_container_and_video_modules_only(tmp_path):
+    """The helper is paid for on every eval runner: it maps PyAV's video modules, not its
+    filter, device or audio-resampling ones, nor the recording process's modules."""
+    encoder = StreamingEncoder(tmp_path / "clip.mp4", width=64, height=48, fps=10)
+    encoder.add(frames(1)[0])
+    assert encoder.close() == 1  # the helper has encoded a frame and finished the file; it stays for the next
+    (helper,) = encoder_process_ids()
+    with open(f"/proc/{helper}/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "/av/" in line and line.rstrip().endswith(".so")}
+    modules = {path.rsplit("/av/", 1)[1].split(".")[0] for path in paths}  # e.g. "video/frame"
+    assert {"_core", "container/output", "video/frame", "video/reformatter"} <= modules
+    assert [name for name in modules if name.startswith(("filter/", "device", "audio/resampler", "audio/fifo"))] == []
+    with open(f"/proc/{helper}/cmdline", "rb") as cmdline:
+        assert cmdline.read().split(b"\0")[1:3] == [b"-P", os.fsencode(encoder_process.__file__)]
+    assert len(decode(tmp_path / "clip.mp4")) == 1
+
+
+def test_the_helper_falls_back_to_import_av_for_a_pyav_laid_out_otherwise(tmp_path):
+    """A PyAV without the modules the helper imports one by one is imported whole."""
+    fake = tmp_path / "av"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("WHOLE = True\n")
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import encoder_process as e; "
+        "av = e._import_pyav(); print(av.WHOLE, sorted(m for m in sys.modules if m.startswith('av')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", program, str(tmp_path)], capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(encoder_process.__file__)},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "True ['av']\n"), done.stderr
+
+
+@pytest.mark.parametrize("path", ["/tmp/a b/clip.mp4", "/tmp/\udcff-not-utf-8/é.mp4"])
+def test_open_message_carries_settings_and_any_path(path):
+    settings = dict(id=7, width=800, height=600, fps=10, crf=16, threads=1, slot_bytes=1440000, preset="veryfast")
+    settings["path"] = path
+    message = encoder_process.pack_open(settings)
+    assert message[:1] == b"O"
+    assert encoder_process.unpack_open(message) == settings

@@ -209,3 +209,30 @@ def test_yuv420p_frames_stay_exact_when_few_converted_boxes_are_kept(monkeypatch
     for actions in random_actions(rail_env, STEPS, SEED):
         rail_env.step(actions)
         assert np.array_equal(renderer.render_yuv420p(), rgb_to_yuv420p(renderer.render()))
+
+
+def test_sparse_layer_gives_the_dense_layer_s_pixels_anywhere():
+    """Layers 2 and 5 are kept as their marked cells only; every box and index pick matches
+    the full-frame layer, including cells cut by the frame's edge and pixels between cells."""
+    from eval_recorder.flatland.rendering import _CLEAR, _box_indices, _SparseLayer
+
+    rng = np.random.default_rng(3)
+    cell, height, width = 13, 70, 83  # 6 x 7 cells, the last row and column cut
+    dense = np.empty((height, width, 4), np.uint8)
+    dense[...] = _CLEAR
+    for row, col in [(0, 0), (2, 3), (2, 4), (5, 6), (5, 0)]:
+        y0, x0 = row * cell, col * cell
+        pixels = rng.integers(0, 256, (cell, cell, 4), dtype=np.uint8)
+        dense[y0 : y0 + cell, x0 : x0 + cell] = pixels[: height - y0, : width - x0]
+        dense[y0 + 1, x0 + 2, 3] = 255  # marked for sure, whatever the random alphas are
+    layer = _SparseLayer(dense, cell)
+    assert len(layer._pieces) == 5
+    for _ in range(200):
+        x0, x1 = sorted(rng.integers(0, width + 1, 2))
+        y0, y1 = sorted(rng.integers(0, height + 1, 2))
+        assert np.array_equal(layer.region(x0, y0, x1, y1), dense[y0:y1, x0:x1])
+    for box_height, box_width in [(14, 14), (4, 30), (1, 1)]:
+        lefts, tops = rng.integers(0, width - box_width + 1, 9), rng.integers(0, height - box_height + 1, 9)
+        corners = np.stack([lefts, tops], axis=1)
+        rows, cols = _box_indices(corners, box_height, box_width)
+        assert np.array_equal(layer.pick(rows, cols), dense[rows, cols])

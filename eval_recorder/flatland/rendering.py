@@ -374,14 +374,53 @@ def _tiles(cell_px: int) -> _Tiles:
     return tiles
 
 
+class _SparseLayer:
+    """A full-frame RGBA layer that is clear (``_CLEAR``) but for a few cells, kept as the
+    pixels of those cells only: the stations (layer 2) and the selected station's mark
+    (layer 5) take a few KB instead of ~1 MB each at 524x524."""
+
+    def __init__(self, pixels: np.ndarray, cell_px: int) -> None:
+        cells = np.unique(np.argwhere(pixels[:, :, 3] > 0) // cell_px, axis=0) * cell_px
+        self._pieces = [  # (top, left, pixels of the cell, cut at the frame's edge)
+            (top, left, pixels[top : top + cell_px, left : left + cell_px].copy()) for top, left in cells.tolist()
+        ]
+
+    def region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The layer's pixels in the box (x0, y0, x1, y1): (y1 - y0, x1 - x0, 4)."""
+        region = np.empty((y1 - y0, x1 - x0, 4), np.uint8)
+        region[...] = _CLEAR
+        for top, left, piece in self._pieces:
+            bottom, right = top + piece.shape[0], left + piece.shape[1]
+            if left < x1 and x0 < right and top < y1 and y0 < bottom:
+                region[max(top, y0) - y0 : min(bottom, y1) - y0, max(left, x0) - x0 : min(right, x1) - x0] = piece[
+                    max(y0, top) - top : min(y1, bottom) - top, max(x0, left) - left : min(x1, right) - left
+                ]
+        return region
+
+    def pick(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The layer's pixels at the broadcast index arrays ``rows``, ``cols`` (``_box_indices``)."""
+        picked = np.empty((*np.broadcast_shapes(rows.shape, cols.shape), 4), np.uint8)
+        picked[...] = _CLEAR
+        for top, left, piece in self._pieces:
+            inside_rows = (rows >= top) & (rows < top + piece.shape[0])
+            inside_cols = (cols >= left) & (cols < left + piece.shape[1])
+            inside = inside_rows & inside_cols
+            if inside.any():
+                at = piece[np.clip(rows - top, 0, piece.shape[0] - 1), np.clip(cols - left, 0, piece.shape[1] - 1)]
+                picked[inside] = at[inside]
+        return picked
+
+
 class _Scene:
     """The static layers of one episode, and the per-step compositing of the trains.
 
     flatland's layers, bottom to top: 0 rails and scenery (opaque), 1 predictions (unused),
     2 stations, 3 trains, 4 selected agent (unused), 5 selected station. Kept as arrays:
-    ``_below_px`` (layers 0-2 composited), ``_stations_px`` (2), ``_trains`` (3),
-    ``_selected_px`` (5), and ``_static`` / ``_static_yuv``, the frame without trains. A
-    step copies the static frame and recomposites only the boxes the trains were drawn into;
+    ``_below_px`` (layers 0-2 composited) and ``_trains`` (3), full size; ``_stations``
+    (2) and ``_selected_mark`` (5), only their cells that are not clear (``_SparseLayer``);
+    the frame without trains in the form frames are made from: ``_static_yuv`` (yuv420p),
+    or ``_static`` (RGB) when frames are scaled. A step copies the static frame and
+    recomposites only the boxes the trains were drawn into;
     ``_patches`` keeps the yuv420p of recent boxes by their layer 3 pixels, so a box whose
     trains did not change (a train waiting) is pasted again without compositing.
     """
@@ -396,26 +435,28 @@ class _Scene:
         self._selected = _layer(size, 0)
         self._draw_rails(stations)
         tiles.release_files()
-        below = Image.alpha_composite(self._rails, stations)
+        self._below_px = np.array(Image.alpha_composite(self._rails, stations))
         del self._rails
-        static = Image.alpha_composite(below, self._selected).convert("RGB")
-        self._below_px, self._stations_px = np.array(below), np.array(stations)
-        self._selected_px = np.array(self._selected)
-        marked = np.argwhere(self._selected_px[:, :, 3] > 0)  # layer 5 is empty but for one station's mark
+        self._stations = _SparseLayer(np.asarray(stations), geometry.cell_px)
+        selected = np.asarray(self._selected)
+        del self._selected, stations
+        marked = np.argwhere(selected[:, :, 3] > 0)  # layer 5 is empty but for one station's mark
         self._selected_box = (*marked.min(axis=0), *(marked.max(axis=0) + 1)) if len(marked) else None  # y0 x0 y1 x1
-        del self._selected, below, stations
+        self._selected_mark = _SparseLayer(selected, geometry.cell_px)
+        del selected
         self._trains = np.array(_layer(size, 0))  # layer 3, drawn as PIL would, in numpy
         width, height = even_size(geometry.width_px, geometry.height_px)
         self._even = (width, height)
         self._out_size = even_size(*_scaled(width, height, max_side))
-        self._static = np.array(static)[:height, :width].copy()
-        self._static_yuv = rgb_to_yuv420p(self._static) if self._out_size == self._even else None
+        self._static: np.ndarray | None = None
+        self._static_yuv: np.ndarray | None = None
+        self._keep_static()
         self._rail_grid = rail_env.rail.grid
         # {(box, its layer 3 pixels): its yuv420p}: a train that waits draws the same box again
         self._patches: dict[tuple[tuple[int, int, int, int], bytes], tuple[np.ndarray, ...]] = {}
 
     def render(self) -> np.ndarray:
-        frame = self._static.copy()
+        frame = self._static.copy() if self._static is not None else self._static_picture()
         for boxes, rgb in self._changed_boxes():
             rows, cols = _box_indices(boxes, rgb.shape[1], rgb.shape[2])
             frame[rows, cols] = rgb
@@ -493,7 +534,8 @@ class _Scene:
         )
         selected = self._selected_box
         if selected is not None and any(_overlap(box, selected) for box in boxes.tolist()):
-            composite = Image.alpha_composite(composite, Image.fromarray(self._selected_px[rows, cols].reshape(tall)))
+            mark = self._selected_mark.pick(rows, cols).reshape(tall)
+            composite = Image.alpha_composite(composite, Image.fromarray(mark))
         # else layer 5 is transparent there, and compositing it changes nothing
         return np.asarray(composite)[:, :, :3].reshape(count, box_height, box_width, 3)
 
@@ -623,14 +665,30 @@ class _Scene:
     def _whiten(self, box: tuple[int, int, int, int]) -> None:
         """PILSVG.set_agent_at under a train off the rails: an opaque white tile on layer 0, for good."""
         x0, y0, x1, y1 = box
-        below = Image.alpha_composite(self._tiles.white(), Image.fromarray(self._stations_px[y0:y1, x0:x1]))
+        below = Image.alpha_composite(self._tiles.white(), Image.fromarray(self._stations.region(x0, y0, x1, y1)))
         self._below_px[y0:y1, x0:x1] = np.asarray(below)
-        static = Image.alpha_composite(below, Image.fromarray(self._selected_px[y0:y1, x0:x1])).convert("RGB")
-        width, height = self._even
-        self._static[y0 : min(y1, height), x0 : min(x1, width)] = np.asarray(static)[: height - y0, : width - x0]
-        if self._static_yuv is not None:
-            self._static_yuv = rgb_to_yuv420p(self._static)
+        self._keep_static()
         self._patches.clear()  # made on the old layer 0
+
+    def _keep_static(self) -> None:
+        """Keep the frame without trains as frames are made from it: yuv420p, or RGB when scaled."""
+        static = self._static_picture()
+        if self._out_size == self._even:
+            self._static_yuv = rgb_to_yuv420p(static)
+        else:
+            self._static = static
+
+    def _static_picture(self) -> np.ndarray:
+        """The frame without trains, RGB: layers 0-2 and, over them, the selected station's mark
+        (layer 5 is clear elsewhere, and compositing a clear pixel keeps the one below)."""
+        width, height = self._even
+        static = self._below_px[:height, :width, :3].copy()  # layer 0 is opaque: so is the composite
+        if self._selected_box is not None:
+            top, left, bottom, right = (int(value) for value in self._selected_box)
+            mark = Image.fromarray(self._selected_mark.region(left, top, right, bottom))
+            composite = Image.alpha_composite(Image.fromarray(self._below_px[top:bottom, left:right]), mark)
+            static[top:bottom, left:right] = np.asarray(composite.convert("RGB"))[: height - top, : width - left]
+        return static
 
     def _cell_box(self, row: int, col: int, *, margin: int) -> tuple[int, int, int, int]:
         g = self._geometry
