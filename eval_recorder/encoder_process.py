@@ -98,7 +98,7 @@ def _import_pyav():
             import av.video.reformatter  # noqa: F401
 
             return sys.modules["av"]
-        except ImportError:
+        except Exception:  # noqa: BLE001 - any other layout (missing module, missing attribute): all of it, below
             for name in [name for name in sys.modules if name == "av" or name.startswith("av.")]:
                 del sys.modules[name]
     import av

@@ -58,6 +58,8 @@ __all__ = ["StreamingEncoder", "encoder_process_ids", "even_size", "start_encode
 # has read it, before encoding, so two let the env run a frame ahead of the encoder; four
 # took 0.8 MB more at 524x524 and were no faster (benchmarks/recording.py, small case).
 _SLOTS = 2
+
+
 def even_size(width: int, height: int) -> tuple[int, int]:
     """Largest even (width, height) not above the given one (yuv420p needs even sides)."""
     return width - width % 2, height - height % 2
