@@ -14,14 +14,14 @@ How: every StreamingEncoder of a process is served by one helper process
 (``encoder_process`` run as a script; it loads only PyAV's container and video modules),
 started with the first encoder and kept for the next ones, so an eval runner with several
 envs recording at once pays for one Python + FFmpeg, not one per env. Each encoder owns
-two frame slots in shared memory (a memfd mapped here); ``add`` copies the frame into a
-free slot (burning the label into the copy) and sends the helper a few bytes saying which
-slot to encode. The helper reads the slot straight into the frame it encodes, frees the
-slot and encodes, on its own core, while the env steps. Memory is bounded by the slots: a
-producer faster than the encoder waits for a slot instead of queueing frames. Measured:
-the helper takes ~31 MB for Python and FFmpeg plus ~10 MB per open encoder at 524x524
-yuv420p (~20 MB at 800x800 RGB); per frame it spends ~1 ms encoding a 520x520 yuv420p
-frame, ~5 ms on an 800x800 RGB one (2.3 ms of that converting it to yuv420p).
+one or two frame slots in shared memory (a memfd mapped here); ``add`` copies the frame
+into a free slot (burning the label into the copy) and sends the helper a few bytes saying
+which slot to encode. The helper reads the slot straight into the frame it encodes, frees
+the slot and encodes, on its own core, while the env steps. Memory is bounded by the
+slots: a producer faster than the encoder waits for a slot instead of queueing frames.
+Measured: the helper takes ~31 MB for Python and FFmpeg plus ~10 MB per open encoder at
+524x524 yuv420p (~20 MB at 800x800 RGB); per frame it spends ~1 ms encoding a 520x520
+yuv420p frame, ~5 ms on an 800x800 RGB one (2.3 ms of that converting it to yuv420p).
 
 Why a process and not a thread: PyAV releases the GIL inside FFmpeg, but takes it back
 four or five times per frame (send, receive, mux ...). Against an env that steps in
@@ -53,11 +53,14 @@ from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, p
 __all__ = ["StreamingEncoder", "encoder_process_ids", "even_size", "start_encoder_process"]
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
-# grow with episode length (a producer faster than the encoder waits for a slot). Two: one
-# filled here while the helper reads the other. A slot is free again as soon as the helper
-# has read it, before encoding, so two let the env run a frame ahead of the encoder; four
-# took 0.8 MB more at 524x524 and were no faster (benchmarks/recording.py, small case).
-_SLOTS = 2
+# grow with episode length (a producer faster than the encoder waits for a slot). The helper
+# copies a frame out of its slot before encoding it, so one slot already lets the env step
+# while the previous frame is encoded; a second lets the env run a frame further ahead.
+# Two while a slot (an RGB frame) takes at most _TWO_SLOTS_MAX_BYTES, i.e. frames up to
+# ~590x590 (Flatland's own sizes), where two were 0.05-0.1 ms per frame faster than one;
+# one above: at 800x800 one was as fast as two (at ~6.6 and ~2 ms per env step) and takes
+# 1.9 MB less (benchmarks/recording.py, cases small, any800, any800fast).
+_TWO_SLOTS_MAX_BYTES = 1 << 20
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -114,15 +117,16 @@ class StreamingEncoder:
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
         slot_bytes = width * height * 3  # an RGB frame; a yuv420p frame uses the first half
-        memory = _shared_memory(slot_bytes * _SLOTS)
+        slots = 2 if slot_bytes <= _TWO_SLOTS_MAX_BYTES else 1
+        memory = _shared_memory(slot_bytes * slots)
         try:
-            self._slots = mmap.mmap(memory.fileno(), slot_bytes * _SLOTS)
+            self._slots = mmap.mmap(memory.fileno(), slot_bytes * slots)
         except BaseException:
             memory.close()
             raise
         self._rgb = [
             np.frombuffer(self._slots, np.uint8, slot_bytes, slot * slot_bytes).reshape(height, width, 3)
-            for slot in range(_SLOTS)
+            for slot in range(slots)
         ]
         self._yuv = [view.reshape(-1)[: slot_bytes // 2].reshape(height * 3 // 2, width) for view in self._rgb]
         settings = dict(
@@ -131,7 +135,7 @@ class StreamingEncoder:
         )  # fmt: skip
         self._service = _service()
         try:
-            self._id = self._service.open(settings, memory.fileno(), _SLOTS)
+            self._id = self._service.open(settings, memory.fileno(), slots)
         finally:
             memory.close()  # the helper has its own descriptor now; the mapping keeps ours alive
         self._done = False
