@@ -3,8 +3,8 @@ with PASS/FAIL against the goals of issue 13.
 
 Usage (from the repo root, with the ``bench`` extra installed: ``pip install -e '.[bench]'``)::
 
-    python benchmarks/recording.py                  # every case and goal, 3 repeats (~30 min)
-    python benchmarks/recording.py --repeats 1      # a quicker look (~12 min)
+    python benchmarks/recording.py                  # every case and goal, 3 repeats (~14 min)
+    python benchmarks/recording.py --repeats 1      # a quicker look (~7 min)
     python benchmarks/recording.py --cases small any800 --memory-steps --many-repeats 0   # a subset
     python benchmarks/recording.py --no-label       # ours without the burned-in label
 

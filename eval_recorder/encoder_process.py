@@ -11,8 +11,8 @@ process). The helper is paid for on every eval runner, so it loads as little as 
 this file imports only os, socket, struct and sys at the top, and of PyAV only the container
 and video modules (``_import_pyav``), not the package's ``__init__``, which also loads its
 audio, filter, device and resampling modules. Measured against a helper that imported
-``encoding`` (json, subprocess, tempfile ...) and all of PyAV: 2.9 MB less resident memory
-per helper (34.4 -> 31.1 MB idle).
+``encoding`` (json, subprocess, tempfile ...) and all of PyAV: ~3 MB less resident memory
+per helper (34.4 -> 31.1 MB idle, 61.4 -> 58.5 MB encoding 800x800 frames).
 """
 
 from __future__ import annotations
