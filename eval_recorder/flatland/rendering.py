@@ -391,7 +391,7 @@ class _SparseLayer:
         region[...] = _CLEAR
         for top, left, piece in self._pieces:
             bottom, right = top + piece.shape[0], left + piece.shape[1]
-            if left < x1 and x0 < right and top < y1 and y0 < bottom:
+            if _overlap((x0, y0, x1, y1), (top, left, bottom, right)):
                 region[max(top, y0) - y0 : min(bottom, y1) - y0, max(left, x0) - x0 : min(right, x1) - x0] = piece[
                     max(y0, top) - top : min(y1, bottom) - top, max(x0, left) - left : min(x1, right) - left
                 ]

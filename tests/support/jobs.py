@@ -35,7 +35,6 @@ TESTS = SUPPORT.parent
 ROOT = TESTS.parent
 
 
-
 class Job:
     """``run_eval.py`` in its own session, so that it and its Ray processes can be cleaned up.
 
