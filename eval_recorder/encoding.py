@@ -16,12 +16,13 @@ started with the first encoder and kept for the next ones, so an eval runner wit
 envs recording at once pays for one Python + FFmpeg, not one per env. Each encoder owns
 one or two frame slots in shared memory (a memfd mapped here); ``add`` copies the frame
 into a free slot (burning the label into the copy) and sends the helper a few bytes saying
-which slot to encode. The helper reads the slot straight into the frame it encodes, frees
-the slot and encodes, on its own core, while the env steps. Memory is bounded by the
-slots: a producer faster than the encoder waits for a slot instead of queueing frames.
+which slot to encode. The helper reads the slot straight into the frame it encodes (an RGB
+slot band by band, converting it to yuv420p), frees the slot and encodes, on its own core,
+while the env steps. Memory is bounded by the slots: a producer faster than the encoder
+waits for a slot instead of queueing frames.
 Measured: the helper takes ~31 MB for Python and FFmpeg plus ~10 MB per open encoder at
-524x524 yuv420p (~20 MB at 800x800 RGB); per frame it spends ~1 ms encoding a 520x520
-yuv420p frame, ~5 ms on an 800x800 RGB one (2.3 ms of that converting it to yuv420p).
+524x524 yuv420p (~17 MB at 800x800 RGB); per frame it spends ~1 ms encoding a 520x520
+yuv420p frame, ~5-6 ms on an 800x800 RGB one (~2.1 ms of that converting it to yuv420p).
 
 Why a process and not a thread: PyAV releases the GIL inside FFmpeg, but takes it back
 four or five times per frame (send, receive, mux ...). Against an env that steps in

@@ -241,3 +241,55 @@ def test_open_message_carries_settings_and_any_path(path):
     message = encoder_process.pack_open(settings)
     assert message[:1] == b"O"
     assert encoder_process.unpack_open(message) == settings
+
+
+@pytest.mark.parametrize("width, height", [(800, 800), (524, 524), (640, 482), (320, 210), (802, 208), (64, 48), (2, 2)])
+def test_rgb_frames_converted_band_by_band_are_the_bytes_of_the_whole_frame_converted(width, height):
+    """The helper converts RGB slots to yuv420p a band of rows at a time (no whole-frame RGB
+    copy); with the bands' margins that gives what converting the whole frame gives."""
+    rgb = np.random.default_rng(width + height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    whole = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    fd = os.memfd_create("slots")
+    try:
+        data = bytes(5) + rgb.tobytes()  # the frame at an offset, as a slot after the first is
+        assert os.write(fd, data) == len(data)
+        target = av.VideoFrame(width, height, "yuv420p")
+        encoder_process._RgbBands(av, width, height).convert(fd, 5, target)
+    finally:
+        os.close(fd)
+    assert np.array_equal(target.to_ndarray(), whole)
+
+
+HUGE_PAGES_PROGRAM = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from eval_recorder.encoding import StreamingEncoder, encoder_process_ids
+
+def status(pid):
+    with open(f"/proc/{pid}/status") as lines:
+        enabled = next(line.split()[1] for line in lines if line.startswith("THP_enabled:"))
+    with open(f"/proc/{pid}/smaps_rollup") as lines:
+        huge = next(int(line.split()[1]) for line in lines if line.startswith("AnonHugePages:"))
+    return enabled, huge, "ctypes" in open(f"/proc/{pid}/maps").read()
+
+rng = np.random.default_rng(0)
+for size in (524, 800):
+    encoder = StreamingEncoder(Path(sys.argv[1]) / f"{size}.mp4", width=size, height=size, fps=10)
+    for step in range(4):  # with the third add the first frame is encoded: x264 has its buffers
+        encoder.add(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8))
+    (helper,) = encoder_process_ids()
+    print(size, *status(helper))
+    encoder.close()
+"""
+
+
+def test_the_helper_turns_huge_pages_off_before_x264_takes_them_for_large_frames(tmp_path):
+    """x264 puts buffers of 1.75 MB or more in transparent huge pages, rounded up to 2 MB; from
+    640x640 frames on the helper turns them off (and only then loads ctypes to do it)."""
+    done = subprocess.run(
+        [sys.executable, "-c", HUGE_PAGES_PROGRAM, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["524 1 0 False", "800 0 0 True"]
+    assert [len(decode(tmp_path / f"{size}.mp4")) for size in (524, 800)] == [4, 4]
