@@ -293,3 +293,14 @@ def test_the_helper_turns_huge_pages_off_before_x264_takes_them_for_large_frames
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["524 1 0 False", "800 0 0 True"]
     assert [len(decode(tmp_path / f"{size}.mp4")) for size in (524, 800)] == [4, 4]
+
+
+def test_rows_are_copied_between_planes_of_equal_and_of_different_strides():
+    source = av.VideoFrame.from_ndarray(np.arange(8 * 64, dtype=np.uint8).reshape(8, 64) % 251, format="gray")
+    for width in (64, 100):  # the same stride as the source's, and a larger one
+        target = av.VideoFrame.from_ndarray(np.zeros((8, width), dtype=np.uint8), format="gray")
+        encoder_process._copy_rows(source.planes[0], target.planes[0], 2, 3, 4, 64)
+        expected = np.zeros((8, width), dtype=np.uint8)
+        expected[3:7, :64] = source.to_ndarray()[2:6]
+        assert (target.planes[0].line_size == source.planes[0].line_size) == (width == 64)
+        assert np.array_equal(target.to_ndarray(), expected)
