@@ -261,7 +261,7 @@ def test_rgb_frames_converted_band_by_band_are_the_bytes_of_the_whole_frame_conv
 
 
 HUGE_PAGES_PROGRAM = """
-import sys, time
+import sys
 from pathlib import Path
 import numpy as np
 from eval_recorder.encoding import StreamingEncoder, encoder_process_ids
@@ -276,7 +276,9 @@ def status(pid):
 rng = np.random.default_rng(0)
 for size in (524, 800):
     encoder = StreamingEncoder(Path(sys.argv[1]) / f"{size}.mp4", width=size, height=size, fps=10)
-    for step in range(4):  # with the third add the first frame is encoded: x264 has its buffers
+    # The helper reads a frame only after encoding the one before, and an add waits for a free
+    # slot: when the fourth add returns, the first frame is encoded and x264 has its buffers.
+    for step in range(4):
         encoder.add(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8))
     (helper,) = encoder_process_ids()
     print(size, *status(helper))
