@@ -400,13 +400,20 @@ def _reset_peak_rss() -> bool:
 
 
 def _status_mb(pid: int | str, field: str) -> float:
+    return _status_mbs(pid, field)[0]
+
+
+def _status_mbs(pid: int | str, *fields: str) -> list[float]:
+    """The ``fields`` (kB) of /proc/PID/status in MB, read at once (0.0 for any not there)."""
+    found = dict.fromkeys(fields, 0.0)
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
+            name = line.split(":", 1)[0]
+            if name in found:
+                found[name] = int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0.0
+    return [found[field] for field in fields]
 
 
 def _peak_rss_mb() -> float:
@@ -485,11 +492,11 @@ class _Helpers:
         for pid in _descendants(os.getpid()):
             # A child between fork and exec still runs our command and shares our pages: skip it.
             if _command(pid) != self._own_command:
-                peak = _status_mb(pid, "VmHWM")
+                peak, files = _status_mbs(pid, "VmHWM", "RssFile")  # one read of its status
                 if peak:
                     self._peaks[pid] = max(self._peaks.get(pid, 0.0), peak)
                     self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_s(pid))
-                    self._files[pid] = max(self._files.get(pid, 0.0), _status_mb(pid, "RssFile"))
+                    self._files[pid] = max(self._files.get(pid, 0.0), files)
 
 
 def _cpu_s(pid: int) -> float:

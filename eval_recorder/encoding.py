@@ -55,8 +55,9 @@ __all__ = ["StreamingEncoder", "encoder_process_ids", "even_size", "start_encode
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). The helper
-# copies a frame out of its slot before encoding it, so one slot already lets the env step
-# while the previous frame is encoded; a second lets the env run a frame further ahead.
+# takes a frame out of its slot (reads it, or converts an RGB one to yuv420p) into the frame
+# it encodes before encoding it, so one slot already lets the env step while the previous
+# frame is encoded; a second lets the env run a frame further ahead.
 # Two while a slot (an RGB frame) takes at most _TWO_SLOTS_MAX_BYTES, i.e. frames up to
 # ~590x590 (Flatland's own sizes), where two were 0.05-0.1 ms per frame faster than one;
 # one above: at 800x800 one was as fast as two (at ~6.6 and ~2 ms per env step) and takes
