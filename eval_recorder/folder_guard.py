@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval_recorder.errors import FolderRefused
 from eval_recorder.video_store import fsync_dir, write_temporary
 
 __all__ = ["FolderClaim", "FolderRefused", "LOCK_FILE", "OWNER_FILE", "claim_folder"]
@@ -42,10 +43,6 @@ _log = logging.getLogger(__name__)
 # flock on a folder's descriptor fails with these where the filesystem cannot lock it (e.g.
 # NFS, which emulates flock with byte-range locks that need a file open for writing).
 _NO_FOLDER_LOCK = {errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP}
-
-
-class FolderRefused(Exception):
-    """This run may not use the video folder (message: what is wrong, what to do)."""
 
 
 @dataclass

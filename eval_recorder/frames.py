@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from eval_recorder.errors import NoFrames
+
 __all__ = ["FrameSource", "NoFrames", "RenderFrames", "find_frame_source", "frames_rendered", "most_agents",
            "scaled_size"]
 
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "eval_recorder.frame_sources"
 RGB, YUV420P = "rgb24", "yuv420p"
+DEFAULT_MAX_SIDE = 800
+"""Default cap on the longest frame side, in pixels (0 = no cap)."""
 
 _FRAMES_RENDERED = 0
 
@@ -48,10 +52,6 @@ def count_frame() -> None:
     """Frame sources call this once per frame they produce."""
     global _FRAMES_RENDERED
     _FRAMES_RENDERED += 1
-
-
-class NoFrames(ValueError):
-    """The env cannot be recorded; the message says why and what to do."""
 
 
 class FrameSource:

@@ -38,6 +38,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval_recorder.errors import StoreFailed
 from eval_recorder.naming import numbered_stem, video_metadata
 
 __all__ = [
@@ -59,33 +60,6 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.ESTALE}
 
 _log = logging.getLogger(__name__)
-
-
-class StoreFailed(OSError):
-    """The video folder could not take a video (or its index entries); nothing half-written
-    is left behind.
-
-    ``reason``: ``"full"`` (ENOSPC, EDQUOT), ``"unwritable"`` (EACCES, EPERM, EROFS, the
-    folder is gone) or ``"failed"`` (any other OSError, e.g. EIO). ``folder``: the video
-    folder. ``needed_bytes``: what the files to write hold. ``free_bytes``: free space
-    measured after the failure (None if unknown). ``video``: None if the video was not
-    stored (keep the episode and store it again later); else the path the video has in the
-    folder: only its sidecar and/or manifest line are missing, and the store writes them
-    on its next ``store``/``reconcile`` call (or ``reconcile_index`` does after a crash).
-    ``metadata``: the video's full record when ``video`` is set. ``errno``: the OS error.
-    """
-
-    def __init__(self, message: str, *, reason: str, folder: Path, needed_bytes: int,
-                 free_bytes: int | None = None, video: Path | None = None, metadata: dict | None = None,
-                 errno_code: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno_code
-        self.reason = reason
-        self.folder = folder
-        self.needed_bytes = needed_bytes
-        self.free_bytes = free_bytes
-        self.video = video
-        self.metadata = metadata
 
 
 def read_manifest(folder: str | os.PathLike) -> list[dict]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval_recorder.errors import UserError
+
 __all__ = [
     "CheckpointInfo",
     "UserError",
@@ -38,10 +40,6 @@ logger = logging.getLogger(__name__)
 MARKER = "rllib_checkpoint.json"
 _ENV_STEPS_KEY = "env_runners--num_env_steps_sampled_lifetime"
 _MODULES = Path("learner_group") / "learner" / "rl_module"
-
-
-class UserError(Exception):
-    """What the user asked for cannot work; the message says what to do instead."""
 
 
 @dataclass(frozen=True)

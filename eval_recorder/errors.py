@@ -1,0 +1,77 @@
+"""Every error eval_recorder raises on purpose, under one base class.
+
+Each message is one sentence: what is wrong and what to do. The ones a library user meets
+are exported from ``eval_recorder`` (``tests/test_public_api.py`` pins them); catch
+``eval_recorder.RecordingError`` for all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "FolderRefused",
+    "NoFrames",
+    "RecordingError",
+    "RecordingInTraining",
+    "StoreFailed",
+    "TRAINING_RENDER_REFUSED",
+    "UserError",
+]
+
+TRAINING_RENDER_REFUSED = (
+    "render is set for the training env runners, but recording is evaluation-only; "
+    "remove render from the training env config and set it in the evaluation config "
+    "(evaluation.render=human)."
+)
+
+
+class RecordingError(Exception):
+    """Base class of the errors eval_recorder raises (the message says what to do)."""
+
+
+class FolderRefused(RecordingError):
+    """This run may not use the video folder (message: what is wrong, what to do)."""
+
+
+class NoFrames(RecordingError, ValueError):
+    """The env cannot be recorded; the message says why and what to do."""
+
+
+class RecordingInTraining(RecordingError, ValueError):
+    """``render`` was set for the training env runners: recording is evaluation-only."""
+
+    def __init__(self, message: str = TRAINING_RENDER_REFUSED) -> None:
+        super().__init__(message)
+
+
+class UserError(RecordingError):
+    """What the user asked for cannot work; the message says what to do instead (the
+    entry points of the Hydra application exit with code 2)."""
+
+
+class StoreFailed(RecordingError, OSError):
+    """The video folder could not take a video (or its index entries); nothing half-written
+    is left behind.
+
+    ``reason``: ``"full"`` (ENOSPC, EDQUOT), ``"unwritable"`` (EACCES, EPERM, EROFS, the
+    folder is gone) or ``"failed"`` (any other OSError, e.g. EIO). ``folder``: the video
+    folder. ``needed_bytes``: what the files to write hold. ``free_bytes``: free space
+    measured after the failure (None if unknown). ``video``: None if the video was not
+    stored (keep the episode and store it again later); else the path the video has in the
+    folder: only its sidecar and/or manifest line are missing, and the store writes them
+    on its next ``store``/``reconcile`` call (or ``reconcile_index`` does after a crash).
+    ``metadata``: the video's full record when ``video`` is set. ``errno``: the OS error.
+    """
+
+    def __init__(self, message: str, *, reason: str, folder: Path, needed_bytes: int,
+                 free_bytes: int | None = None, video: Path | None = None, metadata: dict | None = None,
+                 errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_code
+        self.reason = reason
+        self.folder = folder
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        self.video = video
+        self.metadata = metadata
