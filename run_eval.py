@@ -17,8 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from eval_recorder.app.config import register_configs
+from eval_recorder.app.options_doc import register_help_resolvers
 
 register_configs()
+register_help_resolvers()
 
 
 # env.* options that say how to find or check an env, not which env to evaluate on
@@ -34,7 +36,6 @@ def _names_env(override: str) -> bool:
 
 class JobRefused(Exception):
     """A multirun job refused to start (its one-sentence reason is printed above)."""
-
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

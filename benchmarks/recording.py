@@ -199,7 +199,8 @@ class _FlatlandRecording:
 
     def __init__(self, rail_env, path: Path, label_on: bool, timer: _Timer, given: _Given | None) -> None:
         from eval_recorder.encoding import start_encoder_process
-        from eval_recorder.flatland.rendering import DEFAULT_MAX_SIDE, FrameRenderer
+        from eval_recorder.flatland.rendering import FrameRenderer
+        from eval_recorder.frames import DEFAULT_MAX_SIDE
 
         self.path, self._timer, self._given = path, timer, given
         with timer:

@@ -1,10 +1,9 @@
 """A small gymnasium env whose ``render()`` returns large RGB frames that change every step.
 
-Holds:
-  ShapesEnv   ``size`` x ``size`` ``rgb_array`` frames (default 800x800, the ``max_side`` cap):
-              a fixed landscape (gradient, grid, buildings) with discs that move every
-              step, the kind of picture a generic env draws. Used by benchmarks/recording.py
-              for the "any env" cases through the recorder's RGB path.
+``ShapesEnv`` renders ``size`` x ``size`` ``rgb_array`` frames (default 800x800, the
+``max_side`` cap): a fixed landscape (gradient, grid, buildings) with discs that move every
+step, the kind of picture a generic env draws. benchmarks/recording.py uses it for the
+"any env" cases, through the recorder's RGB path.
 
 What a step costs is set by ``field``: ``step()`` moves the discs and relaxes a
 ``field`` x ``field`` height field (the stand-in for the simulation); ``render()`` draws

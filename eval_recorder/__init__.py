@@ -1,21 +1,14 @@
 """eval_recorder: videos of the evaluation episodes of RLlib policies, each labelled with
 the training iteration whose weights it shows, kept safely on disk and published to wandb.
 
-The public API (everything else may move; ``tests/test_public_api.py`` pins this list):
-
-  add_recording(config, options)   a copy of an RLlib AlgorithmConfig whose evaluation
-                                   episodes are recorded (any env, any new-API-stack
-                                   algorithm)
-  recording_session(config)        the driver session of such a config (``close()`` it)
-  RecordingOptions                 where and how videos are stored and published
-  RecordingSession                 the driver's folder claim + video store + wandb run
-  RecordEpisodes                   the recording wrapper for a gymnasium env
-  RecordMultiAgentEpisodes         the recording wrapper for an RLlib MultiAgentEnv
-  record_episodes(env, ...)        wraps an env in the one of the two that fits it
-  RecordedEpisode                  one finished episode: mp4 bytes and its facts
-  FrameSource, RenderFrames        where frames come from (plug-ins: the
-                                   ``eval_recorder.frame_sources`` entry point group)
-  FolderRefused                    the error of a video folder that may not be used
+The public API is ``__all__`` below (everything else may move; ``tests/test_public_api.py``
+pins it): ``add_recording(config, options)`` gives a copy of an RLlib AlgorithmConfig whose
+evaluation episodes are recorded; ``with recording_session(config):`` holds its driver
+session (folder claim, video store, wandb run); ``RecordEpisodes`` /
+``RecordMultiAgentEpisodes`` / ``record_episodes`` are the recording wrappers;
+``FrameSource`` / ``RenderFrames`` say where frames come from (plug-ins: the
+``eval_recorder.frame_sources`` entry point group); the errors a user meets all derive
+from ``RecordingError`` (``eval_recorder.errors``).
 """
 
 import importlib
@@ -25,11 +18,14 @@ import importlib
 _WHERE = {
     "add_recording": "eval_recorder.api",
     "recording_session": "eval_recorder.api",
-    "FolderRefused": "eval_recorder.folder_guard",
+    "FolderRefused": "eval_recorder.errors",
+    "NoFrames": "eval_recorder.errors",
+    "RecordingError": "eval_recorder.errors",
+    "RecordingInTraining": "eval_recorder.errors",
     "FrameSource": "eval_recorder.frames",
     "RenderFrames": "eval_recorder.frames",
     "RecordedEpisode": "eval_recorder.recorder",
-    "RecordingOptions": "eval_recorder.session",
+    "RecordingOptions": "eval_recorder.options",
     "RecordingSession": "eval_recorder.session",
     "RecordEpisodes": "eval_recorder.wrapper",
     "RecordMultiAgentEpisodes": "eval_recorder.wrapper",
@@ -52,9 +48,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "FolderRefused",
     "FrameSource",
+    "NoFrames",
     "RecordEpisodes",
     "RecordMultiAgentEpisodes",
     "RecordedEpisode",
+    "RecordingError",
+    "RecordingInTraining",
     "RecordingOptions",
     "RecordingSession",
     "RenderFrames",

@@ -1,12 +1,9 @@
 """Library use: add eval-only recording to your own RLlib ``AlgorithmConfig``.
 
-Holds:
-  add_recording()      returns a copy of your config in which only evaluation env
-                       runners record (their env is yours inside the recording wrapper,
-                       ``render: human`` in the evaluation env config), with the
-                       recording callback added beside your own callbacks.
-  recording_session()  the driver-side session of such a config (folder, videos, wandb
-                       run), e.g. to ``close()`` it when you are done.
+``add_recording()`` returns a copy of your config in which only evaluation env runners
+record (your env inside the recording wrapper, ``render: human`` in the evaluation env
+config), with the recording callback beside your own callbacks; ``recording_session()``
+gives the driver-side session of such a config, which you hold with ``with``.
 """
 
 from __future__ import annotations
@@ -17,10 +14,12 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
-from eval_recorder.callback import TRAINING_RENDER_REFUSED, bound_session_token, callback_class, is_recording_callback
+from eval_recorder.callback import bound_session_token, callback_class, is_recording_callback
+from eval_recorder.errors import RecordingInTraining
 from eval_recorder.eval_env import RECORDING_KEY, RENDER_KEY, RecordingEnvCreator
-from eval_recorder.frames import most_agents
-from eval_recorder.session import RecordingOptions, RecordingSession, get_session, register_session
+from eval_recorder.frames import most_agents, scenario_kinds
+from eval_recorder.options import RecordingOptions
+from eval_recorder.session import RecordingSession, get_session, register_session
 
 __all__ = ["RENDER_MODES", "add_recording", "recording_session"]
 
@@ -53,15 +52,15 @@ def add_recording(
     Example::
 
         config = add_recording(my_config, RecordingOptions(video_dir="videos"))
-        algo = config.build_algo()
-        algo.train()
-        recording_session(config).close()
-        algo.stop()
+        with recording_session(config):
+            algo = config.build_algo()
+            algo.train()
+            algo.stop()
     """
     if config.env is None:
         raise ValueError("recording needs an env: set config.environment(...) first")
     if (config.env_config or {}).get(RENDER_KEY) is not None:
-        raise ValueError(TRAINING_RENDER_REFUSED)
+        raise RecordingInTraining()
     if not config.evaluation_interval:
         raise ValueError("recording records evaluation episodes; set evaluation(evaluation_interval=N) first")
     if render not in RENDER_MODES:
@@ -92,7 +91,7 @@ def add_recording(
     }
     scenarios = session.scenarios() if options.scenarios else []
     if options.scenarios and not scenarios:
-        raise ValueError(f"{options.scenarios} holds no saved scenario (.pkl or .mpk files of RailEnvPersister)")
+        raise ValueError(f"{options.scenarios} holds no {scenario_kinds()}; point scenarios at a folder of them")
     if scenarios:
         # RLlib fixes an eval runner's agent ids (its action spaces) when it makes the env:
         # each env starts in the scenario with the most trains, so every scenario's agents fit.
@@ -119,7 +118,10 @@ def add_recording(
 
 
 def recording_session(config: AlgorithmConfig) -> RecordingSession:
-    """The driver session that ``add_recording`` attached to ``config``."""
+    """The driver session that ``add_recording`` attached to ``config``: hold it with
+    ``with recording_session(config):`` around building and training the Algorithm (it
+    opens when the Algorithm starts; leaving the block finishes the wandb run and
+    releases the folder), or ``close()`` it yourself."""
     for cls in force_list(config.callbacks_class):
         token = bound_session_token(cls)
         if token is not None:

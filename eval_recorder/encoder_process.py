@@ -1,23 +1,17 @@
-"""The encoder helper process's program, and the messages between it and ``encoding``.
-
-Holds:
-  serve         the helper's loop: encoders opened, frames read from shared-memory slots and
-                encoded, mp4 files finished, as the messages on its socket say.
-  FRAME, ID, ID_NUMBER, MESSAGE_BYTES, PIXEL_FORMATS, pack_open, unpack_open
-                the messages (see below), shared with ``encoding``, the process that sends them.
+"""The encoder helper process's program (``serve``), and the messages between it and
+``encoding`` (packed and unpacked here, for both sides).
 
 Run as ``python -P encoder_process.py SOCKET_FD`` by ``encoding`` (one helper per recording
 process). The helper is paid for on every eval runner, so it loads as little as it can:
-this file imports only os, socket, struct and sys at the top, and of PyAV only the container
-and video modules (``_import_pyav``), not the package's ``__init__``, which also loads its
-audio, filter, device and resampling modules. Measured against a helper that imported
-``encoding`` (json, subprocess, tempfile ...) and all of PyAV: ~3 MB less resident memory
-per helper (34.4 -> 31.1 MB idle, 61.4 -> 58.5 MB encoding 800x800 frames).
+this file imports only os, socket, struct and sys at the top (not numpy, nor ``encoding``
+and what it imports), and of PyAV only the container and video modules
+(``_import_pyav``), not the package's ``__init__``, which also loads its audio, filter,
+device and resampling modules.
 
-Large frames take two more savings (800x800 RGB frames: 51.8 -> 48.5 MB, the same H.264
-bytes): RGB frames are read and converted to yuv420p a band of rows at a time
-(``_RgbBands``), not as a whole RGB copy, and the helper turns transparent huge pages off
-for itself before x264 allocates frames of 2 MB or more (``_no_huge_pages``).
+Large frames take two more savings, with the same H.264 bytes: RGB frames are read and
+converted to yuv420p a band of rows at a time (``_RgbBands``), not as a whole RGB copy, and
+the helper turns transparent huge pages off for itself before x264 allocates frames that
+large (``_no_huge_pages``).
 """
 
 from __future__ import annotations
@@ -27,36 +21,36 @@ import socket
 import struct
 import sys
 
+__all__ = ["FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "PIXEL_FORMATS", "pack_open", "serve", "unpack_open"]
+
 # H.264 colour tags (FFmpeg's AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic
 # SMPTE 170M = BT.601; AVColorRange MPEG = limited): what PyAV's rgb24 conversion and
 # rendering.FrameRenderer.render_yuv420p produce, so players need not guess.
 _BT601, _LIMITED_RANGE = 6, 1
-# x264 keeps about rc-lookahead + bframes frames (and their analysis) alive: with veryfast's
-# 10 + 3 that is ~30 MB at 500x500; with 1 + 0 it is ~13 MB, and at crf 18 the files are as
-# small and as close to the input (~40 dB PSNR in YUV) as veryfast's defaults at crf 23.
-# subme=0 (integer-pel motion search) spares the half-pel planes of every reference frame
-# (~5 MB at 800x800) and a third of the encoding time; on flatland's frames the files grow
-# by 2 % and PSNR stays at 42 dB in YUV (measured at 524x524 and 504x504). weightp=0: no
-# weighted prediction (for fades, which env frames do not have): same files, ~5 % faster.
-# no-deblock, me=dia: at this crf the deblocking filter does not bring the picture closer
-# to the input (PSNR the same or 0.1 dB better without it), the diamond search costs 0-2 %
-# in size; together ~15 % less encoding time (800x800 generic frames: 3.3 -> 2.8 ms).
-# The default crf 16 goes a little further (~42 dB in YUV): flatland frames then decode to
-# 30.6 dB PSNR in RGB at 13 px cells (40x40 grid) and 29.8 dB at 5 px cells (100x100),
-# where 4:2:0 chroma subsampling alone allows 31.9 and 30.9 dB.
-# force-cfr: the frames come at a constant rate (pts = frame number), so x264 need not hold
-# one more frame back for timestamp-based rate control: one input frame fewer in flight
-# (~2 MB at 800x800, ~0.9 MB at 524x524), the same H.264 bytes. sync-lookahead=0: no
-# lookahead buffer of its own (with one thread it has none; said, not left to "auto").
-# Not taken: mbtree=0 spares ~2.5 MB at 800x800 but makes the files 1.5-2 times larger.
+# x264 options, each for memory or speed at no cost to the picture that matters here:
+#   rc-lookahead=1, bframes=0: x264 keeps about rc-lookahead + bframes frames (and their
+#     analysis) alive; with these it keeps few, and at the crf used the files are as small
+#     and as close to the input as veryfast's defaults at a higher crf.
+#   subme=0: integer-pel motion search spares the half-pel planes of every reference frame
+#     and much encoding time; on flatland's frames the files grow a little, quality stays.
+#   weightp=0: no weighted prediction (for fades, which env frames do not have): same files, faster.
+#   no-deblock=1, me=dia: at this crf deblocking does not bring the picture closer to the
+#     input, and the diamond search costs little in size; together they save encoding time.
+#   force-cfr=1: the frames come at a constant rate (pts = frame number), so x264 holds one
+#     input frame fewer for timestamp-based rate control; the same H.264 bytes.
+#   sync-lookahead=0: no lookahead buffer of its own (with one thread it has none; said, not
+#     left to "auto").
+# The default crf (16, encoding.StreamingEncoder) brings decoded flatland frames close to what
+# 4:2:0 chroma subsampling alone allows.
+# Not taken: mbtree=0 would spare memory but makes the files much larger.
+# (Figures for all of these: benchmarks/recording.py and the README's Performance section.)
 _X264_PARAMS = "rc-lookahead=1:bframes=0:subme=0:weightp=0:no-deblock=1:me=dia:force-cfr=1:sync-lookahead=0"
 PIXEL_FORMATS = {b"R": "rgb24", b"Y": "yuv420p"}
-# libx264 asks for transparent huge pages (madvise) for each buffer of 1.75 MB or more and
-# rounds it up to whole 2 MB pages. From ~720x720 frames on, that is its frame buffers: at
-# 800x800, 8 MB of huge pages, 2 MB of them never touched. Encoders of frames this large turn
-# huge pages off for the helper first (the same H.264 bytes; no change in encoding time that
-# we could measure). Below that size x264 asks for none, and the helper does not load ctypes
-# (~0.3 MB) to turn them off.
+# libx264 asks for transparent huge pages (madvise) for each large buffer and rounds it up to
+# whole huge pages, part of which is never touched; from about this frame size on, that is
+# its frame buffers. Encoders of frames this large turn huge pages off for the helper first
+# (the same H.264 bytes, no slower). Below it x264 asks for none, and the helper does not
+# load ctypes to turn them off.
 _NO_HUGE_PAGES_FROM_PIXELS = 640 * 640
 _PR_SET_THP_DISABLE = 41
 
@@ -167,7 +161,7 @@ class _Encoding:
         """The frame in ``slot`` as the yuv420p frame to encode; the slot is not needed after this.
 
         A yuv420p slot is read straight into the frame; an RGB one is converted into it band by
-        band (swscale in this thread only: the helper takes one core and leaves the other to
+        band (swscale in this thread only: the helper takes one core and leaves the rest to
         the env).
         """
         offset = slot * self.slot_bytes
@@ -200,9 +194,7 @@ class _Encoding:
 # _BAND_MARGIN rows more above and below, so that swscale's vertical chroma filter (2 rows
 # each side for its default bilinear filter, 4 for bicubic) sees the rows it sees in the whole
 # frame: the same bytes as converting the whole frame (tests/test_encoding.py), without a
-# whole-frame RGB copy (1.9 MB at 800x800; a band is 0.5 MB). An 800x800 frame is converted
-# in 4 bands of 208 rows (4 % more rows than it has): 2.1 ms instead of 1.9 ms as a whole.
-# Smaller bands cost more (128-row bands with 8-row margins: 2.6 ms) for little less memory.
+# whole-frame RGB copy. Smaller bands cost more time for little less memory.
 _BAND_ROWS = 200
 _BAND_MARGIN = 4
 

@@ -1,36 +1,27 @@
 """Streaming H.264 encoding of frames into mp4 files (PyAV, libx264, yuv420p).
 
-Holds:
-  StreamingEncoder  frames in, one mp4 out. Takes RGB frames, or frames already in
-                    yuv420p (BT.601, limited range), which skip the colour conversion,
-                    optionally with the label burned in on the way (``label=``).
-  start_encoder_process  start the helper process now (it takes ~0.2 s to load FFmpeg), so
-                    that the first episode does not wait for it; StreamingEncoder starts it
-                    otherwise.
-  encoder_process_ids  the helper process(es) this process has started (tests, benchmark).
-  even_size         the (width, height) H.264/yuv420p can take for a frame size.
+``StreamingEncoder`` turns frames of one size into one mp4: RGB frames, or frames already in
+yuv420p (BT.601, limited range), which skip the colour conversion, optionally with the label
+burned in on the way (``label=``).
 
 How: every StreamingEncoder of a process is served by one helper process
 (``encoder_process`` run as a script; it loads only PyAV's container and video modules),
-started with the first encoder and kept for the next ones, so an eval runner with several
-envs recording at once pays for one Python + FFmpeg, not one per env. Each encoder owns
-one or two frame slots in shared memory (a memfd mapped here); ``add`` copies the frame
+started with the first encoder (or earlier, by ``start_encoder_process``, so that the first
+episode does not wait for FFmpeg to load) and kept for the next ones, so an eval runner with
+several envs recording at once pays for one Python + FFmpeg, not one per env. Each encoder
+owns one or two frame slots in shared memory (a memfd mapped here); ``add`` copies the frame
 into a free slot (burning the label into the copy) and sends the helper a few bytes saying
 which slot to encode. The helper reads the slot straight into the frame it encodes (an RGB
 slot band by band, converting it to yuv420p), frees the slot and encodes, on its own core,
 while the env steps. Memory is bounded by the slots: a producer faster than the encoder
 waits for a slot instead of queueing frames.
-Measured: the helper takes ~31 MB for Python and FFmpeg plus ~10 MB per open encoder at
-524x524 yuv420p (~17 MB at 800x800 RGB); per frame it spends ~1 ms encoding a 520x520
-yuv420p frame, ~5-6 ms on an 800x800 RGB one (~2.1 ms of that converting it to yuv420p).
 
 Why a process and not a thread: PyAV releases the GIL inside FFmpeg, but takes it back
-four or five times per frame (send, receive, mux ...). Against an env that steps in
-pure Python, each take-back forces a GIL hand-over, and on this 2-core machine the
-stepping thread lost about as much time waiting as the encoder spent encoding. Why
-shared memory and not the pipe it replaced: a pipe write copies the frame into the
-kernel, the helper copies it out and again into FFmpeg's frame, in pieces of the pipe's
-size, each a wake-up of the other side; a slot is one copy here and one read there.
+several times per frame (send, receive, mux ...), and against an env that steps in pure
+Python each take-back is a GIL hand-over the stepping thread waits for. Why shared memory
+and not a pipe: a pipe write copies the frame into the kernel, the helper copies it out
+and again into FFmpeg's frame, in pieces of the pipe's size, each a wake-up of the other
+side; a slot is one copy here and one read there.
 """
 
 from __future__ import annotations
@@ -51,31 +42,25 @@ import numpy as np
 from eval_recorder import encoder_process
 from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, pack_open
 
-__all__ = ["StreamingEncoder", "encoder_process_ids", "even_size", "start_encoder_process"]
+__all__ = ["StreamingEncoder", "encoder_process_ids", "start_encoder_process"]
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). The helper
 # takes a frame out of its slot (reads it, or converts an RGB one to yuv420p) into the frame
 # it encodes before encoding it, so one slot already lets the env step while the previous
 # frame is encoded; a second lets the env run a frame further ahead.
-# Two while a slot (an RGB frame) takes at most _TWO_SLOTS_MAX_BYTES, i.e. frames up to
-# ~590x590 (Flatland's own sizes), where two were 0.05-0.1 ms per frame faster than one;
-# one above: at 800x800 one was as fast as two (at ~6.6 and ~2 ms per env step) and takes
-# 1.9 MB less (benchmarks/recording.py, cases small, any800, any800fast).
+# Two while a slot (an RGB frame) takes at most _TWO_SLOTS_MAX_BYTES (Flatland's own frame
+# sizes), where two are a little faster than one; one above, where a second slot is no
+# faster and costs a frame's memory (benchmarks/recording.py, cases small, any800, any800fast).
 _TWO_SLOTS_MAX_BYTES = 1 << 20
-
-
-def even_size(width: int, height: int) -> tuple[int, int]:
-    """Largest even (width, height) not above the given one (yuv420p needs even sides)."""
-    return width - width % 2, height - height % 2
 
 
 def start_encoder_process() -> int:
     """Start this process's encoder helper process if none is running; its process id.
 
     Call it when recording is set up (e.g. when an env that records is made): the helper
-    loads Python and FFmpeg (~0.2 s) while the env resets, instead of while the first
-    episode's frames wait for it.
+    loads Python and FFmpeg while the env resets, instead of while the first episode's
+    frames wait for it.
     """
     return _service().process.pid
 
@@ -98,7 +83,7 @@ class StreamingEncoder:
     process) is raised by the next ``add`` or by ``close``. ``abort()`` drops the encoder
     and leaves the file as it is (maybe invalid).
     libx264 runs with ``crf``, ``preset`` and ``threads`` threads (default 1: env frames
-    are small, and the stepping process needs the other core), and a short lookahead
+    are small, and the env keeps stepping on another core), and a short lookahead
     without B-frames (see ``encoder_process._X264_PARAMS``), which keeps its memory small.
     """
 

@@ -1,18 +1,12 @@
 """The evaluation env of a recorded RLlib config: the user's env, made as RLlib makes it,
 inside the recording wrapper.
 
-Holds:
-  RECORDING_KEY          the evaluation ``env_config`` key that carries the recording
-                         settings to eval runners (removed before the user's env sees it).
-  RecordingEnvCreator    the env creator eval runners use: strips ``render`` and the
-                         recording settings from the env config, makes the user's env
-                         exactly as RLlib would (a registered name, a gymnasium id — made
-                         with ``render_mode="rgb_array"`` —, an env class or a
-                         ``module.Class`` path) and wraps it for recording (loaded
-                         with the saved scenario of most trains when evaluation plays
-                         scenarios: RLlib fixes a runner's agent ids when it makes the env).
-  make_user_env()        the user's env for an env specifier and an env config.
-  describe_env()         a short name of an env specifier (for labels and messages).
+``RecordingEnvCreator`` is what eval runners call to make their envs: it strips ``render``
+and the recording settings (``RECORDING_KEY``) from the env config, makes the user's env
+exactly as RLlib would (a registered name, a gymnasium id — made with
+``render_mode="rgb_array"`` —, an env class or a ``module.Class`` path) and wraps it for
+recording, loaded with the saved scenario of most agents when evaluation plays scenarios
+(RLlib fixes a runner's agent ids when it makes the env).
 """
 
 from __future__ import annotations
@@ -21,8 +15,9 @@ from typing import Any
 
 import gymnasium as gym
 
+from eval_recorder.frames import DEFAULT_MAX_SIDE
 from eval_recorder.naming import env_label
-from eval_recorder.wrapper import DEFAULT_MAX_SIDE, record_episodes
+from eval_recorder.wrapper import record_episodes
 
 __all__ = ["RECORDING_KEY", "RENDER_KEY", "RecordingEnvCreator", "describe_env", "make_user_env"]
 
@@ -85,5 +80,5 @@ class RecordingEnvCreator:
             runner_index=getattr(env_context, "worker_index", 0),
         )
         if settings.get("spaces_scenario") is not None:
-            recording.recording.load_scenario(*settings["spaces_scenario"])  # every scenario's agent ids fit the runner
+            recording.load_scenario(*settings["spaces_scenario"])  # every scenario's agent ids fit the runner
         return recording

@@ -1,20 +1,18 @@
 """The guarded video folder: one run owns a folder; no one else writes into it.
 
-Holds:
-  FolderRefused     the error raised when a folder may not be used; its message is one
-                    sentence: what is wrong and what to do.
-  FolderClaim       a held claim on a folder: exclusive OS locks (``flock``, released by
-                    the OS when the process dies) plus the owner record.
-  claim_folder()    checks everything, then takes the locks and writes the owner record.
+``claim_folder`` checks everything (a folder that may not be used raises ``FolderRefused``,
+whose message says what is wrong and what to do), then takes exclusive OS locks (``flock``,
+released by the OS when the process dies) and writes the owner record; the ``FolderClaim``
+it returns holds them.
 
 The locks: ``flock`` on the folder itself (its inode cannot be unlinked away while the
 folder holds files, so deleting anything inside the folder cannot let a second process
 in) and on the lock file (which carries the holder's run id, host and pid for the
 "in use by" message, and keeps out runs of versions that locked only that file).
 
-Files it keeps in the folder (never deleted):
-  .eval_recorder.lock        the lock file; holds the live holder (run id, host, pid).
-  .eval_recorder-owner.json  the run that owns the folder, written once, atomically.
+It keeps two files in the folder, never deleted: the lock file (``LOCK_FILE``), which holds
+the live holder (run id, host, pid), and the owner record (``OWNER_FILE``): the run that
+owns the folder, written once, atomically.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from pathlib import Path
 from eval_recorder.errors import FolderRefused
 from eval_recorder.video_store import fsync_dir, write_temporary
 
-__all__ = ["FolderClaim", "FolderRefused", "LOCK_FILE", "OWNER_FILE", "claim_folder"]
+__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "claim_folder"]
 
 LOCK_FILE = ".eval_recorder.lock"
 OWNER_FILE = ".eval_recorder-owner.json"

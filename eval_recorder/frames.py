@@ -1,22 +1,12 @@
 """Frame sources: where the recording wrapper gets its pictures and the episode's facts.
 
-Holds:
-  FrameSource      the base class of frame sources: the only env-specific part of
-                   recording. The wrapper owns the episode (reset, steps, end) and asks
-                   its frame source for each frame, for the label's extra text and, at
-                   the end, for the episode's facts.
-  RenderFrames     the default source: the env's own ``render()`` (``rgb_array``), cropped
-                   to even sides and scaled down to ``max_side``.
-  find_frame_source()  the first plug-in source that recognises the env (Flatland's fast
-                   renderer), else RenderFrames; refuses an env that renders no frames.
-  most_agents()    of saved scenarios, the one with the most agents (plug-ins count them).
-  NoFrames         raised when an env cannot be recorded (message: what to do).
-  frames_rendered() how many frames this process has produced (a test proves that
-                   training env runners render nothing).
-
-Plug-in sources are found through the ``eval_recorder.frame_sources`` entry point group
-(``pyproject.toml``), so the core never imports them by name: each entry is a FrameSource
-subclass whose ``find(env)`` returns an instance for an env it recognises, else None.
+A ``FrameSource`` is the only env-specific part of recording: the wrapper owns the episode
+(reset, steps, end) and asks its source for each frame, the label's extra text, the
+episode's facts and, for sources that play them, saved scenarios. ``RenderFrames`` is the
+default source (the env's own ``render()``, ``rgb_array``); plug-in sources are found
+through the ``eval_recorder.frame_sources`` entry point group (``pyproject.toml``), so the
+core never imports them by name: each entry is a FrameSource subclass whose ``find(env)``
+returns an instance for an env it recognises, else None.
 """
 
 from __future__ import annotations
@@ -29,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from eval_recorder.errors import NoFrames
+from eval_recorder.yuv import even_size
 
-__all__ = ["FrameSource", "NoFrames", "RenderFrames", "find_frame_source", "frames_rendered", "most_agents",
-           "scaled_size"]
+__all__ = ["DEFAULT_MAX_SIDE", "FrameSource", "RenderFrames", "count_frame", "env_name", "find_frame_source", "frames_rendered",
+           "most_agents", "plugin_sources", "read_scenarios", "scaled_size", "scenario_kinds"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,20 +80,39 @@ class FrameSource:
     def close(self) -> None:
         """Release what the source holds."""
 
+    # ---- saved scenarios (a plug-in that plays them overrides all four) ---------------
+
+    plays_scenarios: bool = False
+    """Whether this kind of source can load saved scenarios into its env (``load_scenario``)."""
+
+    scenario_files: str | None = None
+    """What its saved scenarios are, for messages (e.g. "saved Flatland scenarios (.pkl or
+    .mpk files of RailEnvPersister)"); None if it plays none."""
+
+    @classmethod
+    def is_scenario(cls, name: str) -> bool:
+        """Whether a file called ``name`` is a saved scenario this kind of source plays."""
+        return False
+
     @classmethod
     def scenario_agents(cls, name: str, data: bytes) -> int | None:
         """How many agents the saved scenario ``data`` (file ``name``) runs, if this kind of
-        source plays saved scenarios (``load_scenario(name, data)``), else None."""
+        source plays saved scenarios, else None."""
         return None
+
+    def load_scenario(self, name: str, data: bytes) -> dict[str, Any]:
+        """Load the saved scenario ``data`` (file ``name``) into the env before its next
+        reset; returns the reset options that keep it."""
+        raise NotImplementedError(f"{type(self).__name__} plays no saved scenarios")
 
 
 def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """(width, height) scaled down so the longest side is at most ``max_side`` (0 = no
-    cap), then made even (yuv420p needs even sides)."""
+    cap), then made even (``yuv.even_size``)."""
     if max_side > 0 and max(width, height) > max_side:
         factor = max_side / max(width, height)
         width, height = max(2, round(width * factor)), max(2, round(height * factor))
-    return width - width % 2, height - height % 2
+    return even_size(width, height)
 
 
 class RenderFrames(FrameSource):
@@ -120,7 +130,7 @@ class RenderFrames(FrameSource):
         mode = getattr(env, "render_mode", None)
         if mode is not None and mode != "rgb_array":
             raise NoFrames(
-                f"the env {_env_name(env)} renders in mode {mode!r}, not 'rgb_array'; "
+                f"the env {env_name(env)} renders in mode {mode!r}, not 'rgb_array'; "
                 f"make the evaluation env with render_mode='rgb_array' so that its frames can be recorded."
             )
         return cls(env, max_side=max_side)
@@ -130,7 +140,7 @@ class RenderFrames(FrameSource):
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
             what = type(image).__name__ if not isinstance(image, np.ndarray) else f"an array of shape {image.shape}"
             raise NoFrames(
-                f"the env {_env_name(self._env)} returned {what} from render(), not an rgb_array frame; "
+                f"the env {env_name(self._env)} returned {what} from render(), not an rgb_array frame; "
                 f"make the evaluation env with render_mode='rgb_array' so that its frames can be recorded."
             )
         if image.dtype != np.uint8:
@@ -150,7 +160,8 @@ class RenderFrames(FrameSource):
         return RGB, np.ascontiguousarray(image)
 
 
-def _env_name(env: Any) -> str:
+def env_name(env: Any) -> str:
+    """How an env instance is named in labels and messages: its gymnasium id, else its class."""
     spec = getattr(env, "spec", None)
     if getattr(spec, "id", None):
         return spec.id
@@ -182,6 +193,24 @@ def find_frame_source(env: Any, *, max_side: int, label: str) -> FrameSource:
     source = RenderFrames.find(env, max_side=max_side)
     source.label = label
     return source
+
+
+def read_scenarios(folder: str | None) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of every saved scenario in ``folder`` that an installed frame
+    source plays, in name order (none without a folder)."""
+    if not folder:
+        return []
+    from pathlib import Path
+
+    files = sorted(path for path in Path(folder).iterdir()
+                   if path.is_file() and any(source.is_scenario(path.name) for source in plugin_sources()))
+    return [(path.name, path.read_bytes()) for path in files]
+
+
+def scenario_kinds() -> str:
+    """What the installed frame sources take as saved scenarios, for messages."""
+    kinds = [source.scenario_files for source in plugin_sources() if source.scenario_files]
+    return " or ".join(kinds) or "saved scenarios (no installed frame source plays any)"
 
 
 def most_agents(scenarios: list[tuple[str, bytes]]) -> tuple[str, bytes]:

@@ -1,14 +1,8 @@
 """The offline gallery: one ``index.html`` next to the videos, opened straight from disk.
 
-Holds:
-  GALLERY             the gallery's file name in the video folder.
-  IterationSummary    one training iteration's evaluation, averaged (a point of the plot).
-  Situation           one evaluation situation (env seed / saved scenario) and its videos.
-  iteration_summary() the plot's data: per training iteration, mean return and completion.
-  situations()        the comparison's data: each situation's videos, oldest iteration first.
-  video_caption()     a video's caption, also for records recovered after a crash.
-  render_gallery()    the page for some manifest records (pure: text in, text out).
-  write_gallery()     reads a folder's manifest and replaces its gallery atomically.
+``write_gallery`` reads a folder's manifest and replaces its gallery (``GALLERY``)
+atomically with the page ``render_gallery`` makes of the records (pure: records in, text
+out); ``iteration_summary`` and ``situations`` are the data of its plot and comparison.
 
 The page opens with a small plot (inline SVG) of mean evaluation return, and mean
 completion rate for envs that report arrivals (Flatland), per training iteration. Below it

@@ -1,17 +1,15 @@
 """How finished episodes travel from eval runners to the driver: the episode inbox.
 
-Holds:
-  Inbox          the driver's handle on a small Ray actor that lives on the driver's node
-                 and keeps the episodes eval runners finished until the driver takes them.
-  deliver()      runs on an eval runner when an episode ends: hands it to the inbox right
-                 away (the call returns once the inbox holds it).
+``Inbox`` is the driver's handle on a small Ray actor that lives on the driver's node and
+keeps the episodes eval runners finished until the driver takes them; an eval runner hands
+each episode to it with ``deliver`` when the episode ends.
 
 Why an actor: an episode must survive its runner. Eval runners may sit on other machines
 (no shared filesystem; only the driver writes the video folder), and a runner may die
-in the middle of a round. So each finished episode (its mp4 bytes and facts, about
-100-200 KB) goes, as soon as it ends, to an actor owned by the driver and pinned to the
-driver's node; the driver takes them as they arrive. The actor holds only what the
-driver has not taken yet, and dies with the driver.
+in the middle of a round. So each finished episode (its mp4 bytes and facts) goes, as
+soon as it ends, to an actor owned by the driver and pinned to the driver's node; the
+driver takes them as they arrive. The actor holds only what the driver has not taken yet,
+and dies with the driver.
 """
 
 from __future__ import annotations

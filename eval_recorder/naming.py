@@ -1,18 +1,14 @@
 """Video names, per-video metadata and captions: pure functions, no I/O.
 
-Holds:
-  env_label()       the short label of an env that starts every file name
-                    (``flatland``, ``cartpole-v1``, ``my_env``).
-  video_stem()      the file name (without suffix) of a video; within one run (one env),
-                    lexical order of names is training order.
-  numbered_stem()   the n-th alternative name when a name is taken.
-  video_metadata()  the sidecar / manifest record of one video.
-  caption()         the one-line caption shown under a video (gallery, wandb).
-  check_run_id()    a run id that is safe in file names and wandb ids.
+This is the one module that knows the video file-name format: it builds names
+(``env_label``, ``video_stem``, ``numbered_stem``) and reads them back
+(``parse_video_name``). Within one run (one env), lexical order of names is training order.
+It also makes each video's sidecar / manifest record and the caption shown under a video.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = [
@@ -20,12 +16,14 @@ __all__ = [
     "check_run_id",
     "env_label",
     "numbered_stem",
+    "parse_video_name",
     "video_metadata",
     "video_stem",
 ]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LABEL_LENGTH = 24
+_LABEL_CHARACTERS = "a-z0-9_-"  # of an env label (a regex character class's inside)
 
 
 def check_run_id(run_id: str) -> str:
@@ -43,7 +41,7 @@ def env_label(name: str) -> str:
     after the last ``/`` or ``:``); ``"my_pkg.envs.GridEnv"`` → ``gridenv``.
     """
     base = re.split(r"[/:.]", name.strip())[-1] if name.strip() else ""
-    label = re.sub(r"[^a-z0-9_-]+", "-", base.lower()).strip("-_")[:_LABEL_LENGTH].strip("-_")
+    label = re.sub(f"[^{_LABEL_CHARACTERS}]+", "-", base.lower()).strip("-_")[:_LABEL_LENGTH].strip("-_")
     return label or "env"
 
 
@@ -61,6 +59,32 @@ def video_stem(*, env: str, training_iteration: int, evaluation_round: int, epis
 def numbered_stem(stem: str, attempt: int) -> str:
     """Name to try when ``stem`` is taken: ``stem`` itself first, then ``stem-2``, ..."""
     return stem if attempt <= 1 else f"{stem}-{attempt}"
+
+
+def parse_video_name(file_name: str, run_id: str) -> dict | None:
+    """The ``video_stem`` arguments of a video file name of run ``run_id``: a name
+    ``video_stem`` made, maybe numbered (``numbered_stem``), then ``.mp4``; None for any
+    other name. ``video_stem(**parse_video_name(f"{stem}.mp4", run_id)) == stem``."""
+    match = _video_name(run_id).match(file_name)
+    if match is None:
+        return None
+    return {
+        "env": match["env"],
+        "training_iteration": int(match["training_iteration"]),
+        "evaluation_round": int(match["evaluation_round"]),
+        "episode_index": int(match["episode_index"]),
+        "run_id": run_id,
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def _video_name(run_id: str) -> re.Pattern:
+    """``<env>-it<6+ digits>-ev<4+>-ep<3+>-<run id>``, maybe ``-2``, ``-3``, ... then ``.mp4``."""
+    return re.compile(
+        f"^(?P<env>[{_LABEL_CHARACTERS}]+?)"
+        r"-it(?P<training_iteration>\d{6,})-ev(?P<evaluation_round>\d{4,})-ep(?P<episode_index>\d{3,})"
+        "-" + re.escape(run_id) + r"(?:-[1-9]\d*)?\.mp4$"
+    )
 
 
 def video_metadata(

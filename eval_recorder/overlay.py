@@ -1,25 +1,16 @@
-"""The burned-in label: a small text strip on each frame saying what the video is.
-
-Holds:
-  label_text()   ``iteration 12 | step 40 | arrived 1/3``: training iteration of the
-                 weights, env step of the episode, and what the frame source adds
-                 (Flatland: agents arrived / total; other envs: the return so far).
-  burn_label()   the RGB frame with that text in a dark strip along its bottom edge;
-                 the pixels above the strip are untouched.
-  burn_label_yuv420p()  the same on a yuv420p frame (what the recorder encodes).
-  burn_label_in_place() either, written into the given frame instead of a copy (what
-                 ``StreamingEncoder.add(..., label=)`` does in the frame it sends).
-  strip_height() the strip's height for a frame height.
+"""The burned-in label: a small text strip along the bottom of each frame saying what the
+video is (``label_text``), drawn into RGB or yuv420p frames (what the recorder encodes);
+the pixels above the strip are untouched.
 
 The strip is PIL's ``ImageDraw.text`` of the label (white, on a dark band), byte for byte.
-Drawing it costs ~1 ms and converting it to yuv420p another ~1 ms, every frame, though
+Drawing it and converting it to yuv420p anew for every frame would be mostly wasted work:
 from one frame to the next only a digit or two change. So each frame size keeps its
 strip (text mask, RGB, yuv420p) and redraws only the columns whose glyphs changed: the
 glyphs are FreeType's bitmaps of each character, cached, placed where PIL's basic layout
 puts them (advances and kerning in 1/64 px, rounded per glyph) and blended as PIL's
 renderer blends them; only those columns are converted to yuv420p (4:2:0 blocks are
 2 px wide, so a column range converts on its own). Text outside printable ASCII, or a
-font PIL lays out otherwise, is drawn by PIL whole, as before.
+font PIL lays out otherwise, is drawn by PIL whole.
 """
 
 from __future__ import annotations
@@ -29,6 +20,8 @@ from collections import OrderedDict
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from eval_recorder.yuv import planes, rgb_to_yuv420p
 
 __all__ = ["burn_label", "burn_label_in_place", "burn_label_yuv420p", "label_text", "strip_height"]
 
@@ -41,6 +34,9 @@ _PRINTABLE = frozenset(chr(code) for code in range(0x20, 0x7F))
 
 
 def label_text(*, training_iteration: int | None, step: int, extra: str | None = None) -> str:
+    """``iteration 12 | step 40 | arrived 1/3``: training iteration of the weights, env step of
+    the episode, and what the frame source adds (Flatland: agents arrived / total; other
+    envs: the return so far)."""
     iteration = "?" if training_iteration is None else str(training_iteration)
     text = f"iteration {iteration} | step {step}"
     return f"{text} | {extra}" if extra else text
@@ -88,16 +84,9 @@ def burn_label_in_place(frame: np.ndarray, text: str, *, pixel_format: str = "rg
         _strip(width, height).rgb(text, out=frame[height - strip_height(height) :])
     elif pixel_format == "yuv420p":
         height, width = frame.shape[0] * 2 // 3, frame.shape[1]
-        strip = strip_height(height)
-        top = height - strip
-        flat = frame.reshape(-1)
-        size = width * height
-        _strip(width, height).yuv420p(
-            text,
-            y=flat[:size].reshape(height, width)[top:],
-            u=flat[size : size * 5 // 4].reshape(height // 2, width // 2)[top // 2 :],
-            v=flat[size * 5 // 4 :].reshape(height // 2, width // 2)[top // 2 :],
-        )
+        top = height - strip_height(height)
+        y, u, v = planes(frame)
+        _strip(width, height).yuv420p(text, y=y[top:], u=u[top // 2 :], v=v[top // 2 :])
     else:
         raise ValueError(f"pixel_format must be 'rgb24' or 'yuv420p', got {pixel_format!r}")
 
@@ -211,7 +200,7 @@ class _Strip:
         self._update(text)
         start, stop = self._yuv_dirty
         if self._yuv is None:
-            self._yuv = _split_yuv420p(np.empty((self.height * 3 // 2, self.width), dtype=np.uint8), self.width)
+            self._yuv = planes(np.empty((self.height * 3 // 2, self.width), dtype=np.uint8))
             start, stop = 0, self.width
         if start < stop:
             start, stop = start - start % 2, min(self.width, stop + stop % 2)
@@ -226,9 +215,7 @@ class _Strip:
         key = (stop - start, self._mask[:, start:stop].tobytes()) if self._placed is not None else None
         found = self._pieces.get(key) if key is not None else None
         if found is None:
-            from eval_recorder.yuv import rgb_to_yuv420p
-
-            found = _split_yuv420p(rgb_to_yuv420p(np.ascontiguousarray(self._rgb[:, start:stop])), stop - start)
+            found = planes(rgb_to_yuv420p(np.ascontiguousarray(self._rgb[:, start:stop])))
             if key is not None:
                 self._pieces[key] = found
                 if len(self._pieces) > _PIECES:
@@ -301,15 +288,3 @@ class _Strip:
     def _changed(self, start: int, stop: int) -> None:
         dirty_start, dirty_stop = self._yuv_dirty
         self._yuv_dirty = (min(dirty_start, start), max(dirty_stop, stop))
-
-
-def _split_yuv420p(yuv: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Y, U, V planes of a yuv420p array (h * 3 // 2, width) as (h, width), (h/2, width/2) x 2."""
-    flat = yuv.reshape(-1)
-    height = yuv.shape[0] * 2 // 3
-    size = width * height
-    return (
-        flat[:size].reshape(height, width),
-        flat[size : size * 5 // 4].reshape(height // 2, width // 2),
-        flat[size * 5 // 4 :].reshape(height // 2, width // 2),
-    )

@@ -1,16 +1,11 @@
-"""Recording of one episode on the env runner: frames → encoder → finished mp4 bytes.
+"""The video of one env's episodes on the env runner: frames → encoder → finished mp4 bytes.
 
-Holds:
-  RecordedEpisode   what an eval runner hands to the driver for one finished episode:
-                    the complete mp4 bytes plus the episode's facts. It travels through
-                    Ray (an actor call), never through a shared path.
-  EpisodeRecorder   per env: asks its frame source for the reset frame and a frame
-                    every ``frame_every`` steps (the last step's frame always), burns
-                    the label in, streams them to an encoder, and on episode end
-                    returns a RecordedEpisode.
-
-The encoder writes into a private temporary file on the runner's own machine (not the
-video folder, which only the driver writes), so memory stays flat during the episode.
+``VideoRecorder`` asks its frame source for the reset frame and a frame every
+``frame_every`` steps (the last step's frame always), burns the label in and streams them
+to an encoder; at the episode's end it returns a ``RecordedEpisode``: the complete mp4
+bytes and the episode's facts, which travel to the driver through Ray, never through a
+shared path. The encoder writes into a private temporary file on the runner's own machine
+(not the video folder, which only the driver writes), so memory stays flat during the episode.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from eval_recorder.encoding import StreamingEncoder, start_encoder_process
 from eval_recorder.frames import RGB, FrameSource
 from eval_recorder.scratch import new_episode_file, remove_orphans
 
-__all__ = ["RecordedEpisode", "EpisodeRecorder"]
+__all__ = ["RecordedEpisode", "VideoRecorder"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ class RecordedEpisode:
     evaluation_round: int | None = None  # the driver's evaluation round it was played in
 
 
-class EpisodeRecorder:
+class VideoRecorder:
     """Records the episodes of one env, one at a time, from its frame source.
 
     ``frame_every=k`` records the reset frame, then the frame after every k-th step,

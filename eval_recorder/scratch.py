@@ -1,13 +1,8 @@
 """Scratch files of eval runners: where an episode's mp4 is encoded before it is finished.
 
-Holds:
-  scratch_dir()         ``<system temp>/eval_recorder-scratch``: on the runner's own machine,
-                        never the video folder (which only the driver writes).
-  new_episode_file()    a new empty file there, named after this process
-                        (``episode-<pid>-<random>.mp4``).
-  remove_orphans()      removes the files of processes that no longer run: an eval runner
-                        killed mid-episode leaves its unfinished file, and the runner that
-                        replaces it cleans up, so no partial file stays anywhere.
+They live on the runner's own machine, never in the video folder (which only the driver
+writes), each named after the process that writes it, so that the runner that replaces one
+killed mid-episode removes its unfinished file and no partial file stays anywhere.
 """
 
 from __future__ import annotations
@@ -23,12 +18,14 @@ _NAME = re.compile(r"^episode-(\d+)-[^/]+\.mp4$")
 
 
 def scratch_dir() -> Path:
+    """``<system temp>/eval_recorder-scratch``, made if missing."""
     path = Path(tempfile.gettempdir()) / "eval_recorder-scratch"
     path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 
 def new_episode_file() -> Path:
+    """A new empty file in the scratch folder, named after this process (``episode-<pid>-<random>.mp4``)."""
     fd, name = tempfile.mkstemp(prefix=f"episode-{os.getpid()}-", suffix=".mp4", dir=scratch_dir())
     os.close(fd)
     return Path(name)

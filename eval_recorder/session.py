@@ -1,116 +1,44 @@
-"""The driver's recording session: claimed folder + video store + wandb run.
+"""The driver's recording session: claimed folder + video store + wandb run, held like a file.
 
-Holds:
-  RecordingOptions   everything the driver needs to store and publish videos. It stays
-                     on the driver: env runners never see it (nor the video folder).
-  RecordingSession   opens the folder claim and the wandb run, stores each finished
-                     episode's video as it arrives (tagged by the caller), rewrites the
-                     offline gallery after each round and publishes to wandb; closes
-                     both at the end. Used by periodic and standalone evaluation alike.
-                     A full or unwritable folder costs no training: it is said once,
-                     videos wait in memory (bounded) and are stored when space returns.
-                     At resume it completes the folder's index and logs to wandb the
-                     videos an earlier process stored but wandb never got.
-  register_session() / get_session()   the driver-process registry through which the
-                     RLlib callback finds its session by an opaque token.
+``with recording_session(config) as session:`` (or ``with RecordingSession(options)``):
+the folder is claimed when the session opens (``open()``, or when the Algorithm starts),
+each finished episode's video is stored as it arrives (tagged by the caller) and logged
+to wandb, the offline gallery is rewritten after each round, and leaving the block closes
+the wandb run (exit code 0, 130 after Ctrl-C, 1 after an exception) and releases the
+folder. Every entry point (main job, standalone, library, Tune trial) holds it so.
+A full or unwritable folder costs no training: it is said once, videos wait in memory
+(bounded) and are stored when space returns. At resume the session completes the
+folder's index and logs to wandb the videos an earlier process stored but wandb never got.
+The driver process's one registry maps an opaque token to its session, for the RLlib
+callback (which RLlib instantiates itself) to find.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import signal
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from eval_recorder.errors import StoreFailed
 from eval_recorder.folder_guard import FolderClaim, claim_folder
+from eval_recorder.frames import read_scenarios
 from eval_recorder.gallery import GALLERY, write_gallery
-from eval_recorder.naming import check_run_id, video_stem
+from eval_recorder.naming import video_stem
+from eval_recorder.options import RecordingOptions, default_wandb_dir
 from eval_recorder.recorder import RecordedEpisode
-from eval_recorder.stopping import critical
+from eval_recorder.stopping import critical, exit_code_for
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import StoreFailed, VideoStore, read_manifest
-from eval_recorder.wandb_history import logged_videos, run_logs
+from eval_recorder.video_store import VideoStore, read_manifest
+from eval_recorder.wandb_from_folder import manifest_table, videos_wandb_missed
 from eval_recorder.wandb_sink import WandbSink
 
-__all__ = [
-    "RecordingOptions", "RecordingSession", "StoredVideo", "default_wandb_dir", "get_session", "new_run_id",
-    "register_session",
-]
-
-SCENARIO_SUFFIXES = (".pkl", ".mpk")
+__all__ = ["RecordingSession", "StoredVideo", "evaluation_metrics", "get_session", "register_session"]
 
 logger = logging.getLogger(__name__)
-
-
-def new_run_id() -> str:
-    """A fresh run id (8 lowercase hex digits)."""
-    return uuid.uuid4().hex[:8]
-
-
-@dataclass
-class RecordingOptions:
-    """Where and how the driver stores and publishes videos."""
-
-    video_dir: str | None
-    """Folder the videos, sidecars and manifest go to (only the driver writes it). None: a
-    ``videos/`` folder inside the Algorithm's own log folder (a Tune trial's folder),
-    chosen on the driver when the Algorithm starts."""
-    run_id: str = field(default_factory=new_run_id)
-    """Identifies the run: owner of the folder, wandb run id, part of every file name."""
-    resume: bool = False
-    """Continue run ``run_id`` in its own folder (appends; never overwrites)."""
-    fps: int = 10
-    """Frames per second of the videos."""
-    max_side: int = 800
-    """Longest frame side in pixels; 0 keeps flatland's size."""
-    frame_every: int = 1
-    """Record every k-th env step (plus the reset frame and the last step)."""
-    overlay: bool = True
-    """Burn a label (iteration, episode step, agents arrived) into each frame."""
-    wandb_mode: str = "offline"
-    """offline (default, no account needed; ``wandb sync`` later) | online | disabled."""
-    wandb_project: str = "eval_recorder"
-    wandb_entity: str | None = None
-    wandb_dir: str | None = None
-    """Folder the wandb run directory (``wandb/offline-run-...``) is made in; default: the
-    video folder's parent (``runs/a/videos`` -> ``runs/a/wandb``), or ``<video_dir>-wandb``
-    beside the video folder when that parent is the working directory: wandb never writes
-    into the working directory. A resumed run keeps the folder of the run it continues."""
-    wandb_job_type: str = "train"
-    wandb_name: str | None = None
-    """Display name of the wandb run (default: the run id)."""
-    checkpoint: str | None = None
-    """Checkpoint the evaluated weights came from (standalone evaluation), else None."""
-    config: dict = field(default_factory=dict)
-    """Run configuration stored with the wandb run."""
-    checkpoint_dir: str | None = None
-    """Where this run saves its checkpoints; kept in the folder's owner record so that a
-    resumed run finds them."""
-    scenarios: str | None = None
-    """A folder of saved Flatland scenarios (flatland's ``RailEnvPersister`` files,
-    ``.pkl`` or ``.mpk``): each evaluation round plays each of them once, in name order."""
-    unstored_budget_mb: int = 256
-    """Memory for videos that could not be stored (full or unwritable folder) while they
-    wait to be stored; beyond it the oldest are dropped (and said to be lost)."""
-    eval_seed: int | None = 1000
-    """Seed of the evaluation episodes when the config sets none (same seed, same
-    episodes every round); None leaves the config's seed alone."""
-
-    def __post_init__(self) -> None:
-        check_run_id(self.run_id)
-
-
-def default_wandb_dir(options: RecordingOptions) -> Path:
-    """The folder ``options``' wandb run directory is made in (see ``RecordingOptions.wandb_dir``)."""
-    if options.wandb_dir:
-        return Path(os.path.abspath(options.wandb_dir))
-    video_dir = Path(os.path.abspath(options.video_dir))
-    if video_dir.parent == Path(os.path.abspath(os.getcwd())):
-        return video_dir.with_name(f"{video_dir.name}-wandb")
-    return video_dir.parent
 
 
 @dataclass(frozen=True)
@@ -146,6 +74,7 @@ class RecordingSession:
         self._inbox = None
         self._lock = threading.RLock()
         self._scenarios: list[tuple[str, bytes]] | None = None
+        self._publisher = None  # the RoundPublisher of the Algorithm attached last
 
     @property
     def video_dir(self) -> Path:
@@ -159,6 +88,25 @@ class RecordingSession:
     def closed(self) -> bool:
         """True once ``close()`` ran: the folder is released, nothing more is written."""
         return self._closed
+
+    def __enter__(self) -> "RecordingSession":
+        """The session itself; it opens when the Algorithm starts (or at ``open()``), so a
+        config the eval runners cannot record is refused before anything is claimed."""
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        """Close with the exit code the block ended with: 0, 130 after Ctrl-C (a job that
+        knows better, e.g. 143 after SIGTERM, closes the session itself first), the code
+        of a SystemExit, 1 after an exception."""
+        if exc_type is None:
+            code = 0
+        elif issubclass(exc_type, KeyboardInterrupt):
+            code = exit_code_for(signal.SIGINT)
+        elif issubclass(exc_type, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        else:
+            code = 1
+        self.close(exit_code=code)
 
     def open(self) -> "RecordingSession":
         """Claim the folder (refusing if it is not ours to use), then start wandb; at resume,
@@ -214,28 +162,14 @@ class RecordingSession:
 
     def _log_what_wandb_missed(self, wandb_dir: Path) -> None:
         """Log to wandb, once each, this run's videos that are in the folder but in no wandb
-        run an earlier process of the run wrote (e.g. it was killed before wandb flushed).
-        What wandb got is read from the runs' own transaction logs (``run-<id>.wandb``),
-        the only record that is true even after a kill -9."""
+        run an earlier process of the run wrote (e.g. it was killed before wandb flushed)."""
         if not self.wandb.active:
             return
-        folders = {wandb_dir}
-        if self.claim.owner.get("wandb_dir"):
-            folders.add(Path(self.claim.owner["wandb_dir"]))
-        own = self.wandb.run_dir.resolve() if self.wandb.run_dir else None
-        logs = [log for folder in sorted(folders) for log in run_logs(folder, self.options.run_id)
-                if log.parent.resolve() != own]
-        logged = logged_videos(logs)
-        for record in read_manifest(self.claim.path):
-            if record.get("run_id") != self.options.run_id or not isinstance(record.get("file"), str):
-                continue
-            if logged[record.get("sha256")] > 0:  # a multiset: videos with the same bytes count apart
-                logged[record.get("sha256")] -= 1
-                continue
-            path = self.claim.path / record["file"]
-            if path.is_file() and isinstance(record.get("training_iteration"), int):
-                self.wandb.log_videos([(path, record)], metrics={}, step=record["training_iteration"])
-                self.caught_up.append(record)
+        folders = {wandb_dir} | ({Path(self.claim.owner["wandb_dir"])} if self.claim.owner.get("wandb_dir") else set())
+        for path, record in videos_wandb_missed(self.claim.path, self.options.run_id, wandb_folders=folders,
+                                                own_run_dir=self.wandb.run_dir):
+            self.wandb.log_videos([(path, record)], metrics={}, step=record["training_iteration"])
+            self.caught_up.append(record)
         if self.caught_up:
             logger.info("%d videos of run %s that reached %s but not wandb were logged to wandb now",
                         len(self.caught_up), self.options.run_id, self.claim.path)
@@ -251,13 +185,27 @@ class RecordingSession:
             return self._inbox
 
     def scenarios(self) -> list[tuple[str, bytes]]:
-        """The saved scenarios evaluation plays, in turn: (file name, bytes) of every
-        ``.pkl`` / ``.mpk`` file of ``options.scenarios``, by name (none without it)."""
+        """The saved scenarios evaluation plays, in turn: (file name, bytes) of every file
+        of ``options.scenarios`` that a frame source plays, by name (none without it)."""
         if self._scenarios is None:
-            folder = self.options.scenarios
-            files = sorted(p for p in Path(folder).iterdir() if p.suffix in SCENARIO_SUFFIXES) if folder else []
-            self._scenarios = [(path.name, path.read_bytes()) for path in files]
+            self._scenarios = read_scenarios(self.options.scenarios)
         return self._scenarios
+
+    def attach(self, algorithm, *, session_token: str | None = None):
+        """The driver's publisher of ``algorithm``'s evaluation rounds into this (open)
+        session, its inbox named after ``session_token``; called when the Algorithm starts.
+        A stop finishes the round under way through ``finish_interrupted_round``."""
+        from eval_recorder.publisher import RoundPublisher
+
+        self._publisher = RoundPublisher(self, algorithm, session_token=session_token)
+        return self._publisher
+
+    def finish_interrupted_round(self, *, timeout_seconds: float, hurry: threading.Event | None = None) -> int:
+        """After a stop (Ctrl-C, SIGTERM): store what reached the driver of the round under
+        way, if an Algorithm is attached; how many were stored (never raises)."""
+        if self._publisher is None:
+            return 0
+        return self._publisher.finish_interrupted_round(timeout_seconds=timeout_seconds, hurry=hurry)
 
     @property
     def round_episodes(self) -> int:
@@ -366,13 +314,6 @@ class RecordingSession:
                 self.wandb.log_metrics(evaluation_metrics(at_step), step=step)
             return stored
 
-    def publish_round(self, episodes: list[tuple[RecordedEpisode, TrainingTag]]) -> list[StoredVideo]:
-        """One whole round at once: begin_round, publish each, end_round."""
-        self.begin_round()
-        for episode, tag in episodes:
-            self.publish(episode, tag)
-        return self.end_round()
-
     def write_gallery(self) -> Path | None:
         """Rewrite the folder's offline gallery (index.html); a failure is logged, not raised."""
         try:
@@ -388,19 +329,13 @@ class RecordingSession:
 
     def publish_manifest_table(self) -> None:
         """The manifest of this run as a wandb table (``eval/episodes``), one row per video
-        with the video embedded: iteration, env steps, episode, return, completion, length,
-        checkpoint. A resumed run's table holds the videos of its earlier processes too."""
+        with the video embedded; a resumed run's table holds its earlier processes' too."""
         if self.wandb is None or not self.wandb.active or self.claim is None:
             return
-        records = [r for r in read_manifest(self.claim.path)
-                   if r.get("run_id") == self.options.run_id and (self.claim.path / r["file"]).exists()]
-        if not records:
-            return
-        columns = ["training_iteration", "env_steps", "episode_index", "episode_return", "completion",
-                   "episode_length", "checkpoint", "video"]
-        rows = [[r.get(c) for c in columns[:-1]] + [self.claim.path / r["file"]] for r in records]
-        step = max(r["training_iteration"] for r in records)
-        self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
+        table = manifest_table(self.claim.path, self.options.run_id)
+        if table is not None:
+            columns, rows, step = table
+            self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
 
     def log_training(self, metrics: dict[str, float], *, step: int) -> None:
         """Log training metrics at ``step``; also stores videos waiting for space if the

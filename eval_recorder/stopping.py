@@ -1,18 +1,14 @@
 """Stopping a run cleanly when it is asked to: SIGTERM (what SLURM, Kubernetes, Ray and Tune
 send to stop or preempt a job) the same way as Ctrl-C (SIGINT).
 
-Holds:
-  EXIT_CODES     the exit code of a run stopped by a signal: 128 + its number (SIGINT 130,
-                 SIGTERM 143). A run that crashed on an exception exits (and tells wandb) 1.
-  StopSignals    while installed (``with StopSignals() as stop:``, main thread), the first
-                 SIGINT or SIGTERM raises KeyboardInterrupt in the main thread — the path
-                 on which a job stores the episodes that finished, finishes its wandb run
-                 with ``stop.exit_code`` and releases its folder — and a second one sets
-                 ``stop.hurry``: waits give up, and once ``stop.closed()`` was called (the
-                 folder and the wandb run are done with; stopping Ray may still take
-                 seconds) the process ends at once with that exit code.
-  critical()     a block no signal may cut in half (a video being stored, a wandb call):
-                 a stop that arrives inside it takes effect when the block ends.
+A run stopped by a signal exits with 128 + its number (``EXIT_CODES``: SIGINT 130, SIGTERM
+143); one that crashed on an exception exits (and tells wandb) 1. While ``StopSignals`` is
+installed (``with StopSignals() as stop:``, main thread), the first SIGINT or SIGTERM raises
+KeyboardInterrupt in the main thread — the path on which a job stores the episodes that
+finished, finishes its wandb run with ``stop.exit_code`` and releases its folder — and a
+second one sets ``stop.hurry``: waits give up, and once ``stop.closed()`` was called the
+process ends at once with that exit code. ``critical()`` marks a block no signal may cut in
+half (a video being stored, a wandb call): a stop inside it takes effect when it ends.
 
 Why KeyboardInterrupt and not an exception of our own: Ray's ``ray.get`` turns whatever a
 signal handler raises while it waits into a plain KeyboardInterrupt, so the signal that

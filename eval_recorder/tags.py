@@ -1,9 +1,8 @@
 """Which training state a video shows: pure functions, no I/O.
 
-Holds:
-  TrainingTag     the training state whose weights a video shows.
-  WeightsHistory  which training iteration each learner weights version belongs to;
-                  turns the weights version an eval runner acted with into a tag.
+A video's ``TrainingTag`` is the training state whose weights it shows; ``WeightsHistory``
+knows which training iteration each learner weights version belongs to, and turns the
+weights version an eval runner acted with into a tag.
 
 RLlib's Learner numbers its weights updates (``WEIGHTS_SEQ_NO``); the number travels
 with the weights to every env runner, which stamps it on its actions. The driver records,

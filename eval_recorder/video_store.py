@@ -1,21 +1,11 @@
 """Writing videos into the (claimed) video folder: atomic, never overwriting, append-only.
 
-Holds:
-  MANIFEST          the manifest file name (one JSON line per video, append-only).
-  VideoStore        writes an mp4 + its JSON sidecar under a name no file has, each
-                    complete before it appears, and appends the manifest line.
-  StoreFailed       the one error ``VideoStore.store`` raises when the folder cannot take
-                    a video (full, over quota, unwritable, gone, I/O error); says which
-                    folder, what happened and how much space is needed.
-  reconcile_index() makes the index (sidecars + manifest) of a run's videos complete after
-                    a crash: every final-named mp4 of the run gets its sidecar and exactly
-                    one manifest line; recovered records are marked ``"recovered": true``.
-  read_manifest()   the records of a folder's manifest.
-  append_record()   appends one JSON line to a manifest; a last line cut short by a crash
-                    never swallows it.
-  free_bytes()      the space left for an unprivileged writer on a folder's filesystem.
-  write_temporary() / fsync_dir()   the flushed hidden temporary file and the folder
-                    flush that every atomic write here is made of.
+``VideoStore`` writes an mp4 and its JSON sidecar under a name no file has, each complete
+before it appears, and appends the video's line to the folder's manifest (one JSON line per
+video); when the folder cannot take a video it raises ``StoreFailed`` (which folder, what
+happened, how much space is needed). ``reconcile_index`` makes the index (sidecars +
+manifest) of a run's videos complete after a crash. The atomic-write pieces
+(``write_temporary``, ``fsync_dir``) serve the folder guard and the gallery too.
 
 How a file appears: its bytes go to a hidden temporary name in the same folder, are
 flushed to disk, then a hard link gives them the final name (``os.link`` fails if the
@@ -33,17 +23,15 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval_recorder.errors import StoreFailed
-from eval_recorder.naming import numbered_stem, video_metadata
+from eval_recorder.naming import numbered_stem, parse_video_name, video_metadata
 
 __all__ = [
     "MANIFEST",
-    "StoreFailed",
     "VideoStore",
     "append_record",
     "free_bytes",
@@ -336,15 +324,6 @@ def fsync_dir(folder: Path) -> None:
 # Reconciling the index with the videos in the folder
 
 
-def _video_name(run_id: str) -> re.Pattern:
-    """Final names of ``run_id``'s videos: ``<env>-it<6+ digits>-ev<4+>-ep<3+>-<run id>``,
-    maybe ``-2``, ``-3``, ... then ``.mp4`` (naming.video_stem + numbered_stem)."""
-    return re.compile(
-        r"^(?P<env>[a-z0-9_-]+?)-it(?P<training_iteration>\d{6,})-ev(?P<evaluation_round>\d{4,})"
-        r"-ep(?P<episode_index>\d{3,})-" + re.escape(run_id) + r"(?:-[1-9]\d*)?\.mp4$"
-    )
-
-
 def reconcile_index(folder: str | os.PathLike, *, run_id: str) -> list[dict]:
     """Give every final-named mp4 of ``run_id`` in ``folder`` its sidecar and exactly one
     manifest line; the records appended to the manifest, in name order.
@@ -361,7 +340,6 @@ def reconcile_index(folder: str | os.PathLike, *, run_id: str) -> list[dict]:
     call completes the rest.
     """
     folder = Path(folder)
-    pattern = _video_name(run_id)
     manifest = folder / MANIFEST
     listed: dict[str, dict] = {}
     for record in read_manifest(folder):
@@ -370,7 +348,7 @@ def reconcile_index(folder: str | os.PathLike, *, run_id: str) -> list[dict]:
     added = []
     with os.scandir(folder) as entries:
         videos = sorted(entry.name for entry in entries
-                        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False))
+                        if parse_video_name(entry.name, run_id) is not None and entry.is_file(follow_symlinks=False))
     for name in videos:
         video = folder / name
         sidecar = video.with_suffix(".json")
@@ -384,7 +362,7 @@ def reconcile_index(folder: str | os.PathLike, *, run_id: str) -> list[dict]:
                 continue
             record = _sidecar_record(sidecar, name, run_id)
             if record is None:
-                record = _recovered_record(video, pattern.match(name), run_id)
+                record = _recovered_record(video, parse_video_name(name, run_id))
                 if record is None:
                     continue
                 if not os.path.lexists(sidecar):
@@ -419,9 +397,10 @@ def _sidecar_record(sidecar: Path, name: str, run_id: str) -> dict | None:
     return record
 
 
-def _recovered_record(video: Path, match: re.Match, run_id: str) -> dict | None:
-    """The record of a video that lost its sidecar to a crash: facts from its name and
-    the file, unknown ones null; None (logged) if the file does not decode fully."""
+def _recovered_record(video: Path, named: dict) -> dict | None:
+    """The record of a video that lost its sidecar to a crash: facts from its name
+    (``named``: naming.parse_video_name's) and the file, unknown ones null; None (logged)
+    if the file does not decode fully."""
     probe = _decode_fully(video)
     if probe is None:
         return None
@@ -431,11 +410,11 @@ def _recovered_record(video: Path, match: re.Match, run_id: str) -> dict | None:
     created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
     return {
         "file": video.name,
-        "env": match["env"],
-        "training_iteration": int(match["training_iteration"]),
+        "env": named["env"],
+        "training_iteration": named["training_iteration"],
         "env_steps": None,
-        "evaluation_round": int(match["evaluation_round"]),
-        "episode_index": int(match["episode_index"]),
+        "evaluation_round": named["evaluation_round"],
+        "episode_index": named["episode_index"],
         "env_seed": None,
         "episode_length": None,
         "episode_return": None,
@@ -445,7 +424,7 @@ def _recovered_record(video: Path, match: re.Match, run_id: str) -> dict | None:
         "fps": probe["fps"],
         "width": probe["width"],
         "height": probe["height"],
-        "run_id": run_id,
+        "run_id": named["run_id"],
         "checkpoint": None,
         "created": created.isoformat(timespec="milliseconds"),
         "bytes": stat.st_size,

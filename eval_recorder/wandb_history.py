@@ -1,13 +1,8 @@
 """Reading back what a wandb run wrote: its transaction log (``run-<id>.wandb``).
 
-Holds:
-  run_logs()        the transaction logs of every wandb run (offline or online) with one
-                    run id in a wandb folder (a resumed run makes one per process).
-  read_records()    every record of a transaction log, in order; a log cut short (the
-                    process was killed while wandb wrote it) ends at its last whole record.
-  history_items()   the history rows of a log as {key: decoded JSON value}.
-  logged_videos()   which videos the runs logged to the media panel: a count per sha256
-                    of the mp4 file.
+For a run id it finds the logs (one per process of a resumed run, offline or online),
+reads their records (a log cut short by a kill ends at its last whole record) and their
+history rows, and counts which videos reached the media panel, per sha256 of the mp4.
 
 The log is what wandb itself keeps and what ``wandb sync`` uploads, so it says truthfully
 what wandb got, also after a kill -9 (a row wandb had not written yet is not in it). Its

@@ -1,16 +1,10 @@
 """Publishing to Weights & Biases: the only module that calls wandb.
 
-Holds:
-  WANDB_MODES   the modes understood: offline (default; no account, no network),
-                online, disabled.
-  api_key_configured()  whether wandb would find an API key (online mode needs one).
-  probe_server()  whether wandb's server answers and takes the API key, within a timeout.
-  WandbSink     one wandb run per training run (or per standalone evaluation):
-                videos at step = training iteration under stable keys
-                (``eval/video/episode_<i>``), with captions; evaluation and training
-                metrics at the same steps. A wandb failure is logged once and turns the
-                sink off: it never stops training nor costs a local video.
-  video_key()   the stable wandb key of the i-th episode of an evaluation round.
+``WandbSink`` is one wandb run per training run (or per standalone evaluation): videos at
+step = training iteration under stable keys (``video_key``), with captions, and evaluation
+and training metrics at the same steps; offline by default (no account, no network), or
+online, or disabled (``WANDB_MODES``). A wandb failure is logged once and turns the sink
+off: it never stops training nor costs a local video.
 
 Online mode that cannot work falls back to offline without touching other wandb runs of
 the process: the server is asked first (``probe_server``), so no online run is started
@@ -34,7 +28,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WANDB_MODES", "WandbSink", "api_key_configured", "probe_server", "video_key"]
+__all__ = [
+    "ONLINE_INIT_TIMEOUT_S",
+    "ONLINE_PROBE_TIMEOUT_S",
+    "WANDB_MODES",
+    "WandbSink",
+    "api_key_configured",
+    "probe_server",
+    "video_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ LATE_VIDEO_PREFIX = "eval/video/late/"  # + the file's stem: a video that could 
 
 # Longest wait for wandb's server to answer before online mode falls back to offline.
 ONLINE_PROBE_TIMEOUT_S = 10.0
-# Longest wait for wandb.init in online mode once the server answered (wandb itself adds
-# about 10 s of retries on top).
+# Longest wait for wandb.init in online mode once the server answered (wandb itself retries
+# for a while on top).
 ONLINE_INIT_TIMEOUT_S = 15.0
 _DEFAULT_BASE_URL = "https://api.wandb.ai"
 # How long finishing a run may still take once told to give up (a second stop signal).

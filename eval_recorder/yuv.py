@@ -1,21 +1,15 @@
-"""Planar YUV 4:2:0 (yuv420p), what the H.264 encoder takes: conversion from RGB.
-
-Holds:
-  rgb_to_yuv420p      RGB (h, w, 3) → yuv420p (h * 3 // 2, w): BT.601, limited range.
-  paste_rows_yuv420p  put RGB rows (e.g. a burned-in label strip) into a yuv420p frame,
-                      converting only those rows.
-  planes              views of the Y, U and V planes of a yuv420p array.
-
-Frame sources that keep their frames in yuv420p (Flatland's renderer converts only the
-cells that change) and the label overlay use these; the encoder process converts RGB
-frames of other envs itself.
+"""Planar YUV 4:2:0 (yuv420p), what the H.264 encoder takes: conversion from RGB, and the
+frame layout (even sides; the Y plane, then U, then V, each chroma plane half the rows and
+columns). Frame sources that keep their frames in yuv420p (Flatland's renderer converts only
+the cells that change) and the label overlay use it; the encoder process converts RGB frames
+of other envs itself.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["paste_rows_yuv420p", "planes", "rgb_to_yuv420p"]
+__all__ = ["even_size", "paste_rows_yuv420p", "planes", "rgb_to_yuv420p"]
 
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
@@ -23,15 +17,15 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 
     Chroma is the BT.601 chroma of each 2x2 block's mean colour. Luma is then chosen per
     pixel to bring the decoded RGB (BT.601, chroma shared by the block) closest to the
-    pixel's RGB, which wins back ~0.5 dB of what 4:2:0 subsampling costs on flatland's
-    small, colourful cells. Works in bands of rows, so a full frame needs little scratch.
-    Block sums are taken with strided adds, and a pixel's mean and a block's chroma term
-    are looked up (``_MEAN``, ``_CHROMA``: the float32 values the arithmetic gives), so
-    the result is bit for bit that arithmetic's, ~3x faster than reducing 4-D views.
+    pixel's RGB, which wins back part of what 4:2:0 subsampling costs on flatland's small,
+    colourful cells. Works in bands of rows, so a full frame needs little scratch. Block
+    sums are taken with strided adds, and a pixel's mean and a block's chroma term are
+    looked up (``_MEAN``, ``_CHROMA``: the float32 values the arithmetic gives), so the
+    result is bit for bit that arithmetic's, faster than reducing 4-D views.
     """
     height, width = rgb.shape[:2]
     out = np.empty((height * 3 // 2, width), dtype=np.uint8)
-    y_plane, u_plane, v_plane = planes(out, width, height)
+    y_plane, u_plane, v_plane = planes(out)
     for top in range(0, height, _BAND_ROWS):
         pixels = rgb[top : top + _BAND_ROWS].astype(np.int32)
         rows = pixels.shape[0]
@@ -73,15 +67,22 @@ def paste_rows_yuv420p(frame: np.ndarray, top: int, rgb_rows: np.ndarray) -> Non
         raise ValueError(
             f"rows {top}..{top + rows} of width {width} do not fit a {frame.shape[1]}x{height} frame evenly"
         )
-    y_plane, u_plane, v_plane = planes(frame, width, height)
-    y, u, v = planes(rgb_to_yuv420p(rgb_rows), width, rows)
+    y_plane, u_plane, v_plane = planes(frame)
+    y, u, v = planes(rgb_to_yuv420p(rgb_rows))
     y_plane[top : top + rows] = y
     u_plane[top // 2 : (top + rows) // 2] = u
     v_plane[top // 2 : (top + rows) // 2] = v
 
 
-def planes(yuv: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of the Y, U and V planes of a yuv420p array."""
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """Largest even (width, height) not above the given one (yuv420p needs even sides)."""
+    return width - width % 2, height - height % 2
+
+
+def planes(yuv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y, U and V planes of a yuv420p array (h * 3 // 2, w): (h, w), then
+    (h / 2, w / 2) twice."""
+    height, width = yuv.shape[0] * 2 // 3, yuv.shape[1]
     flat = yuv.reshape(-1)
     size = width * height
     return (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from conftest import run_eval_command
-from eval_recorder.callback import TRAINING_RENDER_REFUSED
+from eval_recorder.errors import TRAINING_RENDER_REFUSED
 
 
 def run(tmp_path, *overrides):

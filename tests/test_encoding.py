@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from eval_recorder import encoder_process
-from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, even_size, start_encoder_process
+from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, start_encoder_process
 from eval_recorder.overlay import burn_label, burn_label_yuv420p
+from eval_recorder.yuv import even_size
 
 
 def frames(n, width=64, height=48, seed=0):

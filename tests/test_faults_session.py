@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
-from eval_recorder.session import RecordingOptions, RecordingSession
+from eval_recorder.options import RecordingOptions
+from eval_recorder.session import RecordingSession
 from eval_recorder.tags import TrainingTag
 from eval_recorder.video_store import VideoStore, read_manifest
 from eval_recorder.wandb_history import logged_videos, run_logs

@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from eval_recorder.folder_guard import LOCK_FILE, OWNER_FILE, FolderRefused, claim_folder
+from eval_recorder.errors import FolderRefused
+from eval_recorder.folder_guard import LOCK_FILE, OWNER_FILE, claim_folder
 from helpers import snapshot
 
 HOST = socket.gethostname()
@@ -132,7 +133,8 @@ def test_a_symlink_into_another_runs_folder_is_refused(tmp_path):
 
 CLAIM_IN_A_SECOND_PROCESS = textwrap.dedent("""
     import sys
-    from eval_recorder.folder_guard import FolderRefused, claim_folder
+    from eval_recorder.errors import FolderRefused
+    from eval_recorder.folder_guard import claim_folder
     try:
         claim_folder(sys.argv[1], run_id=sys.argv[2], resume=True)
     except FolderRefused as refused:

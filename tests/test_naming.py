@@ -2,7 +2,15 @@
 
 import pytest
 
-from eval_recorder.naming import caption, check_run_id, env_label, numbered_stem, video_metadata, video_stem
+from eval_recorder.naming import (
+    caption,
+    check_run_id,
+    env_label,
+    numbered_stem,
+    parse_video_name,
+    video_metadata,
+    video_stem,
+)
 from eval_recorder.tags import TrainingTag, WeightsHistory
 from helpers import episode
 
@@ -38,6 +46,31 @@ def test_name_order_is_training_order():
 
 def test_numbered_stem_first_try_is_the_stem_itself():
     assert [numbered_stem("a", n) for n in (1, 2, 3)] == ["a", "a-2", "a-3"]
+
+
+def test_a_video_name_parses_back_into_what_it_was_made_of():
+    made_of = dict(env="cartpole-v1", training_iteration=12, evaluation_round=3, episode_index=1, run_id="r.1_a")
+    stem = video_stem(**made_of)
+    assert stem == "cartpole-v1-it000012-ev0003-ep001-r.1_a"
+    assert parse_video_name(f"{stem}.mp4", "r.1_a") == made_of
+    assert parse_video_name(f"{numbered_stem(stem, 2)}.mp4", "r.1_a") == made_of
+    assert parse_video_name(f"{numbered_stem(stem, 31)}.mp4", "r.1_a") == made_of
+    large = dict(env="flatland", training_iteration=1234567, evaluation_round=12345, episode_index=1000, run_id="r")
+    assert parse_video_name(f"{video_stem(**large)}.mp4", "r") == large
+    assert video_stem(**parse_video_name("flatland-it000000-ev0001-ep000-r.mp4", "r")) == "flatland-it000000-ev0001-ep000-r"
+
+
+@pytest.mark.parametrize("name", [
+    "flatland-it000012-ev0003-ep001-other.mp4",  # another run's
+    "flatland-it000012-ev0003-ep001-r.json",  # the sidecar, not the video
+    ".flatland-it000012-ev0003-ep001-r.mp4.x1y2.tmp",  # a hidden temporary file
+    "flatland-it12-ev0003-ep001-r.mp4",  # not zero-padded
+    "Flatland-it000012-ev0003-ep001-r.mp4",  # not an env label
+    "flatland-it000012-ev0003-ep001-r-0.mp4",  # not a numbered_stem
+    "flatland-it000012-ev0003-r.mp4",
+])
+def test_other_names_are_not_videos_of_the_run(name):
+    assert parse_video_name(name, "r") is None
 
 
 @pytest.mark.parametrize("bad", ["", "has space", "../up", "a/b", "x" * 65])

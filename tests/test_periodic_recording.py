@@ -18,7 +18,7 @@ from conftest import TINY, compose_config, flatland_config
 from eval_recorder.api import add_recording, recording_session
 from eval_recorder.flatland.envs import register_env
 from eval_recorder.frames import frames_rendered
-from eval_recorder.session import RecordingOptions
+from eval_recorder.options import RecordingOptions
 from eval_recorder.video_store import read_manifest
 from eval_recorder.wandb_sink import video_key
 from wandb_offline import history_rows, run_records
@@ -40,17 +40,19 @@ class UserCallback(RLlibCallback):
 
 
 def train(config, iterations):
-    algo = config.build_algo()
-    try:
-        results = [algo.train() for _ in range(iterations)]
-        training_frames = algo.env_runner_group.foreach_env_runner(lambda r: frames_rendered(), local_env_runner=False)
-        eval_frames = algo.eval_env_runner_group.foreach_env_runner(lambda r: frames_rendered(), local_env_runner=False)
-        eval_configs = algo.eval_env_runner_group.foreach_env_runner(
-            lambda r: repr(r.config.to_dict()), local_env_runner=False
-        )
-    finally:
-        recording_session(config).close()
-        algo.stop()
+    with recording_session(config):
+        algo = config.build_algo()
+        try:
+            results = [algo.train() for _ in range(iterations)]
+            training_frames = algo.env_runner_group.foreach_env_runner(lambda r: frames_rendered(),
+                                                                       local_env_runner=False)
+            eval_frames = algo.eval_env_runner_group.foreach_env_runner(lambda r: frames_rendered(),
+                                                                        local_env_runner=False)
+            eval_configs = algo.eval_env_runner_group.foreach_env_runner(
+                lambda r: repr(r.config.to_dict()), local_env_runner=False
+            )
+        finally:
+            algo.stop()
     return results, training_frames, eval_frames, eval_configs
 
 

@@ -11,9 +11,12 @@ from conftest import ROOT
 PUBLIC = [
     "FolderRefused",
     "FrameSource",
+    "NoFrames",
     "RecordEpisodes",
     "RecordMultiAgentEpisodes",
     "RecordedEpisode",
+    "RecordingError",
+    "RecordingInTraining",
     "RecordingOptions",
     "RecordingSession",
     "RenderFrames",
@@ -27,6 +30,59 @@ def test_the_public_api_is_exported_from_the_package():
     assert eval_recorder.__all__ == PUBLIC
     for name in PUBLIC:
         assert getattr(eval_recorder, name).__name__ == name
+
+
+EXCEPTIONS = ["FolderRefused", "NoFrames", "RecordingError", "RecordingInTraining"]
+
+
+def test_the_exported_errors_live_in_one_module_under_one_base_class():
+    for name in EXCEPTIONS:
+        error = getattr(eval_recorder, name)
+        assert error.__module__ == "eval_recorder.errors"
+        assert issubclass(error, eval_recorder.RecordingError)
+
+
+def test_every_exception_class_of_the_package_is_defined_in_errors_py():
+    defined = {}
+    for path in sorted((ROOT / "eval_recorder").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(base, "id", getattr(base, "attr", "")).endswith(("Error", "Exception", "Refused", "Failed"))
+                or getattr(base, "id", "") in EXCEPTIONS for base in node.bases
+            ):
+                defined[node.name] = str(path.relative_to(ROOT))
+    assert set(defined.values()) == {"eval_recorder/errors.py"}
+    assert sorted(defined) == ["FolderRefused", "NoFrames", "RecordingError", "RecordingInTraining", "StoreFailed",
+                              "UserError"]
+
+
+def test_the_package_has_no_import_circle():
+    """Every import between eval_recorder's modules, also those inside functions, runs one way."""
+    modules = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in (ROOT / "eval_recorder").rglob("*.py")}
+    graph = {name: {m for m in imported_modules(path) if m in modules and m != name} for name, path in modules.items()}
+    for name in modules:  # ``from eval_recorder import eval_runner`` names a module too
+        for node in ast.walk(ast.parse(modules[name].read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("eval_recorder", "eval_recorder.app",
+                                                                    "eval_recorder.flatland"):
+                graph[name] |= {f"{node.module}.{alias.name}" for alias in node.names
+                                if f"{node.module}.{alias.name}" in modules}
+    graph["eval_recorder"] = set()  # the package's lazy names (PEP 562) are looked up, not imported at load
+    circles = []
+
+    def visit(name, path):
+        for other in sorted(graph[name]):
+            if other in path:
+                circles.append(path[path.index(other):] + [other])
+            elif other not in done:
+                visit(other, path + [other])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert circles == []
 
 
 def imported_modules(path) -> set[str]:

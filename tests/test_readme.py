@@ -115,7 +115,7 @@ def test_readme_sample_outputs_are_the_lines_a_run_prints():
 def test_library_wandb_folder_is_next_to_the_videos_never_the_working_directory(tmp_path, monkeypatch,
                                                                                  video_dir, wandb_dir):
     from eval_recorder import RecordingOptions
-    from eval_recorder.session import default_wandb_dir
+    from eval_recorder.options import default_wandb_dir
 
     monkeypatch.chdir(tmp_path)
     assert default_wandb_dir(RecordingOptions(video_dir=video_dir)) == tmp_path / wandb_dir

@@ -11,13 +11,10 @@ import pytest
 
 from eval_recorder.encoding import StreamingEncoder
 from eval_recorder.flatland.frames import FlatlandFrames
-from eval_recorder.frames import frames_rendered
-from eval_recorder.recorder import EpisodeRecorder
+from eval_recorder.frames import DEFAULT_MAX_SIDE, frames_rendered
+from eval_recorder.recorder import VideoRecorder
 from eval_recorder.yuv import paste_rows_yuv420p, rgb_to_yuv420p
-from eval_recorder.flatland.rendering import (
-    DEFAULT_MAX_SIDE,
-    FrameRenderer,
-)
+from eval_recorder.flatland.rendering import FrameRenderer
 
 STEPS = 40
 SEED = 7
@@ -177,7 +174,7 @@ def test_frames_rendered_counts_every_frame_the_flatland_source_gives(episode):
 )
 def test_frame_every_records_reset_every_kth_step_and_the_last_step(steps, frame_every, frames):
     rail_env = tiny_env()
-    recorder = EpisodeRecorder(FlatlandFrames.find(rail_env, max_side=0), fps=10, runner_index=0,
+    recorder = VideoRecorder(FlatlandFrames.find(rail_env, max_side=0), fps=10, runner_index=0,
                                frame_every=frame_every)
     recorder.start(env_seed=SEED)
     for actions in random_actions(rail_env, steps, SEED):
@@ -194,7 +191,7 @@ def test_frame_every_records_reset_every_kth_step_and_the_last_step(steps, frame
 
 def test_frame_every_must_be_positive():
     with pytest.raises(ValueError, match="frame_every must be >= 1, got 0"):
-        EpisodeRecorder(FlatlandFrames.find(tiny_env(), max_side=0), fps=10, runner_index=0, frame_every=0)
+        VideoRecorder(FlatlandFrames.find(tiny_env(), max_side=0), fps=10, runner_index=0, frame_every=0)
 
 
 def test_yuv420p_frames_stay_exact_when_few_converted_boxes_are_kept(monkeypatch):

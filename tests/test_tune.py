@@ -9,7 +9,7 @@ import json
 from conftest import TINY, compose_config, flatland_config
 from eval_recorder.api import add_recording
 from eval_recorder.folder_guard import OWNER_FILE
-from eval_recorder.session import RecordingOptions
+from eval_recorder.options import RecordingOptions
 from eval_recorder.video_store import read_manifest
 from wandb_offline import run_records
 

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from eval_recorder import RecordedEpisode, RecordEpisodes, RecordMultiAgentEpisodes, record_episodes
-from eval_recorder.callback import RoundState, prepare_runner, scenario_share
+from eval_recorder.errors import NoFrames
+from eval_recorder.eval_runner import prepare_runner
 from eval_recorder.flatland.envs import make_env
 from eval_recorder.flatland.frames import FlatlandFrames
 from eval_recorder.flatland.rendering import FrameRenderer
-from eval_recorder.frames import NoFrames, RenderFrames
+from eval_recorder.frames import RenderFrames
+from eval_recorder.runner_round import RunnerRound, scenario_share, this_process
 from eval_recorder.tags import WeightsHistory
-from eval_recorder.wrapper import runner_round, set_runner_round
 
 SMALL = {"n_agents": 2, "x_dim": 30, "y_dim": 30, "n_cities": 2, "max_rail_pairs_in_city": 2,
          "max_rails_between_cities": 2, "malfunction_interval": 0, "seed": 3}
@@ -73,7 +74,7 @@ def decoded(episode: RecordedEpisode):
 def test_a_flatland_env_is_drawn_by_the_fast_renderer_and_keeps_its_facts():
     env = record_episodes(make_env(SMALL), fps=10, overlay=False)
     assert isinstance(env, RecordMultiAgentEpisodes)
-    assert isinstance(env.recording.source, FlatlandFrames) and env.recording.label == "flatland"
+    assert isinstance(env.frame_source, FlatlandFrames) and env.label == "flatland"
     env.reset(seed=5)
     done, steps = False, 0
     while not done:
@@ -92,7 +93,7 @@ def test_a_flatland_env_is_drawn_by_the_fast_renderer_and_keeps_its_facts():
 
 def test_a_gymnasium_env_is_recorded_through_its_own_render():
     env = RecordEpisodes(Blocks(), fps=5, label="blocks", seed=11)
-    assert isinstance(env.recording.source, RenderFrames)
+    assert isinstance(env.frame_source, RenderFrames)
     first = [play(env, lambda obs: 0) for _ in range(2)]
     episodes = env.pop_finished()
     assert [e.episode_length for e in episodes] == first
@@ -123,7 +124,7 @@ def test_an_env_that_renders_no_frames_records_nothing_and_says_why():
     env = RecordEpisodes(Blocks(render_mode=None))
     play(env, lambda obs: 0)  # the episode runs on; nothing is recorded
     assert env.pop_finished() == []
-    assert env.recording.problem == (
+    assert env.problem == (
         "the env Blocks returned NoneType from render(), not an rgb_array frame; make the evaluation env with "
         "render_mode='rgb_array' so that its frames can be recorded."
     )
@@ -133,20 +134,20 @@ def test_an_eval_runner_labels_with_the_iteration_of_the_weights_it_holds():
     history = WeightsHistory()
     history.record(weights_seq_no=3, training_iteration=3, env_steps=600)
     runner = SimpleNamespace(_weights_seq_no=4, worker_index=1)
-    prepare_runner(runner, None, RoundState(7, history, [], 1))  # version 4: the iteration just trained
-    assert (runner_round().evaluation_round, runner_round().label_iteration) == (7, 4)
+    prepare_runner(runner, None, RunnerRound(7, history, [], 1))  # version 4: the iteration just trained
+    assert (this_process().evaluation_round, this_process().label_iteration) == (7, 4)
     runner._weights_seq_no = 3  # parallel evaluation: the previous iteration's weights
-    prepare_runner(runner, None, RoundState(8, history, [], 1))
-    assert runner_round().label_iteration == 3
+    prepare_runner(runner, None, RunnerRound(8, history, [], 1))
+    assert this_process().label_iteration == 3
     env = record_episodes(make_env(SMALL))
     env.reset(seed=1)
-    assert env.recording._label_text() == "iteration 3 | step 0 | arrived 0/2"
+    assert env._label_text() == "iteration 3 | step 0 | arrived 0/2"
     gym_env = RecordEpisodes(Blocks())
     gym_env.reset(seed=1)
     gym_env.step(0)
-    assert gym_env.recording._label_text() == "iteration 3 | step 1 | return 1.5"
-    set_runner_round(None, None)
-    assert gym_env.recording._label_text() == "iteration ? | step 1 | return 1.5"
+    assert gym_env._label_text() == "iteration 3 | step 1 | return 1.5"
+    this_process().start(None)
+    assert gym_env._label_text() == "iteration ? | step 1 | return 1.5"
 
 
 def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered(monkeypatch):
@@ -158,11 +159,13 @@ def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered
     encode = StreamingEncoder.add_yuv420p
     monkeypatch.setattr(StreamingEncoder, "add_yuv420p", lambda self, frame, *, label=None: (
         given.append((frame.copy(), label)), encode(self, frame, label=label)))
-    set_runner_round(None, None)
+    this_process().start(None)
     for overlay in (False, True):
         env = record_episodes(make_env(SMALL), overlay=overlay)
         env.reset(seed=5)  # the reset frame goes to the (real) encoder
-        env.recording.recorder.discard()
+        assert env.recording
+        env.discard()
+        assert not env.recording
     (off, no_label), (on, label) = given
     env = make_env(SMALL)
     env.reset(seed=5)

@@ -1,16 +1,8 @@
 """From the Hydra config to an RLlib ``AlgorithmConfig`` (no recording yet: see api.add_recording).
 
-Holds:
-  ALGORITHMS            the algorithms of ``algorithm=...``: PPO, APPO, IMPALA, DQN.
-  check_config()        refuses configs that cannot work, before anything starts.
-  builtin_env_config()  the RLlib env_config of a built-in Flatland env preset.
-  recording_options()   the driver's RecordingOptions from the config.
-  algorithm_config()    the algorithm's config for an env: one policy shared by all agents
-                        of a multi-agent env, training and evaluation settings.
-  evaluation_settings() the arguments of AlgorithmConfig.evaluation() (training and standalone).
-  evaluation_overrides() the RLlib evaluation_config of ``cfg.evaluation``.
-  start_ray()           a local Ray, or joins the cluster at ``ray.address``; runs
-                        ``env.setup`` on every worker.
+Checks a config before anything starts, builds the algorithm's config for an env (one
+policy shared by all agents of a multi-agent env) with its training and evaluation
+settings, gives the driver's RecordingOptions, and starts or joins Ray.
 """
 
 from __future__ import annotations
@@ -19,16 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from eval_recorder.api import RENDER_MODES
-from eval_recorder.app.checkpoints import UserError
-from eval_recorder.callback import TRAINING_RENDER_REFUSED
-from eval_recorder.flatland.envs import ENV_CONFIG_KEYS
+from eval_recorder.app.envs import hook_path
+from eval_recorder.errors import TRAINING_RENDER_REFUSED, UserError
 
 __all__ = [
     "ALGORITHMS",
     "POLICY_ID",
-    "UserError",
     "algorithm_config",
-    "builtin_env_config",
     "check_config",
     "evaluation_overrides",
     "evaluation_settings",
@@ -39,8 +28,8 @@ __all__ = [
 ALGORITHMS = ("PPO", "APPO", "IMPALA", "DQN")
 POLICY_ID = "p0"  # one policy shared by all agents of a multi-agent env
 # How long an evaluation round waits for a restarted eval runner when none is healthy
-# (then the round is skipped, training goes on). Measured: a runner killed mid-episode is
-# back in about 6 s on the small env.
+# (then the round is skipped, training goes on): ample time for Ray to restart a runner
+# killed mid-episode.
 EVAL_RUNNER_RECOVERY_SECONDS = 60.0
 _FPS_RANGE = (1, 60)
 RAY_CLIENT_PREFIX = "ray://"  # Ray Client addresses need ray[client], which is not installed
@@ -109,7 +98,7 @@ def check_config(cfg) -> None:
 def recording_options(cfg, *, output_dir: Path, **overrides):
     """The driver's RecordingOptions from ``cfg.recording``, ``cfg.wandb`` and ``cfg.env``
     (wandb run and checkpoints under ``output_dir``); ``overrides`` replace fields."""
-    from eval_recorder.session import RecordingOptions, new_run_id
+    from eval_recorder.options import RecordingOptions, new_run_id
 
     options = dict(
         video_dir=cfg.recording.video_dir,
@@ -128,13 +117,6 @@ def recording_options(cfg, *, output_dir: Path, **overrides):
     )
     options.update(overrides)
     return RecordingOptions(**options)
-
-
-def builtin_env_config(env_cfg, *, seed: int) -> dict[str, Any]:
-    """RLlib env_config for ``eval_recorder.flatland.envs.make_env`` from an env preset."""
-    config = {key: env_cfg[key] for key in ENV_CONFIG_KEYS if key != "seed"}
-    config["seed"] = seed
-    return config
 
 
 def algorithm_config(cfg, *, env, env_config: dict, multi_agent: bool):
@@ -208,8 +190,6 @@ def start_ray(cfg) -> str:
     """Start a local Ray, or join the cluster at ``ray.address``; says which. ``env.setup``
     runs on every Ray worker before it does anything else."""
     import ray
-
-    from eval_recorder.app.envs import hook_path
 
     runtime_env = {"worker_process_setup_hook": hook_path(cfg.env.setup)} if cfg.env.setup else None
     if cfg.ray.address is None:

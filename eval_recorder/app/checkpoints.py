@@ -1,18 +1,11 @@
 """Reading saved RLlib checkpoints, before anything is built or claimed.
 
-Holds:
-  UserError             a mistake in what the user asked for (one sentence: what is
-                        wrong and what to do); the entry points exit with code 2.
-  CheckpointInfo        what a checkpoint is, read from its own files: algorithm class,
-                        stored config, training iteration, lifetime env steps, and the
-                        observation and action spaces of each of its policies (modules).
-  inspect_checkpoint()  reads and checks one checkpoint folder: every file of it is read
-                        (a truncated or corrupt module, learner or optimizer state is found
-                        here, not 45 s later), the algorithm is one of RLlib's new API stack.
-  find_checkpoints()    PATH is a checkpoint, or a run folder holding several: all of
-                        them in order of training iteration.
-  checkpoint_path() / latest_checkpoint()   the main job's checkpoints folder: one folder
-                        per saved iteration; the newest intact one (for resume).
+A checkpoint folder (or a run folder holding several, in order of training iteration) is
+read from its own files into a CheckpointInfo: algorithm class, stored config, training
+iteration, env steps and each policy's spaces. Every file is read up front, so a truncated
+or corrupt checkpoint (or one of RLlib's old API stack) is refused here rather than when
+RLlib restores it. Also names the main job's checkpoint folders (one per saved iteration)
+and finds the newest intact one, for resume.
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ from eval_recorder.errors import UserError
 
 __all__ = [
     "CheckpointInfo",
-    "UserError",
     "checkpoint_path",
     "find_checkpoints",
     "inspect_checkpoint",
@@ -50,10 +42,6 @@ class CheckpointInfo:
     training_iteration: int
     env_steps: int
     modules: dict[str, tuple[Any, Any]]  # module (policy) id -> (observation space, action space)
-
-    @property
-    def algorithm_name(self) -> str:
-        return self.algorithm_class.__name__
 
 
 def _incomplete(checkpoint: Path, file: Path) -> UserError:

@@ -1,9 +1,9 @@
 """The configuration schema of ``run_eval.py``: Hydra structured configs.
 
-Holds the dataclasses (one per config group / section, each field documented where it
-is declared) and ``register_configs()``, which puts them in Hydra's ConfigStore.
-YAML files in ``conf/`` only choose and override; a wrong type or an unknown key fails
-with Hydra's own message before any work starts.
+One dataclass per config group or section, each field documented where it is declared
+(``options_doc`` turns those docs into ``--help`` and the README's table), registered in
+Hydra's ConfigStore by ``register_configs()``. YAML files in ``conf/`` only choose and
+override; a wrong type or an unknown key fails with Hydra's own message before any work starts.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from eval_recorder.frames import DEFAULT_MAX_SIDE
 
 __all__ = [
     "AlgorithmSection",
@@ -141,7 +143,7 @@ class RecordingConfig:
     """Folder for videos, sidecars and manifest (default: inside this run's Hydra output folder)."""
     fps: int = 10
     """Frames per second of the videos."""
-    max_side: int = 800
+    max_side: int = DEFAULT_MAX_SIDE
     """Longest frame side in pixels: larger frames are scaled down (0 = flatland's own size, uncapped)."""
     frame_every: int = 1
     """Record every k-th env step (plus the reset frame and the last step); k > 1 gives shorter, cheaper videos."""
@@ -193,17 +195,7 @@ class MainConfig:
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it),
-    and the resolvers that put the option reference and the config groups into ``--help``."""
-    from omegaconf import OmegaConf
-
-    from eval_recorder.app.options_doc import config_groups_help, options_help
-
-    # Hydra fills its help template with string.Template: a literal "$" is "$$".
-    if not OmegaConf.has_resolver("eval_recorder_options"):
-        OmegaConf.register_new_resolver("eval_recorder_options", lambda: options_help().replace("$", "$$"))
-    if not OmegaConf.has_resolver("eval_recorder_groups"):
-        OmegaConf.register_new_resolver("eval_recorder_groups", lambda: config_groups_help().replace("$", "$$"))
+    """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it)."""
     store = ConfigStore.instance()
     store.store(name="base_config", node=MainConfig)
     store.store(group="env", name="base_env", node=EnvConfig)

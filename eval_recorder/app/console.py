@@ -1,21 +1,11 @@
 """What a run of ``run_eval.py`` shows on the terminal, and where everything else goes.
 
-Holds:
-  Console         for the length of one job: our own lines on stdout, our warnings and
-                  errors on stderr, at most one progress bar (only on a terminal; no ANSI
-                  codes otherwise). Everything else this process prints -- Ray's, RLlib's,
-                  wandb's, gymnasium's: logging records, Python warnings, C++ writes to
-                  file descriptors 1 and 2, the lines of Ray workers -- goes to the run's
-                  log file instead, unless ``verbose``.
-  say() / warn() / error()   a line through the open console (plain print without one).
-  shown()         a path as lines show it: relative to the working directory if inside it.
-  progress() / log_path()    the open console's progress bar and log file.
-  summary_lines() the closing lines of a run: only files that exist; a run that
-                  recorded nothing says so and why.
-  wandb_sync_target()  what one ``wandb sync`` command needs to upload a whole run.
-  RunFolderCleanup / remove_refused_run_folder()   a Hydra callback that notes which
-                  folders of ``hydra.run.dir`` this run creates, so that a run refused
-                  before it starts leaves no empty ``outputs/<date>/<time>/`` behind.
+For the length of one job the Console puts our own lines on stdout, our warnings and errors
+on stderr and at most one progress bar (only on a terminal, no ANSI codes otherwise), and
+sends everything else this process prints (Ray's, RLlib's, wandb's, gymnasium's: logging,
+warnings, C++ writes to descriptors 1 and 2, Ray workers' lines) to the run's log file,
+unless ``verbose``. Also the closing lines of a run, and the Hydra callback that lets a run
+refused before it starts leave no empty ``outputs/<date>/<time>/`` behind.
 """
 
 from __future__ import annotations
@@ -31,6 +21,7 @@ from typing import Any, TextIO
 __all__ = [
     "LOG_NAME",
     "Console",
+    "Progress",
     "RunFolderCleanup",
     "error",
     "log_path",

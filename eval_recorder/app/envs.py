@@ -1,19 +1,10 @@
 """Which env the main job and standalone evaluation use, and the check that it works.
 
-Holds:
-  EnvChoice        the env for RLlib (a registered name or gymnasium id, and its env_config),
-                   with a description for messages.
-  run_setup()      calls ``env.setup`` (``module:function``) in this process; the same
-                   function runs on every Ray worker (``worker_process_setup_hook``).
-  env_choice()     the env the config asks for: the built-in Flatland presets, ``env.id``
-                   (a registered name or gymnasium id) or ``env.factory``
-                   (``module:function`` called with ``env.config``).
-  checkpoint_env_choice()   the env a checkpoint was trained on (unless the user names one).
-  EnvFacts / probe_env()    builds the evaluation env once on the driver, within
-                   ``env.build_timeout`` seconds, before anything is claimed: it must be
-                   made, reset, give a frame (and load each saved scenario); returns
-                   its spaces. Every failure is one sentence (UserError).
-  check_fits()     the env's spaces against a checkpoint's policies (its own mapping).
+The env is the built-in Flatland preset, ``env.id`` (a registered name or gymnasium id),
+``env.factory`` (``module:function``) or, for a checkpoint, the one it was trained on;
+``env.setup`` runs here and on every Ray worker. Before anything is claimed the driver
+builds the evaluation env once, within ``env.build_timeout``, and checks that it fits each
+policy of a checkpoint; every failure is one sentence (UserError).
 """
 
 from __future__ import annotations
@@ -23,12 +14,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from eval_recorder.app.checkpoints import CheckpointInfo, UserError
+from eval_recorder.app.checkpoints import CheckpointInfo
+from eval_recorder.errors import UserError
 
 __all__ = [
     "EnvChoice",
     "EnvFacts",
     "FactoryCreator",
+    "builtin_env_config",
     "check_fits",
     "checkpoint_env_choice",
     "env_choice",
@@ -104,11 +97,19 @@ def env_choice(cfg, *, seed: int) -> EnvChoice:
         return EnvChoice(name, dict(env.config), f"env.factory={env.factory}")
     if env.id:
         return EnvChoice(env.id, dict(env.config), f"env {env.id!r}")
-    from eval_recorder.app.algorithms import builtin_env_config
     from eval_recorder.flatland.envs import ENV_NAME, register_env
 
     register_env()
     return EnvChoice(ENV_NAME, builtin_env_config(env, seed=seed), f"the built-in Flatland env ({env.name})")
+
+
+def builtin_env_config(env_cfg, *, seed: int) -> dict[str, Any]:
+    """RLlib env_config for ``eval_recorder.flatland.envs.make_env`` from an env preset."""
+    from eval_recorder.flatland.envs import ENV_CONFIG_KEYS
+
+    config = {key: env_cfg[key] for key in ENV_CONFIG_KEYS if key != "seed"}
+    config["seed"] = seed
+    return config
 
 
 def checkpoint_env_choice(info: CheckpointInfo) -> EnvChoice:
@@ -190,9 +191,8 @@ def _probe(choice: EnvChoice, *, max_side: int, seed: int, scenarios: list[tuple
     import gymnasium as gym
     from ray.rllib.env.env_context import EnvContext
 
+    from eval_recorder.errors import NoFrames
     from eval_recorder.eval_env import RECORDING_KEY, RENDER_KEY, RecordingEnvCreator
-    from eval_recorder.frames import NoFrames
-    from eval_recorder.wrapper import set_runner_round
 
     context = EnvContext({**choice.env_config, RENDER_KEY: "human", RECORDING_KEY: {"max_side": max_side,
                                                                                    "overlay": False}},
@@ -207,28 +207,23 @@ def _probe(choice: EnvChoice, *, max_side: int, seed: int, scenarios: list[tuple
             f"or give env.factory=module:function."
         ) from None
     try:
-        recording = env.recording
-        set_runner_round(None, None)
-        env.reset(seed=seed)
-        _no_problem(recording)
+        _no_problem(env.probe(seed=seed))
         played = []
         for name, data in scenarios:
-            if not hasattr(recording.source, "load_scenario"):
+            if not env.plays_scenarios:
                 raise UserError(
                     f"env.scenarios holds saved Flatland scenarios, but {choice.description} is not a Flatland env; "
                     f"drop env.scenarios or use a Flatland env."
                 )
-            set_runner_round(None, None, [(name, data)])
             try:
-                env.reset(seed=seed)
+                problem = env.probe(seed=seed, scenario=(name, data))
             except Exception as error:
                 raise UserError(
                     f"saved scenario {name} cannot be played ({type(error).__name__}: {_first_line(error)}); "
                     f"remove it from env.scenarios or save it again with flatland's RailEnvPersister."
                 ) from None
-            _no_problem(recording)
+            _no_problem(problem)
             played.append(name)
-        set_runner_round(None, None)
         from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
         multi_agent = isinstance(env, MultiAgentEnv)
@@ -240,16 +235,15 @@ def _probe(choice: EnvChoice, *, max_side: int, seed: int, scenarios: list[tuple
             spaces = {None: (env.observation_space, env.action_space)}
         from eval_recorder.flatland.frames import FlatlandFrames
 
-        return EnvFacts(multi_agent=multi_agent, spaces=spaces, label=recording.label,
-                        flatland=isinstance(recording.source, FlatlandFrames), scenarios=played)
+        return EnvFacts(multi_agent=multi_agent, spaces=spaces, label=env.label,
+                        flatland=isinstance(env.frame_source, FlatlandFrames), scenarios=played)
     finally:
         env.close()
 
 
-def _no_problem(recording) -> None:
-    recording.recorder.discard()
-    if recording.problem is not None:
-        raise UserError(recording.problem)
+def _no_problem(problem: str | None) -> None:
+    if problem is not None:
+        raise UserError(problem)
 
 
 def check_fits(facts: EnvFacts, info: CheckpointInfo, choice: EnvChoice) -> None:

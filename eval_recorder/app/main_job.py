@@ -1,11 +1,10 @@
 """The main job: training with recorded periodic evaluation (``python run_eval.py``).
 
-Holds:
-  train_with_recording(cfg, output_dir)   checks the config and builds the env once on the
-      driver (nothing is claimed before that), claims the video folder (before Ray
-      starts), trains ``algorithm`` until ``training.iterations`` iterations with recorded
-      evaluation (resuming the run's latest checkpoint with ``recording.resume=true``),
-      saves checkpoints, prints one line per iteration and a summary; returns an exit code.
+``train_with_recording`` checks the config and builds the env once on the driver (nothing
+is claimed before that), claims the video folder (before Ray starts), trains until
+``training.iterations`` iterations with recorded evaluation (resuming the run's latest
+checkpoint with ``recording.resume=true``), saves checkpoints, prints one line per
+iteration and a summary, and returns an exit code.
 
 Exit codes: 0 done; 2 the user asked for something that cannot work (one sentence on
 stderr says what and what to do; nothing of the user's was touched); 130 interrupted
@@ -22,11 +21,11 @@ from pathlib import Path
 
 from eval_recorder.api import add_recording
 from eval_recorder.app import console
-from eval_recorder.app.algorithms import UserError, algorithm_config, check_config, recording_options
+from eval_recorder.app.algorithms import algorithm_config, check_config, recording_options
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
-from eval_recorder.app.stopping import run_and_close, start_ray_shielded, stop_cleanly, stop_ray
-from eval_recorder.folder_guard import FolderRefused
+from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
+from eval_recorder.errors import UserError
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals
 
@@ -50,8 +49,7 @@ def train_with_recording(cfg, output_dir: Path) -> int:
 
 
 def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
-    session = None
-    try:
+    with StartUp(stop, interrupted="interrupted before the run started; nothing was recorded") as start:
         check_config(cfg)
         if cfg.recording.resume and not cfg.wandb.run_id:
             raise UserError("recording.resume=true needs the id of the run to continue: add wandb.run_id=<run id>.")
@@ -60,19 +58,13 @@ def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
         options = recording_options(
             cfg, output_dir=output_dir, config=_plain(cfg), checkpoint_dir=str(output_dir / "checkpoints")
         )
-        session = RecordingSession(options)
+        session = start.session = RecordingSession(options)
         facts = probe_env(choice, max_side=cfg.recording.max_side, seed=cfg.evaluation.seed,
                           scenarios=session.scenarios(), timeout_s=cfg.env.build_timeout)
         run_id = options.run_id
         session.open()  # refuses a folder in use before Ray starts
-    except (UserError, FolderRefused, ValueError) as error:
-        console.error(str(error))
-        return 2
-    except KeyboardInterrupt:  # stopped before the run started
-        if session is not None:
-            session.close(exit_code=stop.exit_code)
-        console.say("interrupted before the run started; nothing was recorded", err=True)
-        return stop.exit_code
+    if start.exit_code is not None:
+        return start.exit_code
     # A resumed run keeps saving into, and restores from, its own checkpoints folder.
     checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
 
@@ -137,7 +129,7 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: store what finished, close, then stop Ray
             session.on_video = None
             bar.close()
-            stop_cleanly(algo, session, stop, farewell=lambda: _resume_hint(session))
+            stop_cleanly(session, stop, farewell=lambda: _resume_hint(session))
             raise
         finally:
             session.on_video = None

@@ -1,15 +1,8 @@
-"""The option reference, generated from the structured config (one source of truth).
-
-Holds:
-  option_rows()    (key, type, default, doc) of every option of ``run_eval.py``, read from
-                   the dataclasses in ``eval_recorder/app/config.py`` and the docstring written
-                   under each field.
-  options_table()  those rows as the Markdown table the README carries (a test fails if
-                   the README's copy drifts).
-  options_help()   the same as plain text, for ``python run_eval.py --help``.
-  config_groups_help()   the config groups and their choices (``env: medium, small``) for
-                   ``--help``; the schema nodes the presets build on (``base_env``,
-                   ``base_algorithm``) are internal and not listed.
+"""The option reference of ``run_eval.py``, generated from the structured config in
+``eval_recorder/app/config.py`` (its fields and the docstring under each): the Markdown
+table the README carries (a test fails if the README's copy drifts) and the same as plain
+text for ``--help``, with the config groups and their choices. ``register_help_resolvers()``
+puts them into Hydra's help template (``conf/config.yaml``).
 
 Run ``python -m eval_recorder.app.options_doc`` to print the Markdown table.
 """
@@ -24,7 +17,7 @@ from enum import Enum
 
 from eval_recorder.app import config as config_module
 
-__all__ = ["config_groups_help", "option_rows", "options_help", "options_table"]
+__all__ = ["config_groups_help", "option_rows", "options_help", "options_table", "register_help_resolvers"]
 
 _INTERNAL_PREFIX = "base_"  # schema nodes registered by config.register_configs()
 
@@ -81,6 +74,7 @@ def _type_name(field: dataclasses.Field) -> str:
 
 
 def option_rows() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) of every option, section by section."""
     rows = []
     for section, cls in _SECTIONS.items():
         docs = _field_docs(cls)
@@ -92,6 +86,7 @@ def option_rows() -> list[tuple[str, str, str, str]]:
 
 
 def options_table() -> str:
+    """The option rows as the Markdown table of the README."""
     lines = ["| option | type | default | what it does |", "|---|---|---|---|"]
     for key, type_name, default, doc in option_rows():
         lines.append(f"| `{key}` | {type_name} | `{default}` | {doc.replace('|', chr(92) + '|')} |")
@@ -99,6 +94,7 @@ def options_table() -> str:
 
 
 def options_help() -> str:
+    """The option rows as plain text, one line each, for ``--help``."""
     width = max(len(key) for key, *_ in option_rows())
     return "\n".join(f"  {key:<{width}}  {doc} (default: {default})" for key, _, default, doc in option_rows())
 
@@ -117,6 +113,18 @@ def config_groups_help() -> str:
         if choices:
             lines.append(f"{group}: {', '.join(choices)}")
     return "\n".join(lines)
+
+
+def register_help_resolvers() -> None:
+    """Register the resolvers of Hydra's help template (``conf/config.yaml``):
+    ``eval_recorder_options`` (options_help) and ``eval_recorder_groups`` (config_groups_help)."""
+    from omegaconf import OmegaConf
+
+    # Hydra fills its help template with string.Template: a literal "$" is "$$".
+    if not OmegaConf.has_resolver("eval_recorder_options"):
+        OmegaConf.register_new_resolver("eval_recorder_options", lambda: options_help().replace("$", "$$"))
+    if not OmegaConf.has_resolver("eval_recorder_groups"):
+        OmegaConf.register_new_resolver("eval_recorder_groups", lambda: config_groups_help().replace("$", "$$"))
 
 
 if __name__ == "__main__":

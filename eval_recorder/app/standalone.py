@@ -1,14 +1,12 @@
 """Standalone evaluation of saved checkpoints (``python run_eval.py checkpoint=PATH``).
 
-Holds:
-  evaluate_checkpoints(cfg, output_dir, checkpoint, env_overridden)
-      any new-API-stack Algorithm checkpoint (PPO, APPO, IMPALA, DQN, SAC, ...; also ones
-      whose config never had recording, and multi-policy ones, played with their own
-      policy mapping), or a run folder of them: reads and checks every checkpoint file,
-      finds the env (the checkpoint's own, registered through ``env.setup``; or the one the
-      user names), builds it once and checks it fits each policy — all before anything is
-      claimed — then claims the video folder and evaluates each checkpoint through the same
-      recording path as periodic evaluation (add_recording + the callback + the session).
+``evaluate_checkpoints`` takes any new-API-stack Algorithm checkpoint (PPO, APPO, IMPALA,
+DQN, SAC, ...; also ones whose config never had recording, and multi-policy ones, played
+with their own policy mapping), or a run folder of them: it reads and checks every
+checkpoint file, finds the env (the checkpoint's own, registered through ``env.setup``; or
+the one the user names), builds it once and checks it fits each policy — all before
+anything is claimed — then claims the video folder and evaluates each checkpoint through
+the same recording path as periodic evaluation (add_recording + the callback + the session).
 
 Exit codes as for the main job: 0 done, 2 refused, 1 crashed, 130 Ctrl-C, 143 SIGTERM (the
 episodes that finished are stored and the wandb run finished with that code).
@@ -20,14 +18,9 @@ import json
 from pathlib import Path
 
 from eval_recorder.app import console
-from eval_recorder.app.algorithms import (
-    UserError,
-    check_config,
-    evaluation_settings,
-    recording_options,
-)
+from eval_recorder.app.algorithms import check_config, evaluation_settings, recording_options
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
-from eval_recorder.app.stopping import run_and_close, start_ray_shielded, stop_cleanly, stop_ray
+from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
 from eval_recorder.stopping import StopSignals
 
@@ -45,17 +38,15 @@ def evaluate_checkpoints(cfg, output_dir: Path, checkpoint: str, *, env_overridd
 
 
 def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: StopSignals) -> int:
-    from eval_recorder.folder_guard import FolderRefused
     from eval_recorder.session import RecordingSession
 
-    session = None
-    try:
+    with StartUp(stop, interrupted="interrupted before the evaluation started; nothing was recorded") as start:
         check_config(cfg)
         infos = find_checkpoints(checkpoint)
         run_setup(cfg.env.setup)
         options = recording_options(cfg, output_dir=output_dir, wandb_job_type="eval",
                                     config={"checkpoints": [str(info.path) for info in infos]})
-        session = RecordingSession(options)
+        session = start.session = RecordingSession(options)
         choices, probed = [], {}
         for info in infos:
             choice = env_choice(cfg, seed=cfg.training.seed) if env_overridden else checkpoint_env_choice(info)
@@ -67,14 +58,8 @@ def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: 
             choices.append(choice)
         run_id = options.run_id
         session.open()
-    except (UserError, FolderRefused, ValueError) as error:
-        console.error(str(error))
-        return 2
-    except KeyboardInterrupt:  # stopped before anything was evaluated
-        if session is not None:
-            session.close(exit_code=stop.exit_code)
-        console.say("interrupted before the evaluation started; nothing was recorded", err=True)
-        return stop.exit_code
+    if start.exit_code is not None:
+        return start.exit_code
     console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
 
     def work() -> None:
@@ -118,7 +103,7 @@ def _evaluate(cfg, infos: list[CheckpointInfo], choices: list[EnvChoice], sessio
                 algo.evaluate()
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: store what finished, close, then stop Ray
                 bar.close()
-                stop_cleanly(algo, session, stop, farewell=lambda: _interrupted(session))
+                stop_cleanly(session, stop, farewell=lambda: _interrupted(session))
                 raise
     finally:
         bar.close()

@@ -1,30 +1,17 @@
-"""How the jobs (training, standalone evaluation) stop when asked to: Ctrl-C or SIGTERM.
+"""How the jobs (training, standalone evaluation) start and stop: refusals before anything
+is claimed, Ctrl-C or SIGTERM after.
 
-Holds:
-  COLLECT_SECONDS   how long a stop waits for the driver's inbox to hand over the episodes
-                    eval runners finished.
-  run_and_close()   a job's run after its folder is claimed: its exit code (0, 1 after a
-                    crash, 130/143 after a stop signal), the session closed with it either
-                    way and, after a stop, the farewell printed.
-  stop_cleanly()    the stop path of a job: publish the episodes that reached the driver
-                    (also of an evaluation round cut short), finish the wandb run with the
-                    signal's exit code (130 SIGINT, 143 SIGTERM) and release the folder —
-                    before Ray is stopped, which takes seconds and may hang or fail when
-                    the signal reached Ray's processes too — then let a second signal end
-                    the process at once, printing ``farewell`` (how to resume).
-
-  start_ray_shielded()  ``start_ray`` with SIGTERM blocked in the processes Ray starts (as
-                    Ray blocks SIGINT there): a SIGTERM to the whole process group (a
-                    terminal, ``kill -TERM -<pgid>``) or to every process of the job (SLURM)
-                    then stops only the driver, which closes the run while Ray still
-                    serves it. Otherwise the raylet dies at once and Ray's core worker
-                    ends the driver with exit code 1 as soon as it notices (measured: within
-                    40 ms, before the wandb run could be finished).
-  stop_ray()        ``ray.shutdown()`` for a Ray started so: its processes ignore SIGTERM,
-                    so they are killed without Ray's 1 s wait for each to stop gracefully.
-  end_own_ray_now() before the process ends at once: kill the Ray workers and agents below
-                    the Ray processes it started (they would outlive it).
-
+``StartUp`` turns what a job refuses while it starts into one sentence and exit code 2, and
+a stop before the run started into the signal's exit code. ``run_and_close`` runs a job
+with its session held and gives its exit code (0, 1 after a crash, 130/143 after a stop).
+``stop_cleanly`` is the stop path: store the episodes that reached the driver (also of an
+evaluation round cut short), finish the wandb run with the signal's exit code and release
+the folder — before Ray is stopped, which takes seconds and may hang or fail when the signal
+reached Ray's processes too — then let a second signal end the process at once.
+``start_ray_shielded`` starts Ray with SIGTERM blocked in the processes Ray starts (as Ray
+blocks SIGINT there): a SIGTERM to the whole process group (a terminal, SLURM) then stops
+only the driver, which closes the run while Ray still serves it; otherwise the raylet dies
+at once and Ray ends the driver with exit code 1 before its wandb run is finished.
 The signals themselves are turned into KeyboardInterrupt by ``eval_recorder.stopping``.
 """
 
@@ -35,18 +22,50 @@ import os
 import signal
 from pathlib import Path
 
+from eval_recorder.app import console
 from eval_recorder.app.algorithms import start_ray
-from eval_recorder.callback import RecordingCallback
+from eval_recorder.errors import FolderRefused, UserError
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals, children_shielded
 
-__all__ = ["COLLECT_SECONDS", "RAY_STOP_SECONDS", "end_own_ray_now", "own_ray_is_down", "run_and_close",
+__all__ = ["COLLECT_SECONDS", "RAY_STOP_SECONDS", "StartUp", "end_own_ray_now", "own_ray_is_down", "run_and_close",
            "start_ray_shielded", "stop_cleanly", "stop_ray"]
 
 COLLECT_SECONDS = 10.0
 RAY_STOP_SECONDS = 20.0  # longest a stopped job waits for Ray to stop before it ends anyway
 
 logger = logging.getLogger(__name__)
+
+
+class StartUp:
+    """``with StartUp(stop, interrupted=...) as start:`` around a job's start (checks, env
+    probe, the folder claimed): a refusal (UserError, FolderRefused, ValueError) is said in
+    its one sentence and gives ``start.exit_code`` 2; a stop signal closes ``start.session``
+    (if set) with the signal's exit code and says ``interrupted``. Nothing else is caught."""
+
+    def __init__(self, stop: StopSignals, *, interrupted: str) -> None:
+        self.stop = stop
+        self.interrupted = interrupted
+        self.session: RecordingSession | None = None
+        self.exit_code: int | None = None  # set when the job must end here
+
+    def __enter__(self) -> "StartUp":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, (UserError, FolderRefused, ValueError)):
+            console.error(str(exc))
+            self.exit_code = 2
+            return True
+        if issubclass(exc_type, KeyboardInterrupt):
+            if self.session is not None:
+                self.session.close(exit_code=self.stop.exit_code)
+            console.say(self.interrupted, err=True)
+            self.exit_code = self.stop.exit_code
+            return True
+        return False
 
 
 def start_ray_shielded(cfg) -> str:
@@ -76,41 +95,32 @@ def stop_ray() -> None:
 
 
 def run_and_close(session: RecordingSession, stop: StopSignals, work, *, farewell) -> int:
-    """Run ``work()`` (returns the run's exit code, None for 0) with ``session`` claimed; the
-    exit code the wandb run and the process get: ``work``'s, the stop signal's (130 SIGINT,
-    143 SIGTERM) after a clean stop, 1 after a crash (re-raised). ``farewell()`` is what a
-    stopped run prints last (how to resume)."""
-    from eval_recorder.app import console
-
-    code = 0
-    try:
-        code = work() or 0
-    except KeyboardInterrupt:
-        code = stop.exit_code
-        stop_cleanly(None, session, stop, farewell=farewell)  # if ``work`` did not
-    except BaseException:
-        code = 1  # crashed: the wandb run says so
-        raise
-    finally:
+    """Run ``work()`` (returns the run's exit code, None for 0) holding the claimed
+    ``session``; the exit code the wandb run and the process get: ``work``'s, the stop
+    signal's (130 SIGINT, 143 SIGTERM) after a clean stop, 1 after a crash (re-raised).
+    ``farewell()`` is what a stopped run prints last (how to resume)."""
+    with session:  # leaving it closes the session: with 1 after a crash
+        try:
+            code = work() or 0
+        except KeyboardInterrupt:
+            code = stop.exit_code
+            stop_cleanly(session, stop, farewell, collect=False)  # if ``work`` did not
         session.close(exit_code=code)
     if code in (130, 143):
         console.say(farewell(), err=True)
     return code
 
 
-def stop_cleanly(algo, session: RecordingSession, stop: StopSignals, farewell) -> None:
-    """After a stop signal: store what finished, close the session with the signal's exit
-    code; ``farewell()`` (called after closing) is what the process prints if it ends
+def stop_cleanly(session: RecordingSession, stop: StopSignals, farewell, *, collect: bool = True) -> None:
+    """After a stop signal: store what finished (with ``collect``: also what reached the
+    driver of a round under way), close the session with the signal's exit code; ``farewell()`` (called after closing) is what the process prints if it ends
     early: at a second signal, at once if the signal stopped this job's own Ray too (its
     processes are gone: stopping Ray would only wait for them), or when stopping Ray takes
     longer than ``RAY_STOP_SECONDS``."""
     if session.closed:
         return
-    if algo is not None:
-        callbacks = algo.callbacks if isinstance(algo.callbacks, list) else [algo.callbacks]
-        for callback in callbacks:
-            if isinstance(callback, RecordingCallback):
-                callback.finish_interrupted_round(timeout_seconds=COLLECT_SECONDS, hurry=stop.hurry)
+    if collect:
+        session.finish_interrupted_round(timeout_seconds=COLLECT_SECONDS, hurry=stop.hurry)
     session.close(exit_code=stop.exit_code, hurry=stop.hurry)
     logger.info("stopped: %d videos in %s, wandb run finished with exit code %d, folder released",
                 len(session.videos), session.video_dir, stop.exit_code)

@@ -1,14 +1,9 @@
 """The built-in Flatland env of ``run_eval.py`` (the embedded default, not the limit).
 
-Holds:
-  ENV_NAME             the name under which the env is registered with Ray Tune/RLlib.
-  register_env()       registers ``make_env`` under ENV_NAME (idempotent).
-  make_env(config)     a generated ``RailEnv`` with the tree observation, wrapped for RLlib
-                       by flatland-rl's own ``RayMultiAgentWrapper``.
-  ENV_CONFIG_KEYS      the env_config keys it takes.
-
-Recording is not this module's business: the recording wrapper (eval_recorder.wrapper)
-goes around it on evaluation runners, as around any env.
+``make_env`` builds a generated ``RailEnv`` with the tree observation, wrapped for RLlib by
+flatland-rl's own ``RayMultiAgentWrapper``; ``register_env()`` makes it known to RLlib as
+ENV_NAME. Recording is not this module's business: the recording wrapper
+(eval_recorder.wrapper) goes around it on evaluation runners, as around any env.
 """
 
 from __future__ import annotations
@@ -19,6 +14,8 @@ from flatland.env_generation.env_generator import env_generator
 from flatland.envs.predictions import ShortestPathPredictorForRailEnv
 from flatland.ml.observations.flatten_tree_observation_for_rail_env import FlattenedNormalizedTreeObsForRailEnv
 from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
+
+from eval_recorder.errors import RecordingInTraining
 
 __all__ = ["ENV_CONFIG_KEYS", "ENV_NAME", "make_env", "register_env"]
 
@@ -50,9 +47,7 @@ def make_env(env_config: dict[str, Any]) -> RayMultiAgentWrapper:
     """Build the env described by ``env_config`` (an RLlib ``EnvContext`` or a dict):
     flatland-rl's ``RayMultiAgentWrapper`` around a generated ``RailEnv``."""
     if env_config.get("render") is not None:
-        from eval_recorder.callback import TRAINING_RENDER_REFUSED
-
-        raise ValueError(TRAINING_RENDER_REFUSED)
+        raise RecordingInTraining()
     generator_args = {key: env_config[key] for key in _GENERATOR_KEYS if key in env_config}
     obs_builder = FlattenedNormalizedTreeObsForRailEnv(
         max_depth=env_config.get("tree_depth", 2),

@@ -1,15 +1,11 @@
 """Flatland's frame source: the fast renderer for any env that holds a ``RailEnv``.
 
-Holds:
-  FlatlandFrames   a ``FrameSource`` (plugged in through the ``eval_recorder.frame_sources``
-                   entry point) that recognises a flatland ``RailEnv`` inside an env —
-                   flatland-rl's RLlib wrappers (``RayMultiAgentWrapper`` made by
-                   ``ray_env_generator``), gymnasium wrappers, or a bare RailEnv — whatever
-                   its observation builder, generators, malfunctions and speed profiles,
-                   and draws it with ``FrameRenderer`` (flatland's PILSVG picture, pixel
-                   for pixel). Facts: trains, trains arrived, completion. It also loads a
-                   saved scenario (``RailEnvPersister`` file) into the env before a reset.
-  find_rail_env()  the RailEnv inside an env, or None.
+``FlatlandFrames`` (plugged in through the ``eval_recorder.frame_sources`` entry point)
+recognises a flatland ``RailEnv`` inside an env — flatland-rl's RLlib wrappers, gymnasium
+wrappers, or a bare RailEnv — whatever its observation builder, generators, malfunctions
+and speed profiles, draws it with ``FrameRenderer`` (flatland's PILSVG picture, pixel for
+pixel), reports trains, trains arrived and completion, and plays saved scenarios
+(``RailEnvPersister`` files).
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ from eval_recorder.frames import YUV420P, FrameSource, count_frame
 __all__ = ["FlatlandFrames", "arrived", "find_rail_env"]
 
 _MAX_DEPTH = 8
+SCENARIO_SUFFIXES = (".pkl", ".mpk")  # RailEnvPersister's pickle and msgpack files
 
 
 def find_rail_env(env: Any):
@@ -66,6 +63,8 @@ class FlatlandFrames(FrameSource):
     """Frames of the RailEnv inside an env, drawn by the fast renderer (yuv420p)."""
 
     label = "flatland"
+    plays_scenarios = True
+    scenario_files = "saved Flatland scenarios (.pkl or .mpk files of RailEnvPersister)"
 
     def __init__(self, env: Any, rail_env, *, max_side: int) -> None:
         from eval_recorder.flatland.rendering import FrameRenderer
@@ -93,6 +92,10 @@ class FlatlandFrames(FrameSource):
     def facts(self) -> dict[str, Any]:
         agents, done = self.rail_env.get_num_agents(), arrived(self.rail_env)
         return {"num_agents": agents, "agents_arrived": done, "completion": done / agents if agents else 0.0}
+
+    @classmethod
+    def is_scenario(cls, name: str) -> bool:
+        return name.endswith(SCENARIO_SUFFIXES)
 
     @classmethod
     def scenario_agents(cls, name: str, data: bytes) -> int:

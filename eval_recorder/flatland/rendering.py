@@ -1,19 +1,15 @@
 """Off-screen frames of a Flatland ``RailEnv`` (what ``render: human`` records).
 
-Holds:
-  FrameRenderer      one frame per call, the picture flatland's
-                     ``RenderTool(env, gl="PILSVG")`` draws, made off-screen (no display
-                     needed) and scaled to ``max_side``: as RGB (``render``) or as the
-                     yuv420p the video encoder takes (``render_yuv420p``).
-  DEFAULT_MAX_SIDE   the default cap on the longest frame side, in pixels.
+``FrameRenderer`` makes, one frame per call, the picture flatland's
+``RenderTool(env, gl="PILSVG")`` draws, off-screen (no display needed) and scaled to
+``max_side``: as RGB (``render``) or as the yuv420p the video encoder takes
+(``render_yuv420p``). (The RGB → yuv420p conversion it patches cells with is the core's
+eval_recorder.yuv; the frames it gives recording are counted by its frame source,
+eval_recorder.flatland.frames.)
 
-(The RGB → yuv420p conversion it patches cells with is the core's eval_recorder.yuv; the
-frames it gives recording are counted by its frame source, eval_recorder.flatland.frames.)
-
-Why not call RenderTool per step: it loads and recolours every tile image at full size
-(~2 s and ~200 MB per RenderTool), resizes a 300 px tile for every cell it draws
-(~11 s for the rails of a 100x100 grid), composites six full-size layers per frame
-and sleeps 3 ms per frame. The rails do not move during an episode, so here:
+Why not call RenderTool per step: each RenderTool loads and recolours every tile image at
+full size, and it resizes a 300 px tile for every cell it draws, composites six full-size
+layers per frame and sleeps every frame. The rails do not move during an episode, so here:
 
 * tiles are made lazily, by flatland's own recipe (same files, same compositing,
   rotation and recolouring, same resize), and kept only at cell size;
@@ -41,20 +37,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from eval_recorder.encoding import even_size
-from eval_recorder.yuv import planes as _planes, rgb_to_yuv420p
+from eval_recorder.frames import DEFAULT_MAX_SIDE, scaled_size
+from eval_recorder.yuv import even_size, planes, rgb_to_yuv420p
 
-__all__ = ["DEFAULT_MAX_SIDE", "FrameRenderer"]
+__all__ = ["FrameRenderer"]
 
-DEFAULT_MAX_SIDE = 800
-"""Default cap on the longest frame side. Flatland sizes its picture for an 800x600
-screen, so ordinary grids keep flatland's own size; only very large grids (where
-flatland falls back to a few pixels per cell) are scaled down."""
 
 class FrameRenderer:
     """Render the current state of ``rail_env`` as an RGB frame with even sides.
 
-    ``max_side`` caps the longest side in pixels (0 = flatland's own size, no cap).
+    ``max_side`` caps the longest side in pixels (0 = flatland's own size, no cap). Flatland
+    sizes its picture for an 800x600 screen, so with the default cap ordinary grids keep
+    flatland's own size; only very large grids (a few pixels per cell) are scaled down.
     Call ``new_episode()`` after the env was reset: the rails may have been regenerated.
     Frames are flatland's ``RenderTool(env, gl="PILSVG")`` picture (agents drawn one
     step behind, inactive agents hidden), cropped to even sides and, if larger than
@@ -308,7 +302,7 @@ class _Tiles:
         raise KeyError((direction_in, direction_out))
 
     def _train_file(self, name: str) -> tuple[Image.Image, np.ndarray]:
-        """A decoded train image and where it has the colour repainted per agent (kept: ~1 MB for all)."""
+        """A decoded train image and where it has the colour repainted per agent (kept; all of them are small)."""
         found = self._train_files.get(name)
         if found is None:
             image = self._file(name)
@@ -360,7 +354,7 @@ def _layer(size: tuple[int, int], opacity: int) -> Image.Image:
 
 
 _CLEAR = (255, 255, 255, 0)  # a pixel of an empty layer (PILGL.create_image with opacity 0)
-_PATCHES = 1024  # boxes kept converted per episode (~1.3 KB each at 14x14 px), oldest dropped first
+_PATCHES = 1024  # boxes kept converted per episode (each a cell or two), oldest dropped first
 _SHARED_TILES: dict[int, _Tiles] = {}
 
 
@@ -377,7 +371,7 @@ def _tiles(cell_px: int) -> _Tiles:
 class _SparseLayer:
     """A full-frame RGBA layer that is clear (``_CLEAR``) but for a few cells, kept as the
     pixels of those cells only: the stations (layer 2) and the selected station's mark
-    (layer 5) take a few KB instead of ~1 MB each at 524x524."""
+    (layer 5) take a few cells' worth of memory instead of a full frame each."""
 
     def __init__(self, pixels: np.ndarray, cell_px: int) -> None:
         cells = np.unique(np.argwhere(pixels[:, :, 3] > 0) // cell_px, axis=0) * cell_px
@@ -447,7 +441,7 @@ class _Scene:
         self._trains = np.array(_layer(size, 0))  # layer 3, drawn as PIL would, in numpy
         width, height = even_size(geometry.width_px, geometry.height_px)
         self._even = (width, height)
-        self._out_size = even_size(*_scaled(width, height, max_side))
+        self._out_size = scaled_size(width, height, max_side)
         self._static: np.ndarray | None = None
         self._static_yuv: np.ndarray | None = None
         self._keep_static()
@@ -467,9 +461,8 @@ class _Scene:
     def render_yuv420p(self) -> np.ndarray:
         if self._static_yuv is None:  # scaled frames: no cheap per-cell update
             return rgb_to_yuv420p(self.render())
-        width, height = self._even
         frame = self._static_yuv.copy()
-        y_plane, u_plane, v_plane = _planes(frame, width, height)
+        y_plane, u_plane, v_plane = planes(frame)
         for boxes, trains in self._drawn_groups():
             count, box_height, box_width = trains.shape[:3]
             keys = [(box, pixels.tobytes()) for box, pixels in zip(map(tuple, boxes.tolist()), trains)]
@@ -478,7 +471,7 @@ class _Scene:
             if missing:
                 rgb = self._composite(boxes[missing], trains[missing])
                 stacked = rgb_to_yuv420p(rgb.reshape(len(missing) * box_height, box_width, 3))
-                y, u, v = _planes(stacked, box_width, len(missing) * box_height)
+                y, u, v = planes(stacked)
                 for n, index in enumerate(missing):
                     patches[index] = self._keep_patch(keys[index], (y[n * box_height : (n + 1) * box_height],
                                                                     u[n * box_height // 2 : (n + 1) * box_height // 2],
@@ -750,10 +743,3 @@ def _box_indices(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray
     rows = boxes[:, 1, None, None] + np.arange(height)[None, :, None]
     cols = boxes[:, 0, None, None] + np.arange(width)[None, None, :]
     return rows, cols
-
-
-def _scaled(width: int, height: int, max_side: int) -> tuple[int, int]:
-    if max_side <= 0 or max(width, height) <= max_side:
-        return width, height
-    factor = max_side / max(width, height)
-    return max(2, round(width * factor)), max(2, round(height * factor))

@@ -22,12 +22,12 @@ class LearnerVersions(RLlibCallback):
 def train(config, iterations: int) -> list[dict]:
     """Build, train ``iterations`` times, close the recording session, stop; the results."""
     LearnerVersions.versions = {0: 0}  # a new learner starts at version 0
-    algo = config.build_algo()
-    try:
-        return [algo.train() for _ in range(iterations)]
-    finally:
-        recording_session(config).close()
-        algo.stop()
+    with recording_session(config):
+        algo = config.build_algo()
+        try:
+            return [algo.train() for _ in range(iterations)]
+        finally:
+            algo.stop()
 
 
 def expected_tag(weights_seq_no: int, versions: dict[int, int], evaluating_iteration: int) -> int:

@@ -19,7 +19,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback  # noqa: E402
 
 from conftest import TINY, compose_config, flatland_config  # noqa: E402
 from eval_recorder.api import add_recording  # noqa: E402
-from eval_recorder.session import RecordingOptions  # noqa: E402
+from eval_recorder.options import RecordingOptions  # noqa: E402
 
 
 class FailAt(RLlibCallback):

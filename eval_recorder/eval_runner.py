@@ -1,0 +1,143 @@
+"""What runs in an eval runner process: learning the round, probing the envs, delivering
+each finished episode to the driver's inbox stamped with the weights that acted.
+
+The RLlib callback's runner hooks call these; the driver calls ``prepare_runner`` and
+``probe_runner`` on its eval runners through ``EnvRunnerGroup.foreach_env_runner``. Nothing
+here writes a file: finished episodes travel to the driver through Ray (the inbox actor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+from eval_recorder.errors import RecordingInTraining
+from eval_recorder.inbox import deliver, find_inbox
+from eval_recorder.runner_round import RunnerRound, scenario_share, this_process
+from eval_recorder.wrapper import recording_wrapper
+
+__all__ = [
+    "RunnerProblem", "deliver_finished", "inbox_name", "know_the_round", "prepare_runner", "probe_runner",
+    "recording_envs", "refuse_recording_in_training",
+]
+
+logger = logging.getLogger(__name__)
+
+INBOX_ANSWER_SECONDS = 60.0  # longest a restarted runner waits for the inbox to say the round
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerProblem:
+    """An eval runner could not record (e.g. its env renders no frames): what and where."""
+
+    message: str
+    runner_index: int
+
+
+def inbox_name(session_token: str | None) -> str | None:
+    """The name of a session's inbox actor (None for a Tune trial's own session)."""
+    return None if session_token is None else f"eval_recorder_inbox_{session_token}"
+
+
+def prepare_runner(env_runner, inbox_actor, round_: RunnerRound) -> None:
+    """Runs on an eval runner (via Ray): where to deliver episodes, and this round's
+    number, label iteration and share of the saved scenarios."""
+    state = this_process()
+    state.start(round_, inbox=inbox_actor, label_iteration=_label_iteration(env_runner, round_),
+                scenarios=scenario_share(round_.scenarios, env_runner.worker_index, round_.num_runners))
+
+
+def know_the_round(env_runner, session_token: str | None) -> None:
+    """Before each episode: a runner restarted in the middle of a round asks the inbox for
+    the round; then the episode is labelled with the iteration of the weights it holds."""
+    state = this_process()
+    if state.round is None and session_token is not None:
+        import ray
+
+        actor = find_inbox(inbox_name(session_token))
+        round_ = ray.get(actor.round_state.remote(), timeout=INBOX_ANSWER_SECONDS) if actor is not None else None
+        if round_ is not None:
+            prepare_runner(env_runner, actor, round_)
+    state.label_iteration = _label_iteration(env_runner, state.round)
+
+
+def _label_iteration(env_runner, round_: RunnerRound | None) -> int | None:
+    """Training iteration of the weights the runner holds (RLlib stamps the version on
+    every action), for the burned-in label."""
+    version = getattr(env_runner, "_weights_seq_no", None)
+    if version is None or round_ is None:
+        return None
+    try:
+        return round_.history.tag_for(version, env_steps_now=0).training_iteration
+    except ValueError:
+        return None
+
+
+def recording_envs(env_runner) -> list:
+    """The recording wrappers of an env runner's envs (none on training runners)."""
+    vector_env = getattr(env_runner, "env", None)
+    if vector_env is None:
+        return []
+    wrappers = [recording_wrapper(env) for env in getattr(vector_env.unwrapped, "envs", [])]
+    return [wrapper for wrapper in wrappers if wrapper is not None]
+
+
+def probe_runner(env_runner) -> tuple[str | None, str | None]:
+    """Runs on an eval runner: (problem, env label) of its first recording env, after
+    one reset and one frame; (None, label) if it records, ("...", None) if it cannot."""
+    wrappers = recording_envs(env_runner)
+    if not wrappers:
+        return "the evaluation env runners have no recording env (is render: human in their env config?)", None
+    wrapper = wrappers[0]
+    return wrapper.probe(), wrapper.label
+
+
+def refuse_recording_in_training(env_runner, env) -> None:
+    """A training runner whose env records: refused (recording is evaluation-only)."""
+    if env_runner.config.in_evaluation:
+        return
+    if any(recording_wrapper(sub) is not None for sub in getattr(env.unwrapped, "envs", [])):
+        raise RecordingInTraining()
+
+
+def deliver_finished(episode, env_runner, env, env_index: int) -> None:
+    """An episode ended on this eval runner: hand its video (stamped with the weights
+    version that acted and the round it was played in) to the driver's inbox at once, and
+    say once per env why it records nothing, if it cannot."""
+    wrapper = recording_wrapper(env.unwrapped.envs[env_index])
+    if wrapper is None:
+        return
+    state = this_process()
+    if wrapper.problem is not None and id(wrapper) not in state.reported and state.inbox is not None:
+        state.reported.add(id(wrapper))
+        deliver(state.inbox, RunnerProblem(wrapper.problem, env_runner.worker_index))
+    version = _weights_version(episode, env_runner)
+    for finished in wrapper.pop_finished():
+        finished = dataclasses.replace(finished, weights_seq_no=version, evaluation_round=state.evaluation_round)
+        if state.inbox is None:
+            logger.error("no driver inbox is known on this eval runner; episode of %d steps is lost",
+                         finished.episode_length)
+        else:
+            deliver(state.inbox, finished)
+
+
+def _weights_version(episode, env_runner) -> int:
+    """The weights version that chose the actions of ``episode``: stamped on each action by
+    most algorithms; else (DQN stamps none) the version the runner held, which does not
+    change within an evaluation round (weights are synced before a round starts)."""
+    versions = set()
+    agent_episodes = getattr(episode, "agent_episodes", None)
+    for single in (agent_episodes.values() if agent_episodes is not None else [episode]):
+        try:
+            stamped = single.get_extra_model_outputs(key=WEIGHTS_SEQ_NO)
+        except (KeyError, IndexError, AttributeError):
+            continue
+        versions.update(int(v) for v in list(stamped))
+    if len(versions) > 1:
+        logger.warning("episode %s acted with several weights versions %s; tagging the newest",
+                       episode.id_, sorted(versions))
+    if versions:
+        return max(versions)
+    return int(getattr(env_runner, "_weights_seq_no", 0))
