@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval_recorder.errors import FolderRefused
-from eval_recorder.video_store import fsync_dir, write_temporary
+from eval_recorder.atomic_files import fsync_dir, write_temporary
 
 __all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "claim_folder"]
 

@@ -32,7 +32,8 @@ from eval_recorder.options import RecordingOptions, default_wandb_dir
 from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.stopping import critical, exit_code_for
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import VideoStore, read_manifest
+from eval_recorder.video_index import read_manifest
+from eval_recorder.video_store import VideoStore
 from eval_recorder.wandb_from_folder import manifest_table, videos_wandb_missed
 from eval_recorder.wandb_sink import WandbSink
 

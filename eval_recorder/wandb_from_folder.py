@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from eval_recorder.wandb_history import logged_videos, run_logs
 
 __all__ = ["TABLE_COLUMNS", "manifest_table", "videos_wandb_missed"]

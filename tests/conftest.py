@@ -34,7 +34,8 @@ def compose_config(*overrides: str):
 
 def flatland_config(cfg):
     """The RLlib config the main job builds for ``cfg`` on the built-in Flatland env."""
-    from eval_recorder.app.algorithms import algorithm_config, builtin_env_config
+    from eval_recorder.app.algorithms import algorithm_config
+    from eval_recorder.app.envs import builtin_env_config
     from eval_recorder.flatland.envs import ENV_NAME, register_env
 
     register_env()

@@ -19,7 +19,7 @@ from ray.tune.registry import get_trainable_cls
 
 from conftest import TINY, compose_config, flatland_config
 from eval_recorder import RecordingOptions, add_recording
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from support.training import LearnerVersions, expected_tag, train
 from support.user_envs import FLATLAND_ENV, register
 

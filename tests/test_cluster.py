@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from eval_recorder.gallery import GALLERY
-from eval_recorder.video_store import MANIFEST, read_manifest
+from eval_recorder.video_index import MANIFEST, read_manifest
 from support.jobs import Proc, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401  (jobs: a fixture)
 
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs

@@ -14,7 +14,7 @@ import subprocess
 
 from conftest import run_eval_command
 from eval_recorder.folder_guard import claim_folder
-from eval_recorder.video_store import MANIFEST, read_manifest
+from eval_recorder.video_index import MANIFEST, read_manifest
 from support.jobs import check_folder_is_consistent, jobs, wait_for  # noqa: F401  (jobs: a fixture)
 from wandb_offline import run_records
 

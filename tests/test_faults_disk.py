@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from eval_recorder.gallery import GALLERY
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from support.filesystems import fill, small_tmpfs
 from support.jobs import (
     check_folder_is_consistent,

@@ -9,7 +9,8 @@ import time
 from eval_recorder.options import RecordingOptions
 from eval_recorder.session import RecordingSession
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import VideoStore, read_manifest
+from eval_recorder.video_index import read_manifest
+from eval_recorder.video_store import VideoStore
 from eval_recorder.wandb_history import logged_videos, run_logs
 from helpers import episode
 from support.filesystems import fill, small_tmpfs

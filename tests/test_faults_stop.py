@@ -19,7 +19,7 @@ import pytest
 
 from eval_recorder.folder_guard import LOCK_FILE, OWNER_FILE, claim_folder
 from eval_recorder.gallery import GALLERY
-from eval_recorder.video_store import MANIFEST, read_manifest
+from eval_recorder.video_index import MANIFEST, read_manifest
 from support.jobs import (
     check_folder_is_consistent,
     jobs,  # noqa: F401  (a fixture)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval_recorder.folder_guard import claim_folder
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from support.jobs import SUPPORT, check_folder_is_consistent, session_processes, wait_for, wandb_exit_codes, \
     wandb_video_logs
 

@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from eval_recorder.gallery import (
-    GALLERY, IterationSummary, iteration_summary, render_gallery, situations, video_caption, write_gallery,
-)
+from eval_recorder.gallery import GALLERY, render_gallery, write_gallery
+from eval_recorder.gallery_records import IterationSummary, iteration_summary, situations, video_caption
 from eval_recorder.naming import video_stem
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import MANIFEST, VideoStore, read_manifest
+from eval_recorder.video_index import MANIFEST, read_manifest
+from eval_recorder.video_store import VideoStore
 from helpers import episode
 from support.chromium import Chromium, needs_chromium
 from support.html_tree import Node, parse

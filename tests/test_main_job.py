@@ -12,7 +12,7 @@ import av
 import pytest
 
 from conftest import TINY, run_eval_command
-from eval_recorder.video_store import MANIFEST, read_manifest
+from eval_recorder.video_index import MANIFEST, read_manifest
 from helpers import snapshot
 from wandb_offline import history_rows
 

@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import TINY, run_eval_command
 from eval_recorder.folder_guard import OWNER_FILE
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 

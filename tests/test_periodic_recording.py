@@ -19,7 +19,7 @@ from eval_recorder.api import add_recording, recording_session
 from eval_recorder.flatland.envs import register_env
 from eval_recorder.frames import frames_rendered
 from eval_recorder.options import RecordingOptions
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from eval_recorder.wandb_sink import video_key
 from wandb_offline import history_rows, run_records
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_config
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 
 README = ROOT / "README.md"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -161,3 +161,14 @@ def test_gymnasium_example_runs_as_written(tmp_path):
     assert proc.stdout.splitlines()[-1] == str(names)
     assert [r["file"] for r in records] == names
     assert all(r["agent_returns"] is None and "completion" not in r for r in records)
+
+
+def test_the_readme_layout_lists_every_module_and_no_other():
+    """The Layout section names each module of the core and of app/ (and the flatland/
+    plug-in folder), and nothing that is gone: it cannot drift from the file list."""
+    (layout,) = [text for heading, text in code_blocks("") if heading == "Layout"]
+    listed = set(re.findall(r"^\s+([\w/]+\.py|flatland/|app/)\s", layout, re.MULTILINE))
+    package = ROOT / "eval_recorder"
+    present = {path.name for path in package.glob("*.py")} | {path.name for path in (package / "app").glob("*.py")
+                                                             if path.name != "__init__.py"}
+    assert listed == present | {"flatland/", "app/"}

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import MANIFEST, VideoStore, read_manifest, reconcile_index
+from eval_recorder.video_index import MANIFEST, read_manifest, reconcile_index
+from eval_recorder.video_store import VideoStore
 from helpers import episode, snapshot
 from support.videos import decoded_frames, tiny_mp4
 
@@ -128,7 +129,7 @@ def test_a_video_that_does_not_decode_fully_is_left_alone_and_logged(tmp_path, c
     cut = put_video(tmp_path, "flatland-it000002-ev0002-ep000-run1.mp4", data[: len(data) * 2 // 3])
     empty = put_video(tmp_path, "flatland-it000003-ev0003-ep000-run1.mp4", b"")
     before = snapshot(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="eval_recorder.video_store"):
+    with caplog.at_level(logging.WARNING, logger="eval_recorder.video_index"):
         assert reconcile_index(tmp_path, run_id="run1") == []
     assert snapshot(tmp_path) == before
     assert [record.getMessage() for record in caplog.records] == [

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, run_eval_command
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from wandb_offline import history_rows
 
 pytestmark = pytest.mark.slow

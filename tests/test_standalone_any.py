@@ -13,7 +13,7 @@ import av
 import pytest
 
 from conftest import ROOT, TINY, run_eval_command
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ import pytest
 
 from eval_recorder.errors import StoreFailed
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import MANIFEST, VideoStore, read_manifest, reconcile_index
+from eval_recorder.video_index import MANIFEST, read_manifest, reconcile_index
+from eval_recorder.video_store import VideoStore
 from helpers import episode, snapshot
 from support.filesystems import fill, immutable, read_only, small_tmpfs
 from support.videos import tiny_mp4

@@ -10,7 +10,7 @@ from conftest import TINY, compose_config, flatland_config
 from eval_recorder.api import add_recording
 from eval_recorder.folder_guard import OWNER_FILE
 from eval_recorder.options import RecordingOptions
-from eval_recorder.video_store import read_manifest
+from eval_recorder.video_index import read_manifest
 from wandb_offline import run_records
 
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs

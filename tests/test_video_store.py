@@ -5,7 +5,8 @@ import json
 import os
 
 from eval_recorder.tags import TrainingTag
-from eval_recorder.video_store import MANIFEST, VideoStore, read_manifest
+from eval_recorder.video_index import MANIFEST, read_manifest
+from eval_recorder.video_store import VideoStore
 from helpers import episode
 
 

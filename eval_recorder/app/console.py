@@ -275,7 +275,7 @@ def summary_lines(session, *, checkpoint: Any = None, nothing_recorded: str | No
     """The closing lines of a run: videos written (or why none), and each file or folder
     that exists: manifest, gallery, checkpoint, wandb run (with its one upload command)
     and the log file."""
-    from eval_recorder.video_store import MANIFEST
+    from eval_recorder.video_index import MANIFEST
 
     lines = [f"videos written: {len(session.videos)} in {shown(session.video_dir)}"]
     if not session.videos:

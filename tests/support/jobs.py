@@ -132,7 +132,7 @@ def check_folder_is_consistent(videos: Path) -> list[dict]:
     existing file whose sha256 matches; returns the manifest."""
     import av
 
-    from eval_recorder.video_store import read_manifest
+    from eval_recorder.video_index import read_manifest
 
     manifest = read_manifest(videos)
     for record in manifest:

@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers
 
 from eval_recorder.tags import TrainingTag  # noqa: E402
-from eval_recorder.video_store import MANIFEST, VideoStore  # noqa: E402
+from eval_recorder.video_index import MANIFEST
+from eval_recorder.video_store import VideoStore  # noqa: E402
 from helpers import episode  # noqa: E402
 
 

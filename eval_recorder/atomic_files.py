@@ -1,0 +1,68 @@
+"""Making a file appear in a folder complete or not at all: the video store, the folder
+guard and the gallery all write this way. The bytes go to a hidden temporary name in the
+same folder and are flushed to disk; then a hard link gives them their final name
+(``publish_file``: ``os.link`` fails if the name exists, so nothing is ever overwritten,
+even by another process) or ``os.replace`` swaps them in for an older version, and the
+folder's new entry is flushed too (``fsync_dir``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["fsync_dir", "publish_file", "write_temporary"]
+
+_log = logging.getLogger(__name__)
+
+
+def publish_file(folder: Path, data: bytes, final: Path) -> bool:
+    """Make ``data`` appear complete at ``final``; False (nothing changed) if taken.
+    On an OS error nothing is left but, at worst, a hidden temporary file."""
+    tmp = write_temporary(folder, final.name, data)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    finally:
+        _drop(tmp)  # our own temporary name; the data lives on under `final`
+    try:
+        fsync_dir(folder)
+    except OSError as error:  # the name exists (a caller must not store it again); only its flush is unsure
+        _log.warning("could not flush the new name %s to disk: %s", final, error)
+    return True
+
+
+def write_temporary(folder: Path, name: str, data: bytes) -> Path:
+    """``data``, flushed to disk, under a new hidden temporary name for ``name`` in
+    ``folder`` (``.<name>.<random>.tmp``, mode 0644); nothing is left if writing fails."""
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        _drop(tmp)
+        raise
+    return tmp
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (new names) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _drop(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as error:  # e.g. the filesystem turned read-only; the hidden name is ignored by all
+        _log.debug("could not remove temporary file %s: %s", tmp, error)
