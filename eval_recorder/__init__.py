@@ -14,7 +14,8 @@ from ``RecordingError`` (``eval_recorder.errors``).
 import importlib
 
 # Names are imported when first used (PEP 562): importing a module of the package (e.g.
-# ``eval_recorder.app.config`` for ``run_eval.py --help``) does not import RLlib and torch (~3 s).
+# ``eval_recorder.app.config`` for ``run_eval.py --help``) does not import RLlib and torch,
+# which take seconds.
 _WHERE = {
     "add_recording": "eval_recorder.api",
     "recording_session": "eval_recorder.api",

@@ -14,12 +14,12 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils import force_list
 
-from eval_recorder.callback import bound_session_token, callback_class, is_recording_callback
+from eval_recorder.callback import bound_session, callback_class, is_recording_callback
 from eval_recorder.errors import RecordingInTraining
 from eval_recorder.eval_env import RECORDING_KEY, RENDER_KEY, RecordingEnvCreator
 from eval_recorder.frames import most_agents, scenario_kinds
 from eval_recorder.options import RecordingOptions
-from eval_recorder.session import RecordingSession, get_session, register_session
+from eval_recorder.session import RecordingSession
 
 __all__ = ["RENDER_MODES", "add_recording", "recording_session"]
 
@@ -108,7 +108,7 @@ def add_recording(
     if options.video_dir is None:  # e.g. Tune trials: each opens its own session
         recording = callback_class(options=options)
     else:
-        recording = callback_class(session_token=register_session(session))
+        recording = callback_class(session=session)
     # Keep the user's callbacks; drop RLlib's no-op default and any recording callback a
     # config brings along (e.g. one restored from a checkpoint, bound to a gone session).
     users = [cls for cls in force_list(config.callbacks_class)
@@ -123,9 +123,9 @@ def recording_session(config: AlgorithmConfig) -> RecordingSession:
     opens when the Algorithm starts; leaving the block finishes the wandb run and
     releases the folder), or ``close()`` it yourself."""
     for cls in force_list(config.callbacks_class):
-        token = bound_session_token(cls)
-        if token is not None:
-            return get_session(token)
+        session = bound_session(cls)
+        if session is not None:
+            return session
     if any(is_recording_callback(cls) for cls in force_list(config.callbacks_class)):
         raise ValueError("this config records without a video_dir: each Algorithm (Tune trial) holds its own session")
     raise ValueError("this config has no recording; make it with add_recording()")

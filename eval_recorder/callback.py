@@ -5,12 +5,14 @@ On env runners: ``eval_recorder.eval_runner`` (refuse recording in training, lea
 round, deliver finished episodes). On the driver: the session (``eval_recorder.session``)
 and its ``RoundPublisher`` (``eval_recorder.publisher``); in a Tune trial, the trial's own
 session (``eval_recorder.trial``). ``callback_class()`` is what ``add_recording`` puts in
-the config: a ``partial`` of a module-level class, so configs and results pickle.
+the config: a ``partial`` of a module-level class, so configs and results pickle; it
+carries an opaque token by which the driver process's one registry finds the session.
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.utils.annotations import override
@@ -18,22 +20,38 @@ from ray.rllib.utils.annotations import override
 from eval_recorder import eval_runner
 from eval_recorder.publisher import check_eval_runners_record
 
-__all__ = ["RecordingCallback", "bound_session_token", "callback_class", "is_recording_callback"]
+__all__ = ["RecordingCallback", "bound_session", "callback_class", "is_recording_callback"]
+
+_SESSIONS: dict = {}  # token -> RecordingSession: the driver process's sessions
 
 
-def callback_class(*, session_token: str | None = None, options=None) -> functools.partial:
+def callback_class(*, session=None, options=None) -> functools.partial:
     """What RLlib instantiates per env runner and on the driver: a RecordingCallback bound
-    to the driver session registered under ``session_token`` (an opaque id: it carries no
-    path), or, for Tune trials, to ``options`` without a video folder: each trial's driver
-    then opens its own session inside its trial folder."""
-    return functools.partial(RecordingCallback, session_token=session_token, options=options)
+    to the driver ``session`` (by an opaque token: it carries no path), or, for Tune
+    trials, to ``options`` without a video folder: each trial's driver then opens its own
+    session inside its trial folder."""
+    token = None
+    if session is not None:
+        token = uuid.uuid4().hex
+        _SESSIONS[token] = session
+    return functools.partial(RecordingCallback, session_token=token, options=options)
 
 
-def bound_session_token(callbacks_class) -> str | None:
-    """The session token of a ``callback_class()`` result, else None."""
-    if is_recording_callback(callbacks_class):
-        return callbacks_class.keywords.get("session_token")
+def bound_session(callbacks_class):
+    """The session a ``callback_class()`` result is bound to, else None."""
+    if is_recording_callback(callbacks_class) and callbacks_class.keywords.get("session_token"):
+        return _session(callbacks_class.keywords["session_token"])
     return None
+
+
+def _session(token: str):
+    try:
+        return _SESSIONS[token]
+    except KeyError:
+        raise RuntimeError(
+            "this recording callback runs in a process other than the one that called add_recording(); "
+            "build the Algorithm in the process that configured recording"
+        ) from None
 
 
 def is_recording_callback(callbacks_class) -> bool:
@@ -76,8 +94,6 @@ class RecordingCallback(RLlibCallback):
     def on_algorithm_init(self, *, algorithm, **kwargs) -> None:
         """Fires on the driver when the Algorithm is built: checks that the eval runners
         can record, then opens the session (claims the folder, starts wandb)."""
-        from eval_recorder.session import get_session
-
         trial = None
         if self.session_token is None:
             from eval_recorder.trial import TrialSession
@@ -85,7 +101,7 @@ class RecordingCallback(RLlibCallback):
             trial = TrialSession(self.options, algorithm)
             session = trial.session
         else:
-            session = get_session(self.session_token)
+            session = _session(self.session_token)
         if not session.is_open:
             check_eval_runners_record(algorithm)
             session.open()
