@@ -12,6 +12,7 @@ from pathlib import Path
 
 from eval_recorder.frames import DEFAULT_MAX_SIDE
 from eval_recorder.naming import check_run_id
+from eval_recorder.sinks import TRACKERS
 
 __all__ = ["RecordingOptions", "default_wandb_dir", "new_run_id"]
 
@@ -36,11 +37,18 @@ class RecordingOptions:
     fps: int = 10
     """Frames per second of the videos."""
     max_side: int = DEFAULT_MAX_SIDE
-    """Longest frame side in pixels; 0 keeps flatland's size."""
+    """Longest frame side in pixels; 0 keeps the frames' own size."""
     frame_every: int = 1
     """Record every k-th env step (plus the reset frame and the last step)."""
     overlay: bool = True
     """Burn a label (iteration, episode step, agents arrived) into each frame."""
+    trackers: tuple[str, ...] = ("wandb",)
+    """Where videos and metrics are published beside the folder, each its own run at step =
+    training iteration: any of ``wandb``, ``tensorboard``, ``mlflow``; () for none."""
+    mlflow_tracking_uri: str | None = None
+    """The MLflow tracking server; None: a local MLflow store in the run folder (no server)."""
+    mlflow_experiment: str = "eval_recorder"
+    """The MLflow experiment runs are logged to."""
     wandb_mode: str = "offline"
     """offline (default, no account needed; ``wandb sync`` later) | online | disabled."""
     wandb_project: str = "eval_recorder"
@@ -49,7 +57,8 @@ class RecordingOptions:
     """Folder the wandb run directory (``wandb/offline-run-...``) is made in; default: the
     video folder's parent (``runs/a/videos`` -> ``runs/a/wandb``), or ``<video_dir>-wandb``
     beside the video folder when that parent is the working directory: wandb never writes
-    into the working directory. A resumed run keeps the folder of the run it continues."""
+    into the working directory. A resumed run keeps the folder of the run it continues.
+    TensorBoard's event files and the local MLflow store go into the same folder."""
     wandb_job_type: str = "train"
     wandb_name: str | None = None
     """Display name of the wandb run (default: the run id)."""
@@ -72,6 +81,11 @@ class RecordingOptions:
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
+        self.trackers = tuple(self.trackers)
+        for tracker in self.trackers:
+            if tracker not in TRACKERS:
+                raise ValueError(f"trackers must be chosen from {', '.join(TRACKERS)}, got {tracker!r}; "
+                                 f"e.g. trackers=[wandb,tensorboard].")
 
 
 def default_wandb_dir(options: RecordingOptions) -> Path:

@@ -9,8 +9,6 @@ folder. Every entry point (main job, standalone, library, Tune trial) holds it s
 A full or unwritable folder costs no training: it is said once, videos wait in memory
 (bounded) and are stored when space returns. At resume the session completes the
 folder's index and logs to wandb the videos an earlier process stored but wandb never got.
-The driver process's one registry maps an opaque token to its session, for the RLlib
-callback (which RLlib instantiates itself) to find.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +27,7 @@ from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import video_stem
 from eval_recorder.options import RecordingOptions, default_wandb_dir
 from eval_recorder.recorder import RecordedEpisode
+from eval_recorder.sinks import Sink, other_sinks
 from eval_recorder.stopping import critical, exit_code_for
 from eval_recorder.tags import TrainingTag
 from eval_recorder.video_index import read_manifest
@@ -37,7 +35,7 @@ from eval_recorder.video_store import VideoStore
 from eval_recorder.wandb_from_folder import manifest_table, videos_wandb_missed
 from eval_recorder.wandb_sink import WandbSink
 
-__all__ = ["RecordingSession", "StoredVideo", "evaluation_metrics", "get_session", "register_session"]
+__all__ = ["RecordingSession", "StoredVideo", "evaluation_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +57,7 @@ class RecordingSession:
         self.claim: FolderClaim | None = None
         self.store: VideoStore | None = None
         self.wandb: WandbSink | None = None
+        self.sinks: list[Sink] = []  # wandb first, then the other trackers (each a view of the folder)
         self.evaluation_round = 0
         self.videos: list[StoredVideo] = []
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
@@ -146,7 +145,7 @@ class RecordingSession:
         wandb_dir = Path(self.claim.owner.get("wandb_dir") or details["wandb_dir"]) if options.resume \
             else Path(details["wandb_dir"])
         self.wandb = WandbSink(
-            mode=options.wandb_mode,
+            mode=options.wandb_mode if "wandb" in options.trackers else "disabled",
             project=options.wandb_project,
             entity=options.wandb_entity,
             run_id=options.run_id,
@@ -156,7 +155,9 @@ class RecordingSession:
             resume=options.resume,
             config=options.config,
         )
-        self.wandb.start()
+        self.sinks = [self.wandb, *other_sinks(options, wandb_dir)]
+        for sink in self.sinks:
+            sink.start()
         if options.resume:
             self._log_what_wandb_missed(wandb_dir)
         return self
@@ -264,7 +265,8 @@ class RecordingSession:
                 self._dropping = False
         video = StoredVideo(path, metadata)
         self.videos.append(video)
-        self.wandb.log_videos([(path, metadata)], metrics={}, step=tag.training_iteration)
+        for sink in self.sinks:
+            sink.log_video(path, metadata, step=tag.training_iteration)
         return video
 
     def _store_trouble(self, error: StoreFailed) -> None:
@@ -312,7 +314,8 @@ class RecordingSession:
             self.write_gallery()
             for step in sorted({video.metadata["training_iteration"] for video in stored}):
                 at_step = [video for video in stored if video.metadata["training_iteration"] == step]
-                self.wandb.log_metrics(evaluation_metrics(at_step), step=step)
+                for sink in self.sinks:
+                    sink.log_metrics(evaluation_metrics(at_step), step=step)
             return stored
 
     def write_gallery(self) -> Path | None:
@@ -346,8 +349,8 @@ class RecordingSession:
                 return
             if self.store is not None and self.unstored:
                 self._retry_unstored()
-            if self.wandb is not None:
-                self.wandb.log_metrics(metrics, step=step)
+            for sink in self.sinks:
+                sink.log_metrics(metrics, step=step)
 
     def close(self, exit_code: int = 0, *, hurry: threading.Event | None = None) -> None:
         """Log the manifest table, finish the wandb run with ``exit_code`` (0 done, 1 crashed,
@@ -377,10 +380,10 @@ class RecordingSession:
                 if self.unstored or self.dropped:
                     logger.error("%d videos could not be stored in %s (the folder is full or unwritable) and are "
                                  "lost with this process", len(self.unstored) + self.dropped, self.store.folder)
-            if self.wandb is not None:
-                if hurry is None or not hurry.is_set():
-                    self.publish_manifest_table()
-                self.wandb.finish(exit_code=exit_code, give_up=hurry)
+            if self.wandb is not None and (hurry is None or not hurry.is_set()):
+                self.publish_manifest_table()
+            for sink in self.sinks:
+                sink.finish(exit_code=exit_code, give_up=hurry)
             if self.claim is not None:
                 self.claim.release()
 
@@ -399,23 +402,3 @@ def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:
     if all(m.get("completion") is not None for m in metadata):
         metrics["eval/completion_rate"] = sum(m["completion"] for m in metadata) / count
     return metrics
-
-
-_SESSIONS: dict[str, RecordingSession] = {}
-
-
-def register_session(session: RecordingSession) -> str:
-    """Make ``session`` findable by the returned token in this (driver) process."""
-    token = uuid.uuid4().hex
-    _SESSIONS[token] = session
-    return token
-
-
-def get_session(token: str) -> RecordingSession:
-    try:
-        return _SESSIONS[token]
-    except KeyError:
-        raise RuntimeError(
-            "this recording callback runs in a process other than the one that called add_recording(); "
-            "build the Algorithm in the process that configured recording"
-        ) from None

@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from eval_recorder.sinks import Sink
+
 __all__ = [
     "ONLINE_INIT_TIMEOUT_S",
     "ONLINE_PROBE_TIMEOUT_S",
@@ -115,8 +117,10 @@ def video_key(episode_index: int) -> str:
     return f"eval/video/episode_{episode_index}"
 
 
-class WandbSink:
+class WandbSink(Sink):
     """A wandb run that videos and metrics are logged to (does nothing once failed)."""
+
+    name = "wandb"
 
     def __init__(
         self,
@@ -131,6 +135,7 @@ class WandbSink:
         resume: bool = False,
         config: dict[str, Any] | None = None,
     ) -> None:
+        super().__init__()
         if mode not in WANDB_MODES:
             raise ValueError(f"wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
         self.mode = mode
@@ -205,6 +210,10 @@ class WandbSink:
             "%s; wandb.mode=online falls back to offline: videos and metrics go to a local wandb run "
             "(its `wandb sync` command is printed at the end) and recording goes on.", reason)
         self.mode = "offline"
+
+    def log_video(self, path: Path, metadata: dict, *, step: int) -> None:
+        """Log one stored video at ``step`` (the sink interface)."""
+        self.log_videos([(path, metadata)], metrics={}, step=step)
 
     def log_videos(self, records: list[tuple[Path, dict]], *, metrics: dict[str, float], step: int) -> None:
         """Log each (path, metadata) video once, plus ``metrics``, at ``step``."""

@@ -7,12 +7,14 @@ settings, gives the driver's RecordingOptions, and starts or joins Ray.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from eval_recorder.api import RENDER_MODES
 from eval_recorder.app.envs import hook_path
 from eval_recorder.errors import TRAINING_RENDER_REFUSED, UserError
+from eval_recorder.sinks import TRACKERS
 
 __all__ = [
     "ALGORITHMS",
@@ -42,6 +44,13 @@ def check_config(cfg) -> None:
         raise UserError(TRAINING_RENDER_REFUSED)
     if cfg.evaluation.render is not None and cfg.evaluation.render not in RENDER_MODES:
         raise UserError(f"evaluation.render must be one of {list(RENDER_MODES)} or null, got {cfg.evaluation.render!r}.")
+    for tracker in cfg.trackers:
+        if tracker not in TRACKERS:
+            raise UserError(f"trackers must be chosen from {', '.join(TRACKERS)}, got {tracker!r}; "
+                            f"e.g. trackers=[wandb,tensorboard].")
+    if "mlflow" in cfg.trackers and importlib.util.find_spec("mlflow") is None:
+        raise UserError("trackers has mlflow, but mlflow is not installed; install it with "
+                        "pip install -e '.[mlflow]' or drop mlflow from trackers.")
     if cfg.algorithm.name not in ALGORITHMS:
         raise UserError(f"algorithm.name must be one of {', '.join(ALGORITHMS)}, got {cfg.algorithm.name!r}.")
     positive = {
@@ -114,6 +123,9 @@ def recording_options(cfg, *, output_dir: Path, **overrides):
         wandb_dir=str(output_dir),
         scenarios=cfg.env.scenarios,
         eval_seed=cfg.evaluation.seed,
+        trackers=tuple(cfg.trackers),
+        mlflow_tracking_uri=cfg.mlflow.tracking_uri,
+        mlflow_experiment=cfg.mlflow.experiment,
     )
     options.update(overrides)
     return RecordingOptions(**options)

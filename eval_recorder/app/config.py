@@ -168,6 +168,16 @@ class WandbConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """MLflow publishing (with mlflow in trackers; needs `pip install -e '.[mlflow]'`)."""
+
+    tracking_uri: Optional[str] = None
+    """MLflow tracking server (e.g. http://host:5000); null = a local MLflow store in this run's folder, no server."""
+    experiment: str = "eval_recorder"
+    """MLflow experiment the run is logged to."""
+
+
+@dataclass
 class RayConfig:
     """The Ray runtime."""
 
@@ -185,12 +195,15 @@ class MainConfig:
     """Evaluate this saved RLlib checkpoint (or every checkpoint in this run folder) instead of training."""
     verbose: bool = False
     """Also show Ray's, RLlib's and wandb's own output on the console (by default it goes only to run_eval.log in the run folder)."""
+    trackers: list[str] = field(default_factory=lambda: ["wandb"])
+    """Where videos and metrics are published beside the video folder: any of wandb, tensorboard, mlflow (e.g. trackers=[tensorboard,mlflow]; [] for none)."""
     env: EnvConfig = MISSING
     algorithm: AlgorithmSection = MISSING
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

@@ -294,6 +294,8 @@ def summary_lines(session, *, checkpoint: Any = None, nothing_recorded: str | No
         if sink.mode == "offline":
             targets = " ".join(shown(path) for path in wandb_sync_target(run_dir, session.options.run_id))
             lines.append(f"upload it with: wandb sync {targets}")
+    for other in session.sinks[1:]:
+        lines.extend(other.where())
     log = log_path()
     if log is not None:
         lines.append(f"log: {shown(log)} (Ray's, RLlib's and wandb's own output)")

@@ -29,6 +29,7 @@ _SECTIONS = {
     "evaluation": config_module.EvaluationConfig,
     "recording": config_module.RecordingConfig,
     "wandb": config_module.WandbConfig,
+    "mlflow": config_module.MlflowConfig,
     "ray": config_module.RayConfig,
 }
 
