@@ -12,7 +12,7 @@ from pathlib import Path
 
 from eval_recorder.frames import DEFAULT_MAX_SIDE
 from eval_recorder.naming import check_run_id
-from eval_recorder.sinks import TRACKERS
+from eval_recorder.trackers import TRACKERS
 
 __all__ = ["RecordingOptions", "default_wandb_dir", "new_run_id"]
 

@@ -27,9 +27,10 @@ from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import video_stem
 from eval_recorder.options import RecordingOptions, default_wandb_dir
 from eval_recorder.recorder import RecordedEpisode
-from eval_recorder.sinks import Sink, other_sinks
+from eval_recorder.sinks import Sink
 from eval_recorder.stopping import critical, exit_code_for
 from eval_recorder.tags import TrainingTag
+from eval_recorder.trackers import tracker_sinks
 from eval_recorder.video_index import read_manifest
 from eval_recorder.video_store import VideoStore
 from eval_recorder.wandb_from_folder import manifest_table, videos_wandb_missed
@@ -155,7 +156,7 @@ class RecordingSession:
             resume=options.resume,
             config=options.config,
         )
-        self.sinks = [self.wandb, *other_sinks(options, wandb_dir)]
+        self.sinks = [self.wandb, *tracker_sinks(options, wandb_dir)]
         for sink in self.sinks:
             sink.start()
         if options.resume:

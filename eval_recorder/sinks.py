@@ -1,5 +1,5 @@
 """Where results are published beside the local folder: the one small interface every
-tracker implements (wandb, TensorBoard, MLflow), and the names of the trackers.
+tracker implements (wandb, TensorBoard, MLflow).
 
 Local files stay the source of truth; a sink is a view of them. Each sink gets every stored
 video once (its file, its sidecar facts, its caption) and each round's metrics, at step =
@@ -13,12 +13,9 @@ import logging
 import threading
 from pathlib import Path
 
-__all__ = ["Sink", "TRACKERS", "other_sinks"]
+__all__ = ["Sink"]
 
 logger = logging.getLogger(__name__)
-
-TRACKERS = ("wandb", "tensorboard", "mlflow")
-
 
 class Sink:
     """One tracker's run (one per run: continued when the run resumes).
@@ -63,20 +60,3 @@ class Sink:
             logger.warning("%s could not %s (%s: %s); %s logging is off, videos are still saved locally.",
                            self.name, what, type(error).__name__, error, self.name)
 
-
-def other_sinks(options, run_folder: Path) -> list[Sink]:
-    """The sinks beside wandb that ``options.trackers`` asks for, not started yet: their
-    runs live in ``run_folder`` (the run's own folder: TensorBoard's event files, the local
-    MLflow store), so that a resumed run continues them."""
-    sinks: list[Sink] = []
-    if "tensorboard" in options.trackers:
-        from eval_recorder.tensorboard_sink import TensorBoardSink
-
-        sinks.append(TensorBoardSink(log_dir=run_folder, run_id=options.run_id))
-    if "mlflow" in options.trackers:
-        from eval_recorder.mlflow_sink import MlflowSink
-
-        sinks.append(MlflowSink(run_id=options.run_id, run_dir=run_folder, tracking_uri=options.mlflow_tracking_uri,
-                                experiment=options.mlflow_experiment, run_name=options.wandb_name,
-                                resume=options.resume, config=options.config))
-    return sinks

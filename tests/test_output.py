@@ -113,7 +113,7 @@ def test_the_progress_bar_is_drawn_on_a_terminal_and_erased_at_the_end(tmp_path)
 def test_summary_names_only_files_that_exist_and_says_why_nothing_was_recorded(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
-    session = SimpleNamespace(videos=[], video_dir=videos, gallery_path=videos / "index.html", wandb=None,
+    session = SimpleNamespace(videos=[], video_dir=videos, gallery_path=videos / "index.html", wandb=None, sinks=[],
                               options=SimpleNamespace(run_id="r1"))
     reason = "evaluation.interval=5 is larger than training.iterations=3, so no evaluation round runs"
     assert summary_lines(session, checkpoint=tmp_path / "checkpoints" / "it000003", nothing_recorded=reason) == [

@@ -1,4 +1,5 @@
-"""Recording inside Ray Tune trials: each trial its own folder and its own wandb run."""
+"""Recording inside Ray Tune trials: each trial its own folder and its own wandb,
+TensorBoard and MLflow runs."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from wandb_offline import run_records
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 
 
-def test_two_concurrent_tune_trials_record_into_their_own_folders_and_wandb_runs(ray_local, tmp_path):
+def test_two_concurrent_tune_trials_record_into_their_own_folders_and_tracker_runs(ray_local, tmp_path):
+    from mlflow.tracking import MlflowClient
     from ray import tune
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = compose_config(*TINY, "evaluation.num_env_runners=0")  # 1 CPU per trial: both run at once
-    config = add_recording(flatland_config(cfg), RecordingOptions(video_dir=None, wandb_mode="offline"))
+    config = add_recording(flatland_config(cfg), RecordingOptions(video_dir=None, wandb_mode="offline",
+                                                                  trackers=("wandb", "tensorboard", "mlflow")))
     config.training(lr=tune.grid_search([1e-4, 3e-4]))
     tuner = tune.Tuner(
         "PPO",
@@ -43,6 +47,19 @@ def test_two_concurrent_tune_trials_record_into_their_own_folders_and_wandb_runs
         (run,) = [r.run for r in run_records(wandb_run) if r.WhichOneof("record_type") == "run"]
         assert run.run_id == trial_id
         assert run.display_name == f"PPO_eval_recorder_flatland_{trial_id}"  # the trial's name
+        # TensorBoard: our event file beside Tune's own in the trial folder, one image per video.
+        trial_folder = videos.parent
+        assert len(list(trial_folder.glob(f"events.out.tfevents.*.eval_recorder.{trial_id}"))) == 1
+        assert len(list(trial_folder.glob("events.out.tfevents.*"))) == 2
+        accumulator = EventAccumulator(str(trial_folder), size_guidance={"images": 0})
+        accumulator.Reload()
+        assert {tag: [event.step for event in accumulator.Images(tag)] for tag in accumulator.Tags()["images"]} == {
+            "eval/video/episode_0": [1, 2], "eval/video/episode_1": [1, 2]}
+        # MLflow: the trial's own local store, one run tagged with the trial id.
+        client = MlflowClient(tracking_uri=f"sqlite:///{trial_folder}/mlflow.db")
+        (mlflow_run,) = client.search_runs([client.get_experiment_by_name("eval_recorder").experiment_id])
+        assert (mlflow_run.data.tags["eval_recorder.run_id"], mlflow_run.info.status) == (trial_id, "FINISHED")
+        assert sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, "eval/return_mean")) == [1, 2]
         folders.append(videos)
     assert len(set(folders)) == 2
     # The trials ran at the same time, each holding its own folder.

@@ -14,7 +14,7 @@ from typing import Any
 from eval_recorder.api import RENDER_MODES
 from eval_recorder.app.envs import hook_path
 from eval_recorder.errors import TRAINING_RENDER_REFUSED, UserError
-from eval_recorder.sinks import TRACKERS
+from eval_recorder.trackers import TRACKERS
 
 __all__ = [
     "ALGORITHMS",
