@@ -1,4 +1,6 @@
-"""Hydra multirun: every job its own folder and wandb run; a shared explicit folder is refused."""
+"""Hydra multirun: every job its own folder, wandb run and TensorBoard run; an MLflow server
+that refuses connections is said once per job while training and videos go on; a shared
+explicit folder is refused."""
 
 from __future__ import annotations
 
@@ -15,16 +17,21 @@ pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 FAST = (*TINY, "training.iterations=1", "evaluation.episodes=1", "evaluation.num_env_runners=0")
 
 
-def test_a_sweep_gives_every_job_its_own_folder_and_wandb_run(tmp_path):
-    proc = subprocess.run(run_eval_command("-m", *FAST, "env=small,medium", f"hydra.sweep.dir={tmp_path}"),
+def test_a_sweep_gives_every_job_its_own_folder_and_tracker_runs(tmp_path):
+    proc = subprocess.run(run_eval_command("-m", *FAST, "env=small,medium", f"hydra.sweep.dir={tmp_path}",
+                                           "trackers=[wandb,tensorboard,mlflow]", "mlflow.tracking_uri=http://127.0.0.1:9"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    refused = ("warning: mlflow could not reach http://127.0.0.1:9 (ConnectionRefusedError: [Errno 111] Connection "
+               "refused); mlflow logging is off, videos are still saved locally.")
+    assert [line for line in proc.stderr.splitlines() if "mlflow" in line] == [refused, refused]  # once per job
     run_ids = []
     for job, agents in (("0", 2), ("1", 5)):
         manifest = read_manifest(tmp_path / job / "videos")
         assert [(m["training_iteration"], m["num_agents"]) for m in manifest] == [(1, agents)]
         run_ids.append(manifest[0]["run_id"])
         assert list((tmp_path / job / "wandb").glob(f"offline-run-*-{run_ids[-1]}"))
+        assert len(list((tmp_path / job).glob(f"events.out.tfevents.*.eval_recorder.{run_ids[-1]}"))) == 1
     assert run_ids[0] != run_ids[1]
 
 
