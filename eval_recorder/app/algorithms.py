@@ -16,6 +16,14 @@ from eval_recorder.app.envs import hook_path
 from eval_recorder.errors import TRAINING_RENDER_REFUSED, UserError
 from eval_recorder.trackers import TRACKERS
 
+# Every Ray worker that unpickles a config made here (its policy mapping, shared_policy)
+# imports this module, and with it flatland, whose persistence module patches msgpack with
+# msgpack_numpy on import, as it is patched in the driver. Ray serializes with msgpack: an
+# object the patched driver puts (e.g. the learner's optimizer state, when a checkpoint is
+# saved) keeps its arrays encoded in a worker that is not patched, and the checkpoint then
+# cannot be restored. So workers must import flatland as the driver does.
+import eval_recorder.flatland.envs  # noqa: F401
+
 __all__ = [
     "ALGORITHMS",
     "POLICY_ID",
