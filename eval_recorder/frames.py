@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,7 +150,7 @@ class RenderFrames(FrameSource):
         if self._size is None:
             self._size = scaled_size(width, height, self._max_side)
         out_width, out_height = self._size
-        if (out_width, out_height) != (width - width % 2, height - height % 2):
+        if (out_width, out_height) != even_size(width, height):
             from PIL import Image
 
             image = np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, :3])).resize(
@@ -200,8 +201,6 @@ def read_scenarios(folder: str | None) -> list[tuple[str, bytes]]:
     source plays, in name order (none without a folder)."""
     if not folder:
         return []
-    from pathlib import Path
-
     files = sorted(path for path in Path(folder).iterdir()
                    if path.is_file() and any(source.is_scenario(path.name) for source in plugin_sources()))
     return [(path.name, path.read_bytes()) for path in files]

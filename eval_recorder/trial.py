@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from eval_recorder.options import RecordingOptions, new_run_id
+from eval_recorder.publisher import STOP_COLLECT_SECONDS
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals, exit_code_for
 
@@ -98,7 +99,7 @@ class TrialSession:
         if self._closed:
             return
         self._closed = True
-        self.session.finish_interrupted_round(timeout_seconds=10.0)
+        self.session.finish_interrupted_round(timeout_seconds=STOP_COLLECT_SECONDS)
         self.session.close(exit_code=self._exit_code)
 
 
