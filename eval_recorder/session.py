@@ -2,10 +2,11 @@
 
 ``with recording_session(config) as session:`` (or ``with RecordingSession(options)``):
 the folder is claimed when the session opens (``open()``, or when the Algorithm starts),
-each finished episode's video is stored as it arrives (tagged by the caller) and logged
-to wandb, the offline gallery is rewritten after each round, and leaving the block closes
-the wandb run (exit code 0, 130 after Ctrl-C, 1 after an exception) and releases the
-folder. Every entry point (main job, standalone, library, Tune trial) holds it so.
+each finished episode's video is stored as it arrives (tagged by the caller) and published
+to every tracker (``sinks``: wandb, TensorBoard, MLflow), the offline gallery is rewritten
+after each round, and leaving the block ends the trackers' runs (exit code 0, 130 after
+Ctrl-C, 1 after an exception) and releases the folder. The main job, standalone evaluation
+and the library hold it so; a Tune trial's ``TrialSession`` opens and closes it around the trial.
 A full or unwritable folder costs no training: it is said once, videos wait in memory
 (bounded) and are stored when space returns. At resume the session completes the
 folder's index and logs to wandb the videos an earlier process stored but wandb never got.
