@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import av
 import pytest
@@ -14,7 +12,6 @@ import pytest
 from conftest import TINY, run_eval_command
 from eval_recorder.video_index import MANIFEST, read_manifest
 from helpers import snapshot
-from wandb_offline import history_rows
 
 
 pytestmark = pytest.mark.slow  # every test here runs the real main job (20-60 s each)
@@ -127,40 +124,6 @@ def test_checkpoint_is_saved_as_an_rllib_checkpoint(main_run):
     checkpoint = tmp / "run" / "checkpoints" / "it000002"
     assert (checkpoint / "algorithm_state.pkl").is_file() or (checkpoint / "rllib_checkpoint.json").is_file()
     assert (checkpoint / "learner_group").is_dir()
-
-
-def test_a_resumed_run_keeps_one_wandb_folder_and_one_sync_command_uploads_all(tmp_path):
-    """The resumed process writes its offline part into the first run's wandb folder (next
-    to the videos), not into its own Hydra folder; the printed command covers both parts,
-    and together they hold the old and the new iterations."""
-    videos = tmp_path / "first" / "videos"
-    common = (*TINY, "wandb.run_id=resumed", f"recording.video_dir={videos}")
-    first = subprocess.run(run_eval_command(*common, "training.iterations=1", f"hydra.run.dir={tmp_path / 'first'}"),
-                           capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = subprocess.run(run_eval_command(*common, "training.iterations=2", "recording.resume=true",
-                                             f"hydra.run.dir={tmp_path / 'second'}"),
-                            capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    wandb_folder = tmp_path / "first" / "wandb"
-    parts = sorted(wandb_folder.glob("offline-run-*-resumed"))
-    assert len(parts) == 2
-    assert not (tmp_path / "second" / "wandb").exists()
-    lines = second.stdout.splitlines()
-    assert lines[1] == f"resuming run resumed from {tmp_path / 'first' / 'checkpoints' / 'it000001'}"
-    assert f"wandb run: {parts[1]}" in lines
-    assert f"upload it with: wandb sync {wandb_folder}" in lines
-    iterations = sorted({row["training_iteration"] for part in parts for row in history_rows(part)})
-    assert iterations == [1, 2]
-    video_steps = [row["_step"] for part in parts for row in history_rows(part) if "eval/video/episode_0/sha256" in row]
-    assert video_steps == [1, 2]
-    # wandb's own listing of what that command uploads: both parts of the run
-    dry_run = subprocess.run([str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run", str(wandb_folder)],
-                             capture_output=True, text=True, timeout=120)
-    listing = (dry_run.stdout + dry_run.stderr).splitlines()
-    assert "wandb: Would sync 2 run(s):" in listing, listing
-    listed = {Path(line.split()[-1]).resolve() for line in listing if line.endswith(".wandb")}  # via latest-run too
-    assert listed == {part / "run-resumed.wandb" for part in parts}
 
 
 def test_parallel_evaluation_ends_with_a_round_of_the_final_weights(tmp_path):

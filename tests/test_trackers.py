@@ -1,7 +1,7 @@
-"""TensorBoard and MLflow beside wandb, for real: the main job with
-``trackers=[wandb,tensorboard,mlflow]``, run and then resumed, read back with TensorBoard's own
-EventAccumulator, its HTTP server, and MLflow's own client; an MLflow server that refuses
-connections costs one warning and no video."""
+"""wandb, TensorBoard and MLflow, for real: the main job with ``trackers=[wandb,tensorboard,mlflow]``,
+run and then resumed (one run for every tracker), read back with wandb's own files and sync
+command, TensorBoard's own EventAccumulator and HTTP server, and MLflow's own client; an MLflow
+server that refuses connections costs one warning and no video."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from eval_recorder.tags import TrainingTag
 from eval_recorder.video_index import read_manifest
 from helpers import episode
 from support.videos import tiny_mp4
+from wandb_offline import history_rows
 
 RUN_ID = "tracked"
 
@@ -45,6 +46,33 @@ def tracked(tmp_path_factory):
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     return tmp / "first", videos, first, second
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_one_wandb_folder_and_one_sync_command_uploads_all(tracked):
+    """The resumed process writes its offline part into the first run's wandb folder (next
+    to the videos), not into its own Hydra folder; the printed command covers both parts,
+    and together they hold the old and the new iterations."""
+    run_folder, _videos, _first, second = tracked
+    wandb_folder = run_folder / "wandb"
+    parts = sorted(wandb_folder.glob(f"offline-run-*-{RUN_ID}"))
+    assert len(parts) == 2
+    assert not (run_folder.parent / "second" / "wandb").exists()
+    lines = second.stdout.splitlines()
+    assert lines[1] == f"resuming run {RUN_ID} from {run_folder / 'checkpoints' / 'it000001'}"
+    assert f"wandb run: {parts[1]}" in lines
+    assert f"upload it with: wandb sync {wandb_folder}" in lines
+    iterations = sorted({row["training_iteration"] for part in parts for row in history_rows(part)})
+    assert iterations == [1, 2]
+    video_steps = [row["_step"] for part in parts for row in history_rows(part) if "eval/video/episode_0/sha256" in row]
+    assert video_steps == [1, 2]
+    # wandb's own listing of what that command uploads: both parts of the run
+    dry_run = subprocess.run([str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run", str(wandb_folder)],
+                             capture_output=True, text=True, timeout=120)
+    listing = (dry_run.stdout + dry_run.stderr).splitlines()
+    assert "wandb: Would sync 2 run(s):" in listing, listing
+    listed = {Path(line.split()[-1]).resolve() for line in listing if line.endswith(".wandb")}  # via latest-run too
+    assert listed == {part / f"run-{RUN_ID}.wandb" for part in parts}
 
 
 def _accumulator(folder: Path):
