@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eval_recorder.naming import tracker_caption
 from eval_recorder.sinks import Sink
 
 __all__ = ["FINISH_GRACE_S", "PROBE_TIMEOUT_S", "RUN_ID_TAG", "MlflowSink", "flatten_params"]
@@ -189,13 +190,8 @@ class MlflowSink(Sink):
         with self._lock:
             if not self.active:
                 return
-            from eval_recorder.naming import caption
-
             path = Path(path)
-            try:
-                text = caption(metadata)
-            except (KeyError, TypeError, ValueError):  # a record recovered after a crash knows less
-                text = f"iteration {metadata.get('training_iteration')} · episode {metadata.get('episode_index')}"
+            text = tracker_caption(metadata)
             try:
                 folder = f"videos/it{int(metadata.get('training_iteration', step)):06d}"
                 self._client.log_artifact(self.mlflow_run_id, str(path), artifact_path=folder)

@@ -17,6 +17,7 @@ __all__ = [
     "env_label",
     "numbered_stem",
     "parse_video_name",
+    "tracker_caption",
     "video_metadata",
     "video_stem",
 ]
@@ -146,3 +147,13 @@ def caption(metadata: dict) -> str:
         parts.append(f"{metadata['agents_arrived']}/{metadata['num_agents']} arrived")
     parts.append(f"return {float(metadata['episode_return']):.2f}")
     return " · ".join(parts)
+
+
+
+def tracker_caption(metadata: dict) -> str:
+    """``caption(metadata)``, or, for a record recovered after a crash that knows less,
+    ``iteration 12 · episode 1``: what the trackers show under a video."""
+    try:
+        return caption(metadata)
+    except (KeyError, TypeError, ValueError):
+        return f"iteration {metadata.get('training_iteration')} · episode {metadata.get('episode_index')}"

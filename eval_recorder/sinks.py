@@ -17,6 +17,7 @@ __all__ = ["Sink"]
 
 logger = logging.getLogger(__name__)
 
+
 class Sink:
     """One tracker's run (one per run: continued when the run resumes).
 

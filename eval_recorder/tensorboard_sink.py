@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from eval_recorder.naming import caption, numbered_stem
+from eval_recorder.naming import numbered_stem, tracker_caption
 from eval_recorder.sinks import Sink
 
 __all__ = ["GIF_MAX_SIDE", "TensorBoardSink", "animated_gif", "caption_tag", "video_tag"]
@@ -56,13 +56,6 @@ def animated_gif(path: Path, *, fps: float, max_side: int = GIF_MAX_SIDE) -> tup
         out = io.BytesIO()
         first.save(out, format="GIF", save_all=True, append_images=images, duration=1000 / fps, loop=0)
     return out.getvalue(), first.width, first.height
-
-
-def _caption(metadata: dict) -> str:
-    try:
-        return caption(metadata)
-    except (KeyError, TypeError, ValueError):  # a record recovered after a crash knows less
-        return f"iteration {metadata.get('training_iteration')} · episode {metadata.get('episode_index')}"
 
 
 class TensorBoardSink(Sink):
@@ -133,7 +126,7 @@ class TensorBoardSink(Sink):
             gif, width, height = animated_gif(Path(path), fps=float(metadata["fps"]))
             image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
             self._write([Summary(value=[Summary.Value(tag=video_tag(index), image=image)]),
-                         _text_summary(caption_tag(index), _caption(metadata))], step)
+                         _text_summary(caption_tag(index), tracker_caption(metadata))], step)
         except Exception as error:  # a publisher: its faults cost no local video
             self.fail("log video", error)
 

@@ -221,16 +221,13 @@ class WandbSink(Sink):
             return
         import wandb
 
-        from eval_recorder.naming import caption
+        from eval_recorder.naming import tracker_caption
 
         try:
             payload: dict[str, Any] = dict(metrics)
             step_now = max(step, self._last_step)
             for path, metadata in records:
-                try:
-                    text = caption(metadata)
-                except (KeyError, TypeError, ValueError):  # a record recovered after a crash knows less
-                    text = f"iteration {metadata.get('training_iteration')} · episode {metadata.get('episode_index')}"
+                text = tracker_caption(metadata)
                 key = video_key(metadata["episode_index"])
                 if step_now != step or key in payload or (
                         step_now == self._last_step and key in self._keys_at_last_step):

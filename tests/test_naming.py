@@ -157,3 +157,9 @@ def test_caption_of_an_env_without_arrivals_and_of_a_saved_scenario():
     assert caption(plain) == "iteration 3 · 120 env steps · episode 0 · return 21.00"
     scenario = {**plain, "scenario": "Level_2.pkl", "agents_arrived": 1, "num_agents": 2}
     assert caption(scenario) == "iteration 3 · 120 env steps · episode 0 · scenario Level_2.pkl · 1/2 arrived · return 21.00"
+
+
+def test_trackers_caption_a_recovered_record_by_iteration_and_episode():
+    from eval_recorder.naming import tracker_caption
+
+    assert tracker_caption({"training_iteration": 4, "episode_index": 1}) == "iteration 4 · episode 1"
