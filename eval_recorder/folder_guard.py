@@ -31,7 +31,7 @@ from pathlib import Path
 from eval_recorder.errors import FolderRefused
 from eval_recorder.atomic_files import fsync_dir, write_temporary
 
-__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "claim_folder"]
+__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "claim_folder", "folder_owner", "in_use_refusal"]
 
 LOCK_FILE = ".eval_recorder.lock"
 OWNER_FILE = ".eval_recorder-owner.json"
@@ -99,6 +99,8 @@ def claim_folder(
             f"recording.video_dir {path} is a file, not a folder; choose another recording.video_dir."
         )
     owner = _read_owner(path) if is_dir else {}
+    if owner and _held(path):  # a live run's folder: name it as live, whatever its id
+        raise _in_use(path)
     _check_owner(path, owner, run_id=run_id, resume=resume)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -141,6 +143,20 @@ def claim_folder(
     return FolderClaim(path=path, run_id=run_id, owner=owner, _lock_fd=lock_fd, _folder_fd=folder_fd)
 
 
+def folder_owner(video_dir: str | os.PathLike) -> dict:
+    """The owner record of video folder ``video_dir``, read without claiming or writing
+    anything: {} if it has none (or is no folder); FolderRefused if the record is damaged."""
+    path = _resolve(video_dir)
+    return _read_owner(path) if path.is_dir() else {}
+
+
+def in_use_refusal(video_dir: str | os.PathLike) -> FolderRefused | None:
+    """The refusal a claim of ``video_dir`` would meet because a live process holds it
+    (naming that run), or None; nothing is locked or written to tell."""
+    path = _resolve(video_dir)
+    return _in_use(path) if path.is_dir() and _held(path) else None
+
+
 def _resolve(video_dir: str | os.PathLike) -> Path:
     """``video_dir`` with ``~`` expanded and symlinks followed, or FolderRefused."""
     try:
@@ -177,20 +193,41 @@ def _lock(folder_fd: int, path: Path) -> bool:
     return True
 
 
+def _held(path: Path) -> bool:
+    """Whether a live process holds folder ``path`` (its folder lock or its lock file's),
+    as Linux's /proc/locks tells; False where that cannot be told (the claim finds out)."""
+    return _flock_holder_pid(path) is not None or _flock_holder_pid(path / LOCK_FILE) is not None
+
+
 def _in_use(path: Path) -> FolderRefused:
-    """The refusal naming the live process that holds ``path``."""
+    """The refusal naming the live process that holds ``path``, with advice that works
+    while it lives."""
     holder = _holder(path / LOCK_FILE)
     if holder.get("run_id"):
-        who = _describe(holder)
-    else:  # the lock file was deleted (or damaged) under the live holder
-        pid = _flock_holder_pid(path)
-        who = (f"another live process (pid {pid}, host {socket.gethostname()})" if pid
-               else "another live process")
-        who += f" whose lock file {LOCK_FILE} is missing or damaged"
+        holder_id = holder["run_id"]
+        who = f"run {holder_id}, pid {holder.get('pid', '?')}, since {_since(holder.get('started'))} " \
+              f"(host {holder.get('host', '?')})"
+        return FolderRefused(
+            f"video folder {path} is in use by {who}; choose another recording.video_dir, or wait for run "
+            f"{holder_id} to end and continue it with recording.resume=true wandb.run_id={holder_id}."
+        )
+    # the lock file was deleted (or damaged) under the live holder
+    pid = _flock_holder_pid(path)
+    who = (f"another live process (pid {pid}, host {socket.gethostname()})" if pid
+           else "another live process")
     return FolderRefused(
-        f"video folder {path} is in use by {who}; choose another recording.video_dir, "
-        f"or wait for that run to end and resume it with recording.resume=true."
+        f"video folder {path} is in use by {who} whose lock file {LOCK_FILE} is missing or damaged; "
+        f"choose another recording.video_dir, or wait for that process to end."
     )
+
+
+def _since(started) -> str:
+    """``2026-12-02 10:05:31 UTC`` from the holder's ISO start time (as written by ``_now``)."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(started)).astimezone(datetime.timezone.utc)
+    except ValueError:
+        return "an unknown time"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _holder(lock_file: Path, wait_s: float = 2.0) -> dict:
@@ -203,9 +240,10 @@ def _holder(lock_file: Path, wait_s: float = 2.0) -> dict:
 
 
 def _flock_holder_pid(path: Path) -> int | None:
-    """The pid holding a ``flock`` on folder ``path``, from Linux's /proc/locks; None if unknown."""
+    """The pid holding a ``flock`` on ``path`` (a folder or a file, not followed if a
+    symlink), from Linux's /proc/locks; None if unknown."""
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=False)
         wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         with open("/proc/locks") as locks:
             for line in locks:

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
 import os
+import shlex
+import socket
+import sys
 from pathlib import Path
 
 from eval_recorder.recorder import RecordedEpisode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_use_message(folder: Path, run_id: str, pid: int) -> str:
+    """The refusal of a claim of ``folder`` while run ``run_id`` (process ``pid``) holds it:
+    its start time as the lock file records it, in UTC."""
+    started = json.loads((Path(folder) / ".eval_recorder.lock").read_text())["started"]
+    since = datetime.datetime.fromisoformat(started).astimezone(datetime.timezone.utc)
+    return (f"video folder {folder} is in use by run {run_id}, pid {pid}, since {since:%Y-%m-%d %H:%M:%S} UTC "
+            f"(host {socket.gethostname()}); choose another recording.video_dir, or wait for run {run_id} to end "
+            f"and continue it with recording.resume=true wandb.run_id={run_id}.")
+
+
+def continue_command(run_folder: Path, run_id: str, *overrides: str, cwd: Path | None = None) -> str:
+    """The command a run of ``run_eval.py`` with ``overrides`` (this interpreter, started
+    in ``cwd``, default the working directory) prints to be continued in ``run_folder``."""
+    here = Path(cwd or Path.cwd())
+
+    def typed(path) -> str:  # as a user types it from there
+        path = Path(path).absolute()
+        return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+
+    python = typed(sys.executable)
+    return shlex.join([python if "/" in python else f"./{python}", typed(ROOT / "run_eval.py"), *overrides,
+                       "recording.resume=true", f"wandb.run_id={run_id}", f"hydra.run.dir={typed(run_folder)}"])
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -13,6 +13,7 @@ import subprocess
 
 
 from conftest import run_eval_command
+from helpers import in_use_message
 from eval_recorder.folder_guard import claim_folder
 from eval_recorder.video_index import MANIFEST, read_manifest
 from support.jobs import check_folder_is_consistent, jobs, wait_for  # noqa: F401  (jobs: a fixture)
@@ -31,12 +32,8 @@ def test_two_runs_racing_for_a_folder_one_refused_then_ctrl_c_stops_cleanly(tmp_
     assert racers[loser].proc.returncode == 2, racers[loser].stderr
     assert "starting Ray" not in racers[loser].stdout
     pid = racers[winner].proc.pid
-    assert racers[loser].stderr.strip().splitlines()[-1] in (
-        f"error: video folder {videos} is in use by run {winner} (host {HOST}, pid {pid}); choose another "
-        f"recording.video_dir, or wait for that run to end and resume it with recording.resume=true.",
-        f"error: video folder {videos} belongs to run {winner} (host {HOST}, pid {pid}); choose another "
-        f"recording.video_dir, or resume that run with recording.resume=true wandb.run_id={winner}.",
-    )
+    # The winner is live: named as live, whether the loser came before or after its owner record.
+    assert racers[loser].stderr.strip().splitlines()[-1] == "error: " + in_use_message(videos, winner, pid)
 
     # Ctrl-C the winner once its first round of videos is written.
     wait_for(lambda: len(read_manifest(videos)) >= 2, 300, "the first evaluation round")
@@ -45,7 +42,7 @@ def test_two_runs_racing_for_a_folder_one_refused_then_ctrl_c_stops_cleanly(tmp_
     manifest = check_folder_is_consistent(videos)
     assert racers[winner].stderr.strip().splitlines()[-1] == (
         f"interrupted: {len(manifest)} videos written in {videos}; "
-        f"continue with recording.resume=true wandb.run_id={winner}"
+        f"continue with: {racers[winner].continue_command(winner)}"
     )
     assert {record["run_id"] for record in manifest} == {winner}
     claim_folder(videos, run_id=winner, resume=True).release()  # the lock is free

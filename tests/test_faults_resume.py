@@ -98,8 +98,8 @@ def test_a_deleted_lock_file_lets_no_second_run_in_and_a_damaged_owner_record_is
     assert second.wait(timeout=120) == 2
     assert second.last_error_line == (
         f"error: video folder {videos} is in use by another live process (pid {live.pid}, host {HOST}) whose lock "
-        f"file {LOCK_FILE} is missing or damaged; choose another recording.video_dir, or wait for that run to end "
-        f"and resume it with recording.resume=true.")
+        f"file {LOCK_FILE} is missing or damaged; choose another recording.video_dir, or wait for that process to "
+        f"end.")
     assert "starting Ray" not in second.stdout
     assert len(read_manifest(videos)) >= 2 and live.running()  # the live run went on
 

@@ -12,7 +12,7 @@ import pytest
 
 from eval_recorder.errors import FolderRefused
 from eval_recorder.folder_guard import LOCK_FILE, OWNER_FILE, claim_folder
-from helpers import snapshot
+from helpers import in_use_message, snapshot
 
 HOST = socket.gethostname()
 
@@ -56,16 +56,29 @@ def test_live_holder_is_refused_and_named(tmp_path, holder):
     before = snapshot(folder)
     with pytest.raises(FolderRefused) as refused:
         claim_folder(folder, run_id="run1", resume=True)
-    assert str(refused.value) == (
-        f"video folder {folder} is in use by run run1 (host {HOST}, pid {proc.pid}); choose another "
-        f"recording.video_dir, or wait for that run to end and resume it with recording.resume=true."
-    )
+    assert str(refused.value) == in_use_message(folder, "run1", proc.pid)
     assert snapshot(folder) == before
 
 
-def test_folder_of_another_run_is_refused_before_anything_is_written(tmp_path, holder):
+def test_folder_of_another_live_run_is_named_as_live_before_anything_is_written(tmp_path, holder):
+    """While run other7 lives, resuming it would be refused too: the advice is to choose
+    another folder or wait for it."""
     folder = tmp_path / "videos"
     proc = holder(folder, "other7")
+    (folder / "flatland-it000001-ev0001-ep000-other7.mp4").write_bytes(b"their video")
+    before = snapshot(folder)
+    for resume in (False, True):
+        with pytest.raises(FolderRefused) as refused:
+            claim_folder(folder, run_id="mine", resume=resume)
+        assert str(refused.value) == in_use_message(folder, "other7", proc.pid)
+    assert snapshot(folder) == before
+
+
+def test_folder_of_another_ended_run_is_refused_before_anything_is_written(tmp_path, holder):
+    folder = tmp_path / "videos"
+    proc = holder(folder, "other7")
+    proc.kill()
+    proc.wait()
     (folder / "flatland-it000001-ev0001-ep000-other7.mp4").write_bytes(b"their video")
     before = snapshot(folder)
     with pytest.raises(FolderRefused) as refused:
@@ -153,8 +166,8 @@ def test_deleting_the_lock_file_under_a_live_run_keeps_every_other_process_out(t
                             capture_output=True, text=True, timeout=60)
     assert second.stdout.strip() == (
         f"video folder {folder} is in use by another live process (pid {proc.pid}, host {HOST}) whose lock file "
-        f".eval_recorder.lock is missing or damaged; choose another recording.video_dir, or wait for that run to "
-        f"end and resume it with recording.resume=true."
+        f".eval_recorder.lock is missing or damaged; choose another recording.video_dir, or wait for that process "
+        f"to end."
     ), second.stderr
     with pytest.raises(FolderRefused):  # nor this process
         claim_folder(folder, run_id="run1", resume=True)
@@ -173,10 +186,7 @@ def test_a_second_process_is_refused_with_the_lock_file_in_place(tmp_path, holde
     proc = holder(folder, "run1")
     second = subprocess.run([sys.executable, "-c", CLAIM_IN_A_SECOND_PROCESS, str(folder), "run1"],
                             capture_output=True, text=True, timeout=60)
-    assert second.stdout.strip() == (
-        f"video folder {folder} is in use by run run1 (host {HOST}, pid {proc.pid}); choose another "
-        f"recording.video_dir, or wait for that run to end and resume it with recording.resume=true."
-    ), second.stderr
+    assert second.stdout.strip() == in_use_message(folder, "run1", proc.pid), second.stderr
 
 
 def test_release_frees_the_folder_for_the_next_claim(tmp_path):
@@ -259,7 +269,7 @@ def test_where_a_folder_cannot_be_locked_the_lock_file_still_guards(tmp_path, ho
     ]
     with pytest.raises(FolderRefused) as refused:
         claim_folder(folder, run_id="run1", resume=True)
-    assert str(refused.value).startswith(f"video folder {folder} is in use by run run1 (host {HOST}, pid {os.getpid()})")
+    assert str(refused.value) == in_use_message(folder, "run1", os.getpid())
     claim.release()
 
 
