@@ -19,7 +19,7 @@ from eval_recorder.frames import DEFAULT_MAX_SIDE
 from eval_recorder.naming import env_label
 from eval_recorder.wrapper import record_episodes
 
-__all__ = ["RECORDING_KEY", "RENDER_KEY", "RecordingEnvCreator", "describe_env", "make_user_env"]
+__all__ = ["HEADLESS_SDL", "RECORDING_KEY", "RENDER_KEY", "RecordingEnvCreator", "describe_env", "headless_sdl", "make_user_env"]
 
 RECORDING_KEY = "eval_recorder"
 RENDER_KEY = "render"
@@ -42,9 +42,25 @@ def _is_gymnasium_id(env_specifier: Any) -> bool:
     )
 
 
+# Recorded envs draw off-screen: SDL (pygame, which gymnasium's classic-control and box2d
+# envs draw with) must not look for a display or a sound card, which eval runners lack
+# (SDL's XDG_RUNTIME_DIR and ALSA errors otherwise). A value the user set stays.
+HEADLESS_SDL = {"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
+
+
+def headless_sdl() -> None:
+    """Make SDL in this process draw off-screen with no sound device (before pygame starts)."""
+    import os
+
+    for name, value in HEADLESS_SDL.items():
+        os.environ.setdefault(name, value)
+
+
 def make_user_env(env_specifier: Any, env_context: Any):
     """The env RLlib would make for ``env_specifier`` with ``env_context``; a gymnasium id
-    is made with ``render_mode="rgb_array"`` (unless the config names a render mode)."""
+    is made with ``render_mode="rgb_array"`` (unless the config names a render mode).
+    SDL is made headless first (``headless_sdl``)."""
+    headless_sdl()
     if _is_gymnasium_id(env_specifier):
         return gym.make(env_specifier, **{"render_mode": "rgb_array", **dict(env_context)})
     from ray.rllib.algorithms.algorithm import Algorithm

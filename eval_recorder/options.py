@@ -62,6 +62,9 @@ class RecordingOptions:
     wandb_job_type: str = "train"
     wandb_name: str | None = None
     """Display name of the wandb run (default: the run id)."""
+    wandb_console: bool = False
+    """Let wandb print its own lines (banners, where the run is, how to sync it) on the
+    console; by default it prints nothing there (the summary of the CLI says where the run is)."""
     checkpoint: str | None = None
     """Checkpoint the evaluated weights came from (standalone evaluation), else None."""
     config: dict = field(default_factory=dict)

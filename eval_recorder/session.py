@@ -156,6 +156,7 @@ class RecordingSession:
             name=options.wandb_name,
             resume=options.resume,
             config=options.config,
+            console=options.wandb_console,
         )
         self.sinks = [self.wandb, *tracker_sinks(options, wandb_dir)]
         for sink in self.sinks:

@@ -134,6 +134,7 @@ class WandbSink(Sink):
         name: str | None = None,
         resume: bool = False,
         config: dict[str, Any] | None = None,
+        console: bool = False,
     ) -> None:
         super().__init__()
         if mode not in WANDB_MODES:
@@ -151,6 +152,8 @@ class WandbSink(Sink):
             config=config or {},
             reinit="create_new",
         )
+        # wandb's own lines (banners, sync hints) reach the console only when asked for.
+        self._quiet = not console
         self._run = None
         self._last_step = 0  # wandb drops rows logged at a step below one already used
         self._keys_at_last_step: set[str] = set()
@@ -177,7 +180,8 @@ class WandbSink(Sink):
             else:
                 try:
                     self._run = wandb.init(**self._init_args,
-                                           settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S))
+                                           settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S,
+                                                                  silent=self._quiet))
                 except Exception as error:
                     # The failed attempt holds the run id in the process's wandb service
                     # until a teardown, which would end every other wandb run it has open.
@@ -188,7 +192,8 @@ class WandbSink(Sink):
                     wandb.teardown()
         if self._run is None and self.mode == "offline":
             try:
-                self._run = wandb.init(**{**self._init_args, "mode": "offline"})
+                self._run = wandb.init(**{**self._init_args, "mode": "offline"},
+                                       settings=wandb.Settings(silent=self._quiet))
             except Exception as error:  # wandb is a publisher; its faults cost no video
                 self._fail("start", error)
                 return

@@ -28,6 +28,7 @@ __all__ = [
     "ALGORITHMS",
     "POLICY_ID",
     "algorithm_config",
+    "build_algorithm",
     "check_config",
     "evaluation_overrides",
     "evaluation_settings",
@@ -134,9 +135,34 @@ def recording_options(cfg, *, output_dir: Path, **overrides):
         trackers=tuple(cfg.trackers),
         mlflow_tracking_uri=cfg.mlflow.tracking_uri,
         mlflow_experiment=cfg.mlflow.experiment,
+        wandb_console=True,  # the console sends wandb's lines to run_eval.log (verbose=true: the terminal)
     )
     options.update(overrides)
     return RecordingOptions(**options)
+
+
+def build_algorithm(config):
+    """``config.build_algo()``, leaving nothing in ``~/ray_results``.
+
+    An Algorithm built outside Tune makes itself an empty log folder in Ray's default
+    storage path (``~/ray_results/<date>_<time>...``), which no part of RLlib's new API
+    stack writes into; every run would leave one there. Ray reads that path once, into a
+    module constant of its Trainable, and offers no setting for it: while the Algorithm is
+    built the constant points at a temporary folder, removed again with the empty log folder.
+    """
+    import shutil
+    import tempfile
+
+    from ray.tune.trainable import trainable
+
+    scratch = tempfile.mkdtemp(prefix="eval_recorder-ray-logdir-")
+    default = trainable.DEFAULT_STORAGE_PATH
+    trainable.DEFAULT_STORAGE_PATH = scratch
+    try:
+        return config.build_algo()
+    finally:
+        trainable.DEFAULT_STORAGE_PATH = default
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def algorithm_config(cfg, *, env, env_config: dict, multi_agent: bool):

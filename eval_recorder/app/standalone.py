@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from eval_recorder.app import console
-from eval_recorder.app.algorithms import check_config, evaluation_settings, recording_options
+from eval_recorder.app.algorithms import build_algorithm, check_config, evaluation_settings, recording_options
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
 from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
@@ -125,7 +125,7 @@ def _build(cfg, info: CheckpointInfo, choice: EnvChoice, session):
         .evaluation(**evaluation_settings(cfg, interval=1, parallel=False))
     )
     config = add_recording(config, session, render=cfg.evaluation.render or "human")
-    return config.build_algo()
+    return build_algorithm(config)
 
 
 def _print_table(session) -> None:
