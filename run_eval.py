@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from eval_recorder.app.config import register_configs
 from eval_recorder.app.options_doc import register_help_resolvers
@@ -44,24 +45,39 @@ def main(cfg) -> None:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task)  # as typed: a ${...} in one stays as it is
     with Console(output_dir / LOG_NAME, verbose=cfg.verbose):
         if cfg.checkpoint is None:
             from eval_recorder.app.main_job import train_with_recording
 
-            code = train_with_recording(cfg, output_dir)
+            code = train_with_recording(cfg, output_dir, overrides=overrides)
         else:
             from eval_recorder.app.standalone import evaluate_checkpoints
 
-            env_overridden = any(_names_env(override) for override in hydra_cfg.overrides.task)
+            env_overridden = any(_names_env(override) for override in overrides)
             code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
     if code == 2 and hydra_cfg.mode == RunMode.MULTIRUN:
         # Let the sweep's other jobs run; Hydra reports this job's failure at the end.
-        raise JobRefused(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) was refused; see the error above")
+        raise JobRefused(f"job {hydra_cfg.job.num} ({' '.join(overrides)}) was refused; see the error above")
     if code == 2:
         remove_refused_run_folder(output_dir)  # refused before it started: leave no empty run folder
     if code:
         sys.exit(code)
 
 
+def _resume_in_its_own_folder() -> None:
+    """A resume continues in the run's own folder (eval_recorder/app/resume.py): Hydra gets
+    that folder, or the resume is refused before Hydra makes a folder."""
+    from eval_recorder.app.resume import resume_argv
+    from eval_recorder.errors import FolderRefused, UserError
+
+    try:
+        sys.argv[1:] = resume_argv(sys.argv[1:])
+    except (UserError, FolderRefused) as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _resume_in_its_own_folder()
     main()

@@ -34,8 +34,8 @@ from wandb_offline import history_rows
 pytestmark = pytest.mark.slow
 
 
-def _hint(count: int, videos: Path, run_id: str) -> str:
-    return f"interrupted: {count} videos written in {videos}; continue with recording.resume=true wandb.run_id={run_id}"
+def _hint(job, count: int, videos: Path, run_id: str) -> str:
+    return f"interrupted: {count} videos written in {videos}; continue with: {job.continue_command(run_id)}"
 
 
 def _check_stopped_run(job, videos: Path, run_id: str, code: int) -> list[dict]:
@@ -44,7 +44,7 @@ def _check_stopped_run(job, videos: Path, run_id: str, code: int) -> list[dict]:
     same code that logged every stored video once; no process of its session left."""
     assert job.proc.returncode == code, job.stderr[-3000:]
     manifest = check_folder_is_consistent(videos)
-    assert job.last_error_line == _hint(len(manifest), videos, run_id)
+    assert job.last_error_line == _hint(job, len(manifest), videos, run_id)
     files = {MANIFEST, GALLERY, OWNER_FILE, LOCK_FILE}
     for record in manifest:
         files |= {record["file"], record["file"].removesuffix(".mp4") + ".json"}

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY, run_eval_command
 from eval_recorder.video_index import MANIFEST, read_manifest
-from helpers import snapshot
+from helpers import continue_command, snapshot
 
 
 pytestmark = pytest.mark.slow  # every test here runs the real main job (20-60 s each)
@@ -47,7 +47,7 @@ def test_main_job_exits_0_and_prints_where_everything_is(main_run):
     assert [line.split(" | ")[-2].split(":")[0] for line in iteration_lines] == [
         "evaluated weights of iteration 1", "evaluated weights of iteration 2"]
     (run_dir,) = (tmp / "run" / "wandb").glob("offline-run-*-mainrun")
-    assert lines[-7:] == [
+    assert lines[-8:] == [
         f"videos written: 4 in {videos}",
         f"manifest: {videos / MANIFEST}",
         f"gallery: {videos / 'index.html'} (open it in a browser, no server needed)",
@@ -55,6 +55,8 @@ def test_main_job_exits_0_and_prints_where_everything_is(main_run):
         f"wandb run: {run_dir}",
         f"upload it with: wandb sync {tmp / 'run' / 'wandb'}",
         f"log: {tmp / 'run' / 'run_eval.log'} (Ray's, RLlib's and wandb's own output)",
+        "train on with: " + continue_command(tmp / "run", "mainrun", *TINY, f"recording.video_dir={videos}",
+                                             "training.iterations=4"),
     ]
 
 
@@ -76,7 +78,7 @@ def test_the_console_shows_only_our_lines_and_the_log_file_holds_the_rest(main_r
     for line in proc.stdout.splitlines()[4:6]:
         assert re.fullmatch(r"iteration \d/2 \| env steps \d+ \| train return -?\d+\.\d\d \| evaluated weights of "
                             r"iteration \d: completion \d\.\d\d \| videos written 2", line), line
-    assert len(proc.stdout.splitlines()) == 4 + 2 + 7
+    assert len(proc.stdout.splitlines()) == 4 + 2 + 8
     for noise in NOISE:
         assert noise not in proc.stdout + proc.stderr, noise
     log = (tmp / "run" / "run_eval.log").read_text()

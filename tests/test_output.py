@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import TINY, compose_config, run_eval_command
+from helpers import continue_command
 from eval_recorder.app.console import summary_lines, wandb_sync_target
 from eval_recorder.app.main_job import _rounds_ahead, _why_no_rounds
 
@@ -186,12 +187,15 @@ def test_a_run_that_records_nothing_warns_at_start_and_says_so_at_the_end(tmp_pa
               "lower evaluation.interval or raise training.iterations")
     assert proc.stderr.splitlines() == [f"warning: nothing will be recorded: {reason}."]
     (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*-nothing")
-    assert proc.stdout.splitlines()[-6:] == [
+    assert proc.stdout.splitlines()[-7:] == [
         f"videos written: 0 in {videos}",
         f"nothing was recorded: {reason}",
         f"checkpoint: {tmp_path / 'run' / 'checkpoints' / 'it000001'}",
         f"wandb run: {run_dir}",
         f"upload it with: wandb sync {tmp_path / 'run' / 'wandb'}",
         f"log: {tmp_path / 'run' / 'run_eval.log'} (Ray's, RLlib's and wandb's own output)",
+        "train on with: " + continue_command(tmp_path / "run", "nothing", *TINY, "evaluation.interval=5",
+                                             "evaluation.num_env_runners=0", f"recording.video_dir={videos}",
+                                             "training.iterations=2"),
     ]
     assert not (videos / "manifest.jsonl").exists() and not (videos / "index.html").exists()

@@ -211,5 +211,3 @@ def register_configs() -> None:
     """Register the schema with Hydra's ConfigStore (``conf/`` YAML files build on it)."""
     store = ConfigStore.instance()
     store.store(name="base_config", node=MainConfig)
-    store.store(group="env", name="base_env", node=EnvConfig)
-    store.store(group="algorithm", name="base_algorithm", node=AlgorithmSection)

@@ -6,7 +6,11 @@ is claimed before that), claims the video folder (before Ray starts), trains unt
 checkpoint with ``recording.resume=true``), saves checkpoints, prints one line per
 iteration and a summary, and returns an exit code.
 
-Exit codes: 0 done; 2 the user asked for something that cannot work (one sentence on
+A stop or the end prints the command that continues the run in its own folder
+(``app/resume.continue_command``); a resume with nothing left to train says so and ends
+before Ray starts or anything is claimed or written.
+
+Exit codes: 0 done (also: nothing left to train); 2 the user asked for something that cannot work (one sentence on
 stderr says what and what to do; nothing of the user's was touched); 130 interrupted
 (Ctrl-C), 143 stopped (SIGTERM): finished videos are written, the wandb run finished with
 that code, the folder released, the resume command printed; 1 crashed (an exception; the
@@ -21,9 +25,10 @@ from pathlib import Path
 
 from eval_recorder.api import add_recording
 from eval_recorder.app import console
-from eval_recorder.app.algorithms import algorithm_config, check_config, recording_options
+from eval_recorder.app.algorithms import algorithm_config, build_algorithm, check_config, recording_options
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
+from eval_recorder.app.resume import continue_command
 from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.errors import UserError
 from eval_recorder.session import RecordingSession
@@ -38,17 +43,18 @@ def _say(message: str) -> None:
     console.say(message)
 
 
-def train_with_recording(cfg, output_dir: Path) -> int:
-    """Run the main job; the exit code is returned (see module docstring)."""
+def train_with_recording(cfg, output_dir: Path, *, overrides: list[str] = ()) -> int:
+    """Run the main job; the exit code is returned (see module docstring). ``overrides``
+    (the command line's options) go into the command printed to continue the run."""
     # SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt here); stop.exit_code says which.
     with StopSignals(tell=lambda line: console.say(line, err=True)) as stop:
         try:
-            return _run(cfg, Path(output_dir), stop)
+            return _run(cfg, Path(output_dir), stop, list(overrides))
         except KeyboardInterrupt:  # the stop came as the finished run was closing
             return 0
 
 
-def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
+def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
     with StartUp(stop, interrupted="interrupted before the run started; nothing was recorded") as start:
         check_config(cfg)
         if cfg.recording.resume and not cfg.wandb.run_id:
@@ -58,6 +64,11 @@ def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
         options = recording_options(
             cfg, output_dir=output_dir, config=_plain(cfg), checkpoint_dir=str(output_dir / "checkpoints")
         )
+        if cfg.recording.resume and (done := _trained_already(cfg, options)) is not None:
+            # Nothing to train: said before Ray starts or anything is claimed or written.
+            _say(f"run {options.run_id} already trained {done} iterations (training.iterations="
+                 f"{cfg.training.iterations}): nothing to do; raise training.iterations to train on")
+            return 0
         session = start.session = RecordingSession(options)
         facts = probe_env(choice, max_side=cfg.recording.max_side, seed=cfg.evaluation.seed,
                           scenarios=session.scenarios(), timeout_s=cfg.env.build_timeout)
@@ -77,18 +88,40 @@ def _run(cfg, output_dir: Path, stop: StopSignals) -> int:
         start = resume_from.training_iteration if resume_from else 0
         if _rounds_ahead(cfg, start) == 0:
             console.warn(f"nothing will be recorded: {_why_no_rounds(cfg, start)}.")
-        return _train(cfg, checkpoints, session, resume_from, choice, facts, stop)
+        code = _train(cfg, checkpoints, session, resume_from, choice, facts, stop, farewell=farewell)
+        more = {"training.iterations": 2 * cfg.training.iterations}  # as many iterations again
+        _say(f"train on with: {continue_command(run_folder, run_id, overrides, more=more)}")
+        return code
 
-    return run_and_close(session, stop, work, farewell=lambda: _resume_hint(session))
+    run_folder = checkpoints.parent  # the run's own Hydra folder (a resumed run's too)
+
+    def farewell() -> str:
+        return _resume_hint(session, run_folder, overrides)
+
+    return run_and_close(session, stop, work, farewell=farewell)
 
 
-def _resume_hint(session: RecordingSession) -> str:
-    return (f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}; "
-            f"continue with recording.resume=true wandb.run_id={session.options.run_id}")
+def _trained_already(cfg, options) -> int | None:
+    """For a resume: the iterations run ``options.run_id`` already trained if that is
+    ``training.iterations`` or more (its latest checkpoint, found through the video
+    folder's owner record without claiming anything), else None."""
+    from eval_recorder.folder_guard import folder_owner
+
+    checkpoint_dir = folder_owner(options.video_dir).get("checkpoint_dir")
+    latest = latest_checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
+    if latest is None or latest.training_iteration < cfg.training.iterations:
+        return None
+    return latest.training_iteration
+
+
+def _resume_hint(session: RecordingSession, run_folder: Path, overrides: list[str]) -> str:
+    command = continue_command(run_folder, session.options.run_id, overrides)
+    return f"interrupted: {len(session.videos)} videos written in {console.shown(session.video_dir)}; continue with: {command}"
+
 
 
 def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choice, facts,
-           stop: StopSignals) -> int:
+           stop: StopSignals, *, farewell) -> int:
     _say("starting Ray ..." if cfg.ray.address is None else f"joining the Ray cluster at {cfg.ray.address} ...")
     _say(start_ray_shielded(cfg))  # SIGTERM to the whole group: Ray stays up until the run is closed
     stop.install()  # Ray's core worker put its own SIGTERM handler in place (abort: exit code 134)
@@ -98,7 +131,7 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
     name = cfg.algorithm.name
     _say(f"building {name} (env runners start, the first rail drawing takes a few seconds) ..." if facts.flatland
          else f"building {name} (env runners start) ...")
-    algo = config.build_algo()
+    algo = build_algorithm(config)
     try:
         if resume_from is not None:
             _say(f"restoring iteration {resume_from.training_iteration} ...")
@@ -129,7 +162,7 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: store what finished, close, then stop Ray
             session.on_video = None
             bar.close()
-            stop_cleanly(session, stop, farewell=lambda: _resume_hint(session))
+            stop_cleanly(session, stop, farewell=farewell)
             raise
         finally:
             session.on_video = None

@@ -19,7 +19,6 @@ from eval_recorder.app import config as config_module
 
 __all__ = ["config_groups_help", "option_rows", "options_help", "options_table", "register_help_resolvers"]
 
-_INTERNAL_PREFIX = "base_"  # schema nodes registered by config.register_configs()
 
 _SECTIONS = {
     "": config_module.MainConfig,
@@ -102,7 +101,7 @@ def options_help() -> str:
 
 def config_groups_help() -> str:
     """``group: choice, choice`` per config group of the running Hydra app (not Hydra's
-    own groups, not the internal ``base_*`` schema nodes)."""
+    own groups)."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
@@ -110,7 +109,7 @@ def config_groups_help() -> str:
     for group in sorted(loader.list_groups("")):
         if group == "hydra":
             continue
-        choices = sorted(name for name in loader.get_group_options(group) if not name.startswith(_INTERNAL_PREFIX))
+        choices = sorted(loader.get_group_options(group))
         if choices:
             lines.append(f"{group}: {', '.join(choices)}")
     return "\n".join(lines)

@@ -22,6 +22,8 @@ import os
 import signal
 from pathlib import Path
 
+from omegaconf.errors import OmegaConfBaseException
+
 from eval_recorder.app import console
 from eval_recorder.app.algorithms import start_ray
 from eval_recorder.errors import FolderRefused, UserError
@@ -39,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 class StartUp:
     """``with StartUp(stop, interrupted=...) as start:`` around a job's start (checks, env
-    probe, the folder claimed): a refusal (UserError, FolderRefused, ValueError) is said in
+    probe, the folder claimed): a refusal (UserError, FolderRefused, ValueError, an option
+    OmegaConf cannot resolve) is said in
     its one sentence and gives ``start.exit_code`` 2; a stop signal closes ``start.session``
     (if set) with the signal's exit code and says ``interrupted``. Nothing else is caught."""
 
@@ -55,6 +58,10 @@ class StartUp:
     def __exit__(self, exc_type, exc, traceback) -> bool:
         if exc_type is None:
             return False
+        if issubclass(exc_type, OmegaConfBaseException):  # e.g. an option's ${...} that cannot be resolved
+            console.error(f"an option cannot be used ({_first_line(exc)}); fix it and run again.")
+            self.exit_code = 2
+            return True
         if issubclass(exc_type, (UserError, FolderRefused, ValueError)):
             console.error(str(exc))
             self.exit_code = 2
@@ -66,6 +73,12 @@ class StartUp:
             self.exit_code = self.stop.exit_code
             return True
         return False
+
+
+def _first_line(error: BaseException) -> str:
+    """OmegaConf's message without its ``full_key: ...`` details and final full stop."""
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
 
 
 def start_ray_shielded(cfg) -> str:

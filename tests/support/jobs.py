@@ -47,11 +47,19 @@ class Job:
         self.name = name
         self.stdout_path, self.stderr_path = tmp / f"{name}.out", tmp / f"{name}.err"
         script = [str(SUPPORT / wrapper[0]), *wrapper[1:]] if wrapper else [str(ROOT / "run_eval.py")]
-        command = [sys.executable, *script, *(TINY if tiny else ()), *overrides, f"hydra.run.dir={self.run_dir}"]
+        self.overrides = [*(TINY if tiny else ()), *overrides]
+        command = [sys.executable, *script, *self.overrides, f"hydra.run.dir={self.run_dir}"]
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True,
                                          env=env, cwd=ROOT)
         self.started = time.monotonic()
+
+    def continue_command(self, run_id: str) -> str:
+        """The command this job prints to be continued (its options, then the resume ones)."""
+        from helpers import continue_command
+
+        kept = [o for o in self.overrides if o.split("=")[0] not in ("recording.resume", "wandb.run_id")]
+        return continue_command(self.run_dir, run_id, *kept, cwd=ROOT)
 
     @property
     def pid(self) -> int:
