@@ -135,7 +135,7 @@ def test_the_pages_have_the_blocks_these_tests_run():
 
 
 @pytest.mark.parametrize(("block", "arguments"), run_eval_commands(),
-                         ids=[f"{block.page.name}: {' '.join(arguments)}" for block, arguments in run_eval_commands()])
+                         ids=[f"{block.page.name}: {' '.join(arguments) or '(defaults)'}" for block, arguments in run_eval_commands()])
 def test_every_run_eval_command_of_the_docs_composes(block, arguments):
     """Every key exists and every value has its type (placeholders such as PATH are strings)."""
     overrides = [a for a in arguments if not a.startswith("-")]
