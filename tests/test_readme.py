@@ -189,6 +189,8 @@ def test_library_example_runs_as_written(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     seconds = time.monotonic() - began
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Our own wandb run prints nothing on the console unless asked (RecordingOptions.wandb_console).
+    assert [line for line in proc.stderr.splitlines() if line.startswith("wandb:")] == []
     assert proc.stdout.splitlines() == ["iteration 1 videos 2", "iteration 2 videos 4"]
     assert seconds < 180, f"the README promises about 30 s; it took {seconds:.0f} s"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["example.py", "runs"]
@@ -218,6 +220,8 @@ def test_readme_sample_outputs_are_the_lines_a_run_prints():
         r"wandb run: outputs/\S+/wandb/offline-run-\d{8}_\d{6}-[0-9a-f]{8}",
         r"upload it with: wandb sync outputs/\S+/wandb",
         r"log: outputs/\S+/run_eval\.log \(Ray's, RLlib's and wandb's own output\)",
+        r"train on with: \.venv/bin/python run_eval\.py training\.iterations=6 recording\.resume=true "
+        r"wandb\.run_id=([0-9a-f]{8}) hydra\.run\.dir=outputs/\S+",
     ]
     lines = sample.splitlines()
     assert len(lines) == len(patterns), lines
@@ -266,6 +270,9 @@ def test_flatland_rl_users_example_runs_as_written(tmp_path):
 def test_gymnasium_example_runs_as_written(tmp_path):
     proc = run_example(block_text(DOCS / "your-own-env.md", "A gymnasium env"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The eval runners draw with pygame headless: no display or sound device looked for.
+    noise = [line for line in proc.stderr.splitlines() if "ALSA" in line or "XDG_RUNTIME_DIR" in line]
+    assert noise == []
     records = read_manifest(tmp_path / "cartpole_run" / "videos")
     (run_id,) = {r["run_id"] for r in records}
     names = [f"cartpole-v1-it{it:06d}-ev{it:04d}-ep{ep:03d}-{run_id}.mp4" for it in (1, 2) for ep in (0, 1)]
