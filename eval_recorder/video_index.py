@@ -208,5 +208,5 @@ def _decode_fully(video: Path) -> dict | None:
         return None
     fps = None
     if rate:
-        fps = int(rate) if rate.denominator == 1 else round(float(rate), 3)
+        fps = rate.numerator if rate.denominator == 1 else round(float(rate), 3)  # PyAV 19: no int(rate)
     return {"frames": frames, "fps": fps, "width": width, "height": height}
