@@ -2,7 +2,9 @@
 videos, opened straight from disk. ``write_gallery`` replaces it atomically with the page
 ``render_gallery`` makes of the folder's manifest: the plots (``gallery_charts``), the same
 situation played across iterations side by side, then every video, newest iteration first,
-with its caption. The page fetches nothing, and plays every video also without JavaScript.
+with its caption. Each video shows its poster (its last frame, ``poster``) until it plays, so
+the page reads at a glance. The page fetches nothing, and plays every video also without
+JavaScript.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from eval_recorder.gallery_charts import plots
 from eval_recorder.gallery_records import (
     Situation, int_or_zero, is_int, outcome, showable, situations, video_caption, video_count,
 )
+from eval_recorder.poster import poster_name
+from eval_recorder.training_record import read_training, train_returns
 from eval_recorder.video_index import read_manifest
 
 __all__ = ["GALLERY", "render_gallery", "write_gallery"]
@@ -45,6 +49,8 @@ nav .choice a { margin-right: 0; }
 .plot circle.return { fill: #1f66b4; }
 .plot .completion { stroke: #238a3b; fill: none; stroke-width: 1.5; }
 .plot circle.completion { fill: #238a3b; }
+.plot .train { stroke: #d9711c; fill: none; stroke-width: 1.5; stroke-dasharray: 4 2; }
+.plot circle.train { fill: #d9711c; stroke: none; }
 .situation { display: none; }
 .situation:target { display: block; }
 .situation button, .situation .close { margin-left: .8em; }
@@ -61,7 +67,7 @@ figcaption span, figcaption a { display: block; overflow-wrap: anywhere; }
 # Chromium gives a page at most 1000 media players and fails every video beyond that, so
 # videos start with preload="none" (no player, nothing read; a click still plays one) and
 # this script lets only the videos near the screen (one screen height above and below) load
-# their metadata. Far away (or hidden: a situation not chosen, a row scrolled sideways) and
+# their metadata (a video's poster shows wherever it is: it needs no player). Far away (or hidden: a situation not chosen, a row scrolled sideways) and
 # paused: it drops the source (kept in data-src), which frees the player; a video that plays
 # on is released when it pauses or ends. "Play together" restarts the videos of a situation
 # that are in view, together.
@@ -108,11 +114,14 @@ _SCRIPT = """\
 """
 
 
-def render_gallery(records: list[dict]) -> str:
+def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = frozenset(),
+                   training: list[tuple[int, float]] = ()) -> str:
     """The gallery page showing ``records`` (manifest records; videos next to the page).
 
     Records without a plain file name or without the caption's fields (unless recovered
-    after a crash) are left out.
+    after a crash) are left out. ``posters``: the poster files next to the page (a video
+    whose ``poster_name`` is among them shows it); ``training``: (iteration, mean training
+    return) points, drawn beside the evaluation return (``gallery_charts.plots``).
     """
     shown = [record for record in records if showable(record)]
     # Newest iteration first; within one, by round and episode (ties: manifest order).
@@ -139,8 +148,8 @@ def render_gallery(records: list[dict]) -> str:
         "<h1>Evaluation videos</h1>",
         f'<p class="summary">{_text(summary)}</p>',
     ]
-    parts.extend(plots(shown))
-    parts.extend(_comparison([situation for situation in situations(shown) if len(situation.records) > 1]))
+    parts.extend(plots(shown, training=list(training)))
+    parts.extend(_comparison([situation for situation in situations(shown) if len(situation.records) > 1], posters))
     if groups:
         links = " ".join(f'<a href="#iteration-{iteration}">{iteration}</a>' for iteration, _ in groups)
         parts.append(f'<nav class="iterations">Iterations: {links}</nav>')
@@ -148,7 +157,7 @@ def render_gallery(records: list[dict]) -> str:
         parts.append(f'<section id="iteration-{iteration}">')
         parts.append(f"<h2>Iteration {iteration}</h2>")
         parts.append('<div class="videos">')
-        parts.extend(_figure(record) for record in group)
+        parts.extend(_figure(record, posters) for record in group)
         parts.append("</div>")
         parts.append("</section>")
     parts.append(f"<script>\n{_SCRIPT}</script>")
@@ -160,9 +169,11 @@ def render_gallery(records: list[dict]) -> str:
 def write_gallery(folder: Path) -> Path:
     """Replace ``folder``'s gallery with one of every video its manifest lists; its path.
 
-    Records whose mp4 is not in the folder are left out. The page is written to a hidden
-    temporary name in the folder, flushed to disk and renamed over the old one, so a
-    browser (or a crash) never sees half a page.
+    Records whose mp4 is not in the folder are left out; a video shows its poster if the
+    poster is in the folder; the return plot has the training returns of the videos' runs
+    from the folder's training record (``training_record``), if there is one. The page is
+    written to a hidden temporary name in the folder, flushed to disk and renamed over the
+    old one, so a browser (or a crash) never sees half a page.
     """
     folder = Path(folder)
     records = read_manifest(folder)
@@ -170,7 +181,9 @@ def write_gallery(folder: Path) -> Path:
     if len(present) < len(records):
         _log.debug("gallery leaves out %d of %d manifest records (file missing or record unusable)",
                    len(records) - len(present), len(records))
-    data = render_gallery(present).encode()
+    posters = {poster_name(record["file"]) for record in present if (folder / poster_name(record["file"])).is_file()}
+    training = train_returns(read_training(folder), run_ids={record.get("run_id") for record in present})
+    data = render_gallery(present, posters=posters, training=training).encode()
     path = folder / GALLERY
     tmp = write_temporary(folder, GALLERY, data)
     try:
@@ -182,7 +195,7 @@ def write_gallery(folder: Path) -> Path:
     return path
 
 
-def _comparison(found: list[Situation]) -> list[str]:
+def _comparison(found: list[Situation], posters) -> list[str]:
     """The situation chooser (links to anchors) and each situation's row of videos
     (situations played more than once: one video has nothing to be compared with).
 
@@ -217,7 +230,7 @@ def _comparison(found: list[Situation]) -> list[str]:
             facts = outcome(record) + (["recovered"] if record.get("recovered") else [])
             lines = f'<span class="caption">iteration {record["training_iteration"]}</span>'
             lines += f'<span class="outcome">{_text(" · ".join(facts))}</span>' if facts else ""
-            parts.append(f'<figure data-iteration="{record["training_iteration"]}">\n{_video(record)}\n'
+            parts.append(f'<figure data-iteration="{record["training_iteration"]}">\n{_video(record, posters)}\n'
                          f"<figcaption>{lines}</figcaption>\n</figure>")
         parts.append("</div>")
         parts.append("</div>")
@@ -225,21 +238,23 @@ def _comparison(found: list[Situation]) -> list[str]:
     return parts
 
 
-def _video(record: dict) -> str:
+def _video(record: dict, posters) -> str:
     src = _text(quote(record["file"]))
+    poster = poster_name(record["file"])
+    shown = f' poster="{_text(quote(poster))}"' if poster in posters else ""
     size = ""
     if is_int(record.get("width")) and is_int(record.get("height")):
         size = f' width="{record["width"]}" height="{record["height"]}"'
-    return f'<video controls preload="none" src="{src}"{size}></video>'
+    return f'<video controls preload="none" src="{src}"{shown}{size}></video>'
 
 
-def _figure(record: dict) -> str:
+def _figure(record: dict, posters) -> str:
     src = _text(quote(record["file"]))
     lines = [f'<span class="caption">{_text(video_caption(record))}</span>']
     if record.get("checkpoint") is not None:
         lines.append(f'<span class="checkpoint">checkpoint {_text(str(record["checkpoint"]))}</span>')
     lines.append(f'<a class="file" href="{src}">{_text(record["file"])}</a>')
-    return f"<figure>\n{_video(record)}\n<figcaption>{''.join(lines)}</figcaption>\n</figure>"
+    return f"<figure>\n{_video(record, posters)}\n<figcaption>{''.join(lines)}</figcaption>\n</figure>"
 
 
 def _text(value: str) -> str:

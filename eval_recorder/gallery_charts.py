@@ -1,7 +1,9 @@
 """The gallery's plots, as inline SVG: per env, the mean evaluation return per training
-iteration and, for envs that report arrivals (Flatland), the mean completion rate. Each
-plot has axes with round ticks, and, unless the run is long, a dot per iteration that
-links to its section of the page and shows its values.
+iteration and, for envs that report arrivals (Flatland), the mean completion rate. Beside
+the evaluation return, when the folder holds one env, the training return of each train()
+call (``training_record``), dashed, with a legend saying which line is which. Each plot has
+axes with round ticks, and, unless the run is long, a dot per iteration that shows its
+values (an evaluation dot links to its iteration's section of the page).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 52, 460, 24, 140
 _MARKED_POINTS = 100  # up to this many iterations each point is a dot with its values as tooltip
 
 
-def plots(records: list[dict]) -> list[str]:
-    """One return plot per env, and a completion plot for envs that report completion."""
+def plots(records: list[dict], *, training: list[tuple[int, float]] = ()) -> list[str]:
+    """One return plot per env, and a completion plot for envs that report completion.
+    ``training``: (iteration, mean training return) points, drawn on the return plot when
+    ``records`` are of one env (a training return belongs to no env of several)."""
     envs = sorted({record_env(record) for record in records}, key=lambda env: (env is not None, env))
+    train = [(iteration, value, 0) for iteration, value in training] if len(envs) == 1 else []
     svgs = []
     for env in envs:
         summary = iteration_summary([record for record in records if record_env(record) == env])
@@ -30,12 +35,14 @@ def plots(records: list[dict]) -> list[str]:
         returns = [(s.training_iteration, s.mean_return, s.episodes) for s in summary if s.mean_return is not None]
         completions = [(s.training_iteration, s.mean_completion, s.episodes)
                        for s in summary if s.mean_completion is not None]
-        if returns:
-            svgs.append(_plot_svg(returns, env=env, series="return",
+        if returns or train:
+            lines = [(line, points) for line, points in (("return", returns), ("train", train)) if points]
+            values = [point[1] for point in returns + train]
+            svgs.append(_plot_svg(lines, env=env, series="return",
                                   title=f"{prefix}mean return per training iteration",
-                                  y_ticks=_nice_ticks(min(p[1] for p in returns), max(p[1] for p in returns))))
+                                  y_ticks=_nice_ticks(min(values), max(values))))
         if completions:
-            svgs.append(_plot_svg(completions, env=env, series="completion",
+            svgs.append(_plot_svg([("completion", completions)], env=env, series="completion",
                                   title=f"{prefix}completion rate (agents arrived) per training iteration",
                                   y_ticks=[0.0, 0.5, 1.0]))
     if not svgs:
@@ -43,9 +50,20 @@ def plots(records: list[dict]) -> list[str]:
     return ['<div class="plots">', *svgs, "</div>"]
 
 
-def _plot_svg(points: list[tuple[int, float, int]], *, env, series: str, title: str, y_ticks: list[float]) -> str:
-    """A line plot of (iteration, value, episodes) points with axes, ticks and labels."""
-    iterations = [point[0] for point in points]
+# Each line of a plot: its legend text and the words of its dots' tooltips.
+_LINES = {
+    "return": ("evaluation", "mean return"),
+    "completion": ("evaluation", "mean completion"),
+    "train": ("training", "training return"),
+}
+
+
+def _plot_svg(lines: list[tuple[str, list[tuple[int, float, int]]]], *, env, series: str, title: str,
+              y_ticks: list[float]) -> str:
+    """A plot of lines of (iteration, value, episodes) points (each line: its class and
+    points; ``"train"`` points are of no videos) with axes, ticks and labels, and a legend
+    when it has more than one line."""
+    iterations = [point[0] for _, points in lines for point in points]
     first, last = min(iterations), max(iterations)
     low, high = y_ticks[0], y_ticks[-1]
 
@@ -81,15 +99,24 @@ def _plot_svg(points: list[tuple[int, float, int]], *, env, series: str, title: 
         parts.append(f'<text class="x-tick" x="{x(tick):.1f}" y="{_BOTTOM + 16}" text-anchor="middle">{tick}</text>')
     parts.append(f'<text class="x-title" x="{(_LEFT + _RIGHT) / 2:.0f}" y="{_HEIGHT - 4}" text-anchor="middle">'
                  "training iteration</text>")
-    coordinates = " ".join(f"{x(iteration):.1f},{y(value):.1f}" for iteration, value, _ in points)
-    parts.append(f'<polyline class="{series}" points="{coordinates}"/>')
-    if len(points) <= _MARKED_POINTS:
+    if len(lines) > 1 or lines[0][0] == "train":
+        left = _RIGHT - 84 * len(lines)
+        for number, (line, _) in enumerate(lines):
+            at = left + 84 * number
+            parts.append(f'<line class="{line}" x1="{at}" x2="{at + 16}" y1="10" y2="10"/>')
+            parts.append(f'<text class="legend" data-series="{line}" x="{at + 20}" y="14">{_LINES[line][0]}</text>')
+    for line, points in lines:
+        coordinates = " ".join(f"{x(iteration):.1f},{y(value):.1f}" for iteration, value, _ in points)
+        parts.append(f'<polyline class="{line}" points="{coordinates}"/>')
+        if len(points) > _MARKED_POINTS:
+            continue
         for iteration, value, episodes in points:
-            parts.append(
-                f'<a href="#iteration-{iteration}"><circle class="{series}" cx="{x(iteration):.1f}" '
-                f'cy="{y(value):.1f}" r="2.5"><title>iteration {iteration} · mean {series} {value_label(value)} · '
-                f"{video_count(episodes)}</title></circle></a>"
-            )
+            dot = (f'<circle class="{line}" cx="{x(iteration):.1f}" cy="{y(value):.1f}" r="2.5"><title>iteration '
+                   f"{iteration} · {_LINES[line][1]} {value_label(value)}")
+            if line == "train":
+                parts.append(f"{dot}</title></circle>")
+            else:
+                parts.append(f'<a href="#iteration-{iteration}">{dot} · {video_count(episodes)}</title></circle></a>')
     parts.append("</svg>")
     return "\n".join(parts)
 

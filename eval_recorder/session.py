@@ -77,6 +77,7 @@ class RecordingSession:
         self._lock = threading.RLock()
         self._scenarios: list[tuple[str, bytes]] | None = None
         self._publisher = None  # the RoundPublisher of the Algorithm attached last
+        self._gallery_lacks_training = False  # a round's gallery was written before its train() result
 
     @property
     def video_dir(self) -> Path:
@@ -315,6 +316,7 @@ class RecordingSession:
             if not stored:
                 return []
             self.write_gallery()
+            self._gallery_lacks_training = True
             for step in sorted({video.metadata["training_iteration"] for video in stored}):
                 at_step = [video for video in stored if video.metadata["training_iteration"] == step]
                 for sink in self.sinks:
@@ -345,13 +347,22 @@ class RecordingSession:
             self.wandb.log_table("eval/episodes", columns=columns, rows=rows, step=step)
 
     def log_training(self, metrics: dict[str, float], *, step: int) -> None:
-        """Log training metrics at ``step``; also stores videos waiting for space if the
-        folder has room again (each iteration checks)."""
+        """Log training metrics at ``step`` (``train/return_mean`` also to the folder's
+        training record, for the gallery's plot); also stores videos waiting for space if
+        the folder has room again (each iteration checks)."""
         with critical(), self._lock:
             if self._closed:
                 return
             if self.store is not None and self.unstored:
                 self._retry_unstored()
+            # The gallery plots the training return beside the evaluation's: a round ends
+            # inside train(), before its result, so its page is written again with it.
+            if self.store is not None and metrics.get("train/return_mean") is not None:
+                recorded = self.store.record_training(step, env_steps=metrics.get("env_steps"),
+                                                      return_mean=metrics["train/return_mean"])
+                if recorded and self._gallery_lacks_training:
+                    self.write_gallery()
+            self._gallery_lacks_training = False
             for sink in self.sinks:
                 sink.log_metrics(metrics, step=step)
 

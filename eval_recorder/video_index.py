@@ -43,14 +43,15 @@ def read_manifest(folder: str | os.PathLike) -> list[dict]:
 
 
 def append_record(manifest: Path, record: dict) -> None:
-    """Append ``record`` as one JSON line to ``manifest``, flushed to disk.
+    """Append ``record`` as one JSON line to ``manifest`` (or another JSON-lines file of
+    the folder; a symlink is not followed), flushed to disk.
 
     If the manifest's last line was cut short (a crash mid-append), a newline goes first,
     so the torn line stays a line of its own (which readers skip) and never swallows this
     record. If writing fails, the bytes of this append that got in are taken back.
     """
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":

@@ -1,28 +1,42 @@
 """Storing one finished video in the (claimed) video folder: ``VideoStore`` gives its mp4
-a name no file has, then writes its JSON sidecar and appends its manifest line, each
-complete before it appears (``atomic_files``), never overwriting anything. When the folder
-cannot take a video it raises ``StoreFailed``; index entries it could not write follow with
-the next video or ``VideoStore.reconcile``, which also repairs what a crash left.
+a name no file has, writes its poster (its last frame, ``poster``) beside it, then its JSON
+sidecar and its manifest line, each complete before it appears (``atomic_files``), never
+overwriting anything. When the folder cannot take a video it raises ``StoreFailed``; index
+entries it could not write follow with the next video or ``VideoStore.reconcile``, which
+also repairs what a crash left (and gives posters to videos without one). A poster that
+cannot be written costs nothing else. ``record_training`` appends a train() call's return
+to the folder's training record (``training_record``).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval_recorder.atomic_files import publish_file
 from eval_recorder.errors import StoreFailed
-from eval_recorder.naming import numbered_stem, video_metadata
+from eval_recorder.naming import numbered_stem, parse_video_name, video_metadata
+from eval_recorder.poster import last_frame_jpeg, poster_name
 from eval_recorder.store_failure import store_failed
+from eval_recorder.training_record import TRAINING, training_record
 from eval_recorder.video_index import MANIFEST, append_record, index_bytes, read_manifest, reconcile_index
 
 __all__ = ["VideoStore"]
 
 _MAX_NAME_ATTEMPTS = 10_000
+# Longest a reconciliation spends writing posters for videos that have none (an older
+# folder, a crash between a video and its poster), newest video first; the rest wait for the
+# next one. About a tenth of a second each for a Flatland video.
+RECONCILE_POSTER_SECONDS = 5.0
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +55,8 @@ class VideoStore:
         self.folder = Path(folder)
         self.run_id = run_id
         self._unindexed: list[_Unindexed] = []
+        self._poster_trouble_said = False
+        self._training_trouble_said = False
 
     @property
     def manifest_path(self) -> Path:
@@ -91,7 +107,11 @@ class VideoStore:
         except OSError as error:
             raise store_failed(error, folder=self.folder, needs=f"storing {stem}.mp4 needs", needed=needed,
                               consequence=not_stored) from error
-        item = _Unindexed(video_path, metadata_for(video_path.name))
+        metadata = metadata_for(video_path.name)
+        poster = self._write_poster(video_path, episode.mp4, reserve=index_bytes(metadata) + 64)
+        if poster is not None:
+            metadata["poster"] = poster
+        item = _Unindexed(video_path, metadata)
         try:
             self._write_index(item)
         except FileExistsError:
@@ -107,13 +127,89 @@ class VideoStore:
         Returns the records added by ``reconcile_index`` (recovered ones); StoreFailed if
         the folder still cannot take them."""
         self._write_unindexed()
-        return reconcile_index(self.folder, run_id=self.run_id)
+        recovered = reconcile_index(self.folder, run_id=self.run_id)
+        self._write_missing_posters()
+        return recovered
+
+    def record_training(self, training_iteration: int, *, env_steps, return_mean) -> bool:
+        """Append a train() call's mean training-episode return (and env steps) to the
+        folder's training record (``training_record.TRAINING``), which the gallery plots;
+        whether it was written. A failure is logged (once) and costs nothing else."""
+        record = training_record(training_iteration=training_iteration, env_steps=env_steps,
+                                 return_mean=return_mean, run_id=self.run_id)
+        try:
+            append_record(self.folder / TRAINING, record)
+        except OSError as error:
+            # A full or unwritable folder is said by the session when a video meets it.
+            level = logging.DEBUG if self._training_trouble_said else logging.INFO
+            self._training_trouble_said = True
+            _log.log(level, "could not record the training return of iteration %d in %s (%s); the gallery's plot "
+                            "lacks it", training_iteration, self.folder / TRAINING, error)
+            return False
+        return True
+
+    def _write_poster(self, video: Path, mp4: bytes | None, *, reserve: int) -> str | None:
+        """Write ``video``'s poster (its last frame, decoded from ``mp4`` or the file) beside
+        it, leaving ``reserve`` bytes free for what must follow; the poster's file name, or
+        None if it cannot be written (said once) or a file has its name (kept as it is)."""
+        poster = video.with_name(poster_name(video.name))
+        try:
+            if os.path.lexists(poster):
+                return None
+            data = last_frame_jpeg(video if mp4 is None else mp4)
+            if not self.can_store(len(data) + reserve):
+                raise OSError(errno.ENOSPC, f"no room for {len(data)} bytes beside what the video's index needs")
+            if not publish_file(self.folder, data, poster):
+                return None
+        except Exception as error:  # a poster is a view of the video: its faults cost nothing else
+            self._poster_failed(video, error)
+            return None
+        return poster.name
+
+    def _poster_failed(self, video: Path, error: Exception) -> None:
+        """Say the first failure (a full or unwritable folder only at info level: the
+        session says that once, for the videos); later ones at debug level."""
+        import av
+
+        if self._poster_trouble_said:
+            level = logging.DEBUG
+        else:
+            disk = isinstance(error, OSError) and not isinstance(error, av.FFmpegError)
+            level = logging.INFO if disk else logging.WARNING
+        self._poster_trouble_said = True
+        _log.log(level, "no poster for %s (%s: %s); the gallery shows its box without one", video.name,
+                 type(error).__name__, error)
+
+    def _write_missing_posters(self) -> int:
+        """Posters for this run's indexed videos that have none, newest first, for at most
+        ``RECONCILE_POSTER_SECONDS``; how many were written."""
+        listed = {record.get("file") for record in read_manifest(self.folder) if record.get("run_id") == self.run_id}
+        with os.scandir(self.folder) as entries:
+            names = {entry.name for entry in entries}
+        videos = sorted(
+            (name for name in names
+             if name in listed and parse_video_name(name, self.run_id) is not None and poster_name(name) not in names),
+            reverse=True,
+        )
+        deadline = time.monotonic() + RECONCILE_POSTER_SECONDS
+        written = 0
+        for done, name in enumerate(videos):
+            if time.monotonic() >= deadline:
+                _log.info("%d videos in %s are left without a poster for now (the next reconciliation goes on)",
+                          len(videos) - done, self.folder)
+                break
+            video = self.folder / name
+            if not os.path.isfile(video) or os.path.islink(video):
+                continue
+            if self._write_poster(video, None, reserve=0) is not None:
+                written += 1
+        return written
 
     def _publish_video(self, mp4: bytes, stem: str) -> Path:
         for attempt in range(1, _MAX_NAME_ATTEMPTS + 1):
             name = numbered_stem(stem, attempt)
-            # The sidecar name is reserved with the video: a taken one also moves us on.
-            if (self.folder / f"{name}.json").exists():
+            # The sidecar and poster names are reserved with the video: a taken one also moves us on.
+            if os.path.lexists(self.folder / f"{name}.json") or os.path.lexists(self.folder / poster_name(name)):
                 continue
             video_path = self.folder / f"{name}.mp4"
             if publish_file(self.folder, mp4, video_path):

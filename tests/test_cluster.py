@@ -36,6 +36,7 @@ import pytest
 
 from eval_recorder.gallery import GALLERY
 from eval_recorder.video_index import MANIFEST, read_manifest
+from eval_recorder.training_record import TRAINING
 from support.jobs import Proc, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401  (jobs: a fixture)
 
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs
@@ -327,9 +328,9 @@ def _kill_runner_mid_episode(tmp_path: Path, jobs, job_tmp: Path) -> None:
 
     # No partial file anywhere: the folder holds exactly the manifest's videos and sidecars
     # (and the run's own files), the scratch folder (and the temp folder itself) no mp4 at all.
-    expected_files = {MANIFEST, GALLERY, ".eval_recorder-owner.json", ".eval_recorder.lock"}
+    expected_files = {MANIFEST, GALLERY, TRAINING, ".eval_recorder-owner.json", ".eval_recorder.lock"}
     for record in manifest:
-        expected_files |= {record["file"], record["file"].removesuffix(".mp4") + ".json"}
+        expected_files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"]}
     assert {p.name for p in videos.iterdir()} == expected_files
     assert not partial.exists(), f"{partial.name} of the killed runner was left behind"
     assert sorted(scratch.glob("*.mp4")) == [] and sorted(job_tmp.glob("*.mp4")) == []

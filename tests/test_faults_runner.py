@@ -14,6 +14,7 @@ import pytest
 from eval_recorder.folder_guard import LOCK_FILE, OWNER_FILE
 from eval_recorder.gallery import GALLERY
 from eval_recorder.video_index import MANIFEST, read_manifest
+from eval_recorder.training_record import TRAINING
 from support.jobs import (
     check_folder_is_consistent,
     jobs,  # noqa: F401  (a fixture)
@@ -55,9 +56,9 @@ def test_eval_runner_killed_after_its_first_episode_of_a_round(tmp_path, jobs):
         assert (named, record["training_iteration"]) == (record["training_iteration"], named), record["file"]
         assert margin > 1.5, (record["file"], margin)
     # Nothing else in the folder (the lost episode left no file); wandb got each video once.
-    files = {MANIFEST, GALLERY, OWNER_FILE, LOCK_FILE}
+    files = {MANIFEST, GALLERY, TRAINING, OWNER_FILE, LOCK_FILE}
     for record in manifest:
-        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json"}
+        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"]}
     assert {path.name for path in videos.iterdir()} == files
     (wandb_run,) = wandb_runs(job.run_dir, run_id)
     assert wandb_exit_codes(wandb_run) == [0]

@@ -20,6 +20,7 @@ import pytest
 from eval_recorder.folder_guard import LOCK_FILE, OWNER_FILE, claim_folder
 from eval_recorder.gallery import GALLERY
 from eval_recorder.video_index import MANIFEST, read_manifest
+from eval_recorder.training_record import TRAINING
 from support.jobs import (
     check_folder_is_consistent,
     jobs,  # noqa: F401  (a fixture)
@@ -45,9 +46,9 @@ def _check_stopped_run(job, videos: Path, run_id: str, code: int) -> list[dict]:
     assert job.proc.returncode == code, job.stderr[-3000:]
     manifest = check_folder_is_consistent(videos)
     assert job.last_error_line == _hint(job, len(manifest), videos, run_id)
-    files = {MANIFEST, GALLERY, OWNER_FILE, LOCK_FILE}
+    files = {MANIFEST, GALLERY, OWNER_FILE, LOCK_FILE} | ({TRAINING} if (videos / TRAINING).is_file() else set())
     for record in manifest:
-        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json"}
+        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"]}
     assert {path.name for path in videos.iterdir()} == files
     gallery = (videos / GALLERY).read_text()
     assert all(record["file"] in gallery for record in manifest)

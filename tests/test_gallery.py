@@ -13,12 +13,13 @@ from eval_recorder.gallery import GALLERY, render_gallery, write_gallery
 from eval_recorder.gallery_records import IterationSummary, iteration_summary, situations, video_caption
 from eval_recorder.naming import video_stem
 from eval_recorder.tags import TrainingTag
+from eval_recorder.training_record import TRAINING
 from eval_recorder.video_index import MANIFEST, read_manifest
 from eval_recorder.video_store import VideoStore
 from helpers import episode
 from support.chromium import Chromium, needs_chromium
 from support.html_tree import Node, parse
-from support.videos import encode
+from support.videos import encode, rgb_frames, tiny_mp4
 
 
 def record(iteration: int, episode_index: int, *, evaluation_round: int | None = None, **overrides) -> dict:
@@ -231,7 +232,7 @@ def plots(page: str) -> dict[str, dict]:
     for svg in parse(page).find_all("svg", class_="plot"):
         assert svg.attrs["viewbox"] == "0 0 480 176" and (svg.attrs["width"], svg.attrs["height"]) == ("480", "176")
         found[svg.attrs["data-series"]] = {
-            "points": svg.find("polyline").attrs["points"],
+            "points": svg.find("polyline", class_=svg.attrs["data-series"]).attrs["points"],
             "dots": [(a.attrs["href"], a.find("circle").find("title").text()) for a in svg.find_all("a")],
             "y ticks": [(t.text(), t.attrs["y"]) for t in svg.find_all("text", class_="y-tick")],
             "x ticks": [(t.text(), t.attrs["x"]) for t in svg.find_all("text", class_="x-tick")],
@@ -331,6 +332,96 @@ def test_plots_per_env_when_a_folder_holds_two():
         "flatland · mean return per training iteration",
         "flatland · completion rate (agents arrived) per training iteration",
     ]
+
+
+def test_the_return_plot_draws_the_training_return_beside_the_evaluation_return_with_a_legend():
+    # Plot area: x 52..460 (iterations 1..4), y 140..24 (return -40..0).
+    records = [record(1, 0, episode_return=-40.0), record(3, 0, episode_return=0.0)]
+    training = [(1, -30.0), (2, -20.0), (3, -5.0), (4, -1.0)]
+    page = render_gallery(records, training=training)
+    (svg, _) = parse(page).find_all("svg", class_="plot")
+    assert [(p.attrs["class"], p.attrs["points"]) for p in svg.find_all("polyline")] == [
+        ("return", "52.0,140.0 324.0,24.0"),
+        ("train", "52.0,111.0 188.0,82.0 324.0,38.5 460.0,26.9"),
+    ]
+    assert [(t.attrs["data-series"], t.text()) for t in svg.find_all("text", class_="legend")] == [
+        ("return", "evaluation"), ("train", "training"),
+    ]
+    assert [line.attrs["class"] for line in svg.find_all("line") if line.attrs.get("y1") == "10"] == ["return", "train"]
+    # Evaluation dots link to their section; training dots (no videos) only say their value.
+    assert plots(page)["return"]["dots"] == [
+        ("#iteration-1", "iteration 1 · mean return -40.00 · 1 video"),
+        ("#iteration-3", "iteration 3 · mean return 0.00 · 1 video"),
+    ]
+    assert [c.find("title").text() for c in svg.find_all("circle", class_="train")] == [
+        "iteration 1 · training return -30.00", "iteration 2 · training return -20.00",
+        "iteration 3 · training return -5.00", "iteration 4 · training return -1.00",
+    ]
+    assert [label for label, _ in plots(page)["return"]["y ticks"]] == ["-40", "-30", "-20", "-10", "0"]
+    assert [label for label, _ in plots(page)["return"]["x ticks"]] == ["1", "2", "3", "4"]
+    completion = parse(page).find_all("svg", class_="plot")[1]
+    assert not completion.find_all("text", class_="legend") and len(completion.find_all("polyline")) == 1
+    # Without training returns, the plot is what it was: one line, no legend.
+    assert not parse(render_gallery(records)).find_all("text", class_="legend")
+
+
+def test_training_returns_go_on_no_plot_when_the_folder_holds_two_envs():
+    records = [record(1, 0, episode_return=-1.0), record(2, 0, env="cartpole-v1", episode_return=5.0)]
+    page = render_gallery(records, training=[(1, 3.0), (2, 4.0)])
+    assert not [p for p in parse(page).find_all("polyline") if p.attrs["class"] == "train"]
+
+
+def test_write_gallery_plots_the_folders_training_record_of_the_videos_run(tmp_path):
+    store = VideoStore(tmp_path, run_id="run1")
+    store.store(episode=episode(episode_return=-10.0), stem="flatland-it000002-ev0001-ep000-run1",
+                tag=TrainingTag(2, 800), evaluation_round=1, episode_index=0, checkpoint=None)
+    store.record_training(1, env_steps=400, return_mean=-25.0)
+    store.record_training(2, env_steps=800, return_mean=-15.0)
+    with (tmp_path / TRAINING).open("a") as other:  # damage, and another run's line: no point
+        other.write('{"training_iteration": 3, "episode_return_mean": 9.0, "run_id": "run9"}\n{"trai')
+    page = write_gallery(tmp_path).read_text()
+    assert page == render_gallery(read_manifest(tmp_path), training=[(1, -25.0), (2, -15.0)])
+    assert [p.attrs["class"] for p in parse(page).find_all("polyline")] == ["return", "train", "completion"]
+    (tmp_path / TRAINING).write_bytes(b"\x00\xff not json")  # damaged beyond use: no training line
+    assert write_gallery(tmp_path).read_text() == render_gallery(read_manifest(tmp_path))
+
+
+# --- posters -------------------------------------------------------------------------------------
+
+
+def test_each_video_shows_its_poster_when_the_poster_is_there():
+    shown, without = record(2, 0), record(1, 0)
+    weird = record(3, 0, file="""it's <b>&"bold".mp4""")
+    posters = {"flatland-it000002-ev0002-ep000-run1.jpg", """it's <b>&"bold".jpg"""}
+    page = render_gallery([shown, without, weird], posters=posters)
+    videos = {video.attrs["src"]: video.attrs for video in parse(page).find("body").descendants()
+              if video.tag == "video"}
+    assert videos == {
+        "it%27s%20%3Cb%3E%26%22bold%22.mp4": {
+            "controls": None, "preload": "none", "src": "it%27s%20%3Cb%3E%26%22bold%22.mp4",
+            "poster": "it%27s%20%3Cb%3E%26%22bold%22.jpg", "width": "484", "height": "484"},
+        shown["file"]: {"controls": None, "preload": "none", "src": shown["file"],
+                        "poster": "flatland-it000002-ev0002-ep000-run1.jpg", "width": "484", "height": "484"},
+        without["file"]: {"controls": None, "preload": "none", "src": without["file"], "width": "484", "height": "484"},
+    }
+    # The comparison's boxes too: every <video> of a video with a poster has it.
+    assert [v.attrs.get("poster") for v in parse(page).find("div", class_="row").find_all("video")] == [
+        None, "flatland-it000002-ev0002-ep000-run1.jpg", "it%27s%20%3Cb%3E%26%22bold%22.jpg"]
+    assert "<b>" not in page
+
+
+def test_write_gallery_names_a_poster_only_when_its_file_is_in_the_folder(tmp_path):
+    store = VideoStore(tmp_path, run_id="run1")
+    for index in range(3):
+        store.store(episode=episode(mp4=tiny_mp4(frames=2, shade=80 * index)),
+                    stem=f"flatland-it000001-ev0001-ep{index:03d}-run1", tag=TrainingTag(1, 400), evaluation_round=1,
+                    episode_index=index, checkpoint=None)
+    (tmp_path / "flatland-it000001-ev0001-ep001-run1.jpg").unlink()
+    (tmp_path / "flatland-it000001-ev0001-ep002-run1.jpg").unlink()
+    (tmp_path / "flatland-it000001-ev0001-ep002-run1.jpg").mkdir()  # not a picture
+    tree = parse(write_gallery(tmp_path).read_text())
+    assert [video.attrs.get("poster") for video in tree.find("section").find_all("video")] == [
+        "flatland-it000001-ev0001-ep000-run1.jpg", None, None]
 
 
 # --- the comparison ------------------------------------------------------------------------------
@@ -599,6 +690,106 @@ def test_chromium_plays_every_video_from_disk_with_the_manifest_captions(tmp_pat
             r["file"],
         ]
         assert video["caption"] == expected and video["captionShown"], video
+
+
+# Without playing anything: waits until the posters are decoded (and the page's script has
+# done what it does on load), then returns each listed video's box in page coordinates.
+_BOXES_PROBE = """(async () => {
+  const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+  const videos = [...document.querySelectorAll("section video")];
+  await Promise.all(videos.filter((v) => v.poster).map((v) => {
+    const image = new Image();
+    image.src = v.poster;
+    return image.decode().catch(() => {});
+  }));
+  await sleep(1000);
+  return videos.map((video) => {
+    const box = video.getBoundingClientRect();
+    return { src: video.getAttribute("src"), poster: video.getAttribute("poster"), paused: video.paused,
+             currentTime: video.currentTime, x: box.left + scrollX, y: box.top + scrollY,
+             width: box.width, height: box.height };
+  });
+})()"""
+
+
+def box_pictures(screenshot, boxes: list[dict], inset: int = 3) -> list:
+    """Each box's picture in ``screenshot`` (a PNG of the whole page), a few pixels inside
+    its edges, as an int16 RGB array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(screenshot) as page:
+        page = page.convert("RGB")
+        return [np.asarray(page.crop((int(box["x"]) + inset, int(box["y"]) + inset, int(box["x"] + box["width"]) - inset,
+                                      int(box["y"] + box["height"]) - inset)), dtype=np.int16) for box in boxes]
+
+
+def difference(picture, frame) -> float:
+    """Mean absolute difference between ``picture`` and ``frame`` scaled to its size, over
+    the upper half (the lower one holds the video controls' shade)."""
+    import numpy as np
+    from PIL import Image
+
+    scaled = Image.fromarray(frame).resize((picture.shape[1], picture.shape[0]), Image.Resampling.BILINEAR)
+    top = picture.shape[0] // 2
+    return float(np.abs(picture[:top] - np.asarray(scaled, dtype=np.int16)[:top]).mean())
+
+
+@needs_chromium
+def test_chromium_shows_every_videos_last_frame_without_playing_it(tmp_path, chromium):
+    """The page reads at a glance: every box shows its video's poster (its last frame, where
+    the outcome shows), also far below the screen where no video is loaded, and nothing plays."""
+    folder, sources = tmp_path / "videos", tmp_path / "sources"
+    folder.mkdir()
+    sources.mkdir()
+    store = VideoStore(folder, run_id="run1")
+    last_frames, first_frames = {}, {}
+    for iteration in range(1, 7):  # 6 sections of 2 videos: most boxes of the page are far off screen
+        for index in range(2):
+            frames = 3 + (iteration + index) % 5  # the bar ends somewhere else in each
+            mp4 = encode(sources / f"{iteration}-{index}.mp4", frames=frames, width=64, height=48)
+            path, _ = store.store(
+                episode=episode(mp4=mp4, frames=frames, width=64, height=48, fps=10),
+                stem=video_stem(env="flatland", training_iteration=iteration, evaluation_round=iteration,
+                                episode_index=index, run_id="run1"),
+                tag=TrainingTag(iteration, 400 * iteration), evaluation_round=iteration, episode_index=index,
+                checkpoint=None,
+            )
+            decoded = rgb_frames(path)
+            first_frames[path.name], last_frames[path.name] = decoded[0], decoded[-1]
+
+    browser = chromium("--window-size=1280,700")
+
+    def look(name: str) -> tuple[list[dict], list]:
+        session = browser.open(write_gallery(folder))  # a new tab
+        boxes = browser.evaluate(session, _BOXES_PROBE)
+        return boxes, box_pictures(browser.screenshot(session, tmp_path / name, full_page=True), boxes)
+
+    boxes, pictures = look("with-posters.png")
+    assert [box["src"] for box in boxes] == sorted(last_frames, key=lambda name: (-int(name[11:17]), name))  # newest first
+    assert [box["poster"] for box in boxes] == [box["src"].removesuffix(".mp4") + ".jpg" for box in boxes]
+    assert max(box["y"] for box in boxes) > 3 * 700  # boxes far below the screen, never loaded
+    for box, picture in zip(boxes, pictures):
+        assert box["paused"] and box["currentTime"] == 0, box
+        assert picture.shape[0] > 200 and picture.shape[1] > 280, (box, picture.shape)  # drawn at the box's size
+        upper = picture[:picture.shape[0] // 2]
+        assert upper.mean() > 60 and upper.std() > 20, box  # a picture, not a black rectangle
+        to_last, to_first = difference(picture, last_frames[box["src"]]), difference(picture, first_frames[box["src"]])
+        assert to_last < 8 and 2 * to_last < to_first, (box, to_last, to_first)  # the last frame, not the first
+
+    # Without posters the same page shows black boxes (or, near the screen, first frames): none
+    # shows its outcome.
+    for path in folder.glob("*.jpg"):
+        path.unlink()
+    boxes, pictures = look("without-posters.png")
+    assert [box["poster"] for box in boxes] == [None] * len(boxes)
+    for box, picture in zip(boxes, pictures):
+        to_last, to_first = difference(picture, last_frames[box["src"]]), difference(picture, first_frames[box["src"]])
+        assert not (to_last < 8 and 2 * to_last < to_first), (box, to_last, to_first)
+    # Far from the screen (never loaded): no picture at all, one flat dark shade.
+    flat = [picture[:picture.shape[0] // 2] for picture in pictures]
+    assert sum(upper.std() < 3 and upper.mean() < 80 for upper in flat) >= len(pictures) // 2, [
+        (round(upper.mean()), round(upper.std())) for upper in flat]
 
 
 @needs_chromium

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 
 import av
+import numpy as np
 import pytest
+from PIL import Image
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from conftest import TINY, compose_config, flatland_config
 from eval_recorder.api import add_recording, recording_session
 from eval_recorder.flatland.envs import register_env
 from eval_recorder.frames import frames_rendered
+from eval_recorder.gallery import render_gallery
 from eval_recorder.options import RecordingOptions
+from eval_recorder.training_record import read_training, train_returns
 from eval_recorder.video_index import read_manifest
 from eval_recorder.wandb_sink import video_key
 from wandb_offline import history_rows, run_records
@@ -171,6 +176,27 @@ def test_wandb_offline_run_has_every_video_once_at_its_iteration(serial_run):
         videos = [m for m in read_manifest(tmp / "videos") if m["training_iteration"] == row["_step"]]
         assert row["eval/completion_rate"] == sum(m["completion"] for m in videos) / 2
         assert row["eval/return_mean"] == sum(m["episode_return"] for m in videos) / 2
+
+
+def test_each_video_has_its_last_frame_as_poster_and_the_gallery_plots_the_training_return(serial_run):
+    tmp, results, *_ = serial_run
+    videos = tmp / "videos"
+    for record in read_manifest(videos):
+        assert record["poster"] == record["file"].removesuffix(".mp4") + ".jpg"
+        *_, frames = decode(videos / record["file"])
+        with Image.open(videos / record["poster"]) as poster:
+            assert np.abs(np.asarray(poster.convert("RGB"), dtype=np.int16) - frames[-1]).mean() < 10  # JPEG of rails
+    # One line per train() call, with RLlib's own training return; the round's page has both.
+    returns = [result["env_runners"].get("episode_return_mean") for result in results]
+    assert read_training(videos) == [
+        {"training_iteration": n, "env_steps": result["env_runners"]["num_env_steps_sampled_lifetime"],
+         "episode_return_mean": value if value is not None and math.isfinite(value) else None, "run_id": "serialrun"}
+        for n, (result, value) in enumerate(zip(results, returns), start=1)
+    ]
+    page = (videos / "index.html").read_text()
+    assert page == render_gallery(read_manifest(videos), posters={r["poster"] for r in read_manifest(videos)},
+                                  training=train_returns(read_training(videos)))
+    assert page.count(' poster="') == 2 * len(read_manifest(videos))  # in its iteration and side by side
 
 
 def test_parallel_evaluation_tags_the_previous_iteration(ray_local, tmp_path):

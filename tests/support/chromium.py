@@ -5,7 +5,7 @@ Holds:
   CHROMIUM          the browser's path (None where it is not installed).
   needs_chromium    pytest mark: skip, with how to install it, where it is missing.
   Chromium          one browser process: open a file in a tab, evaluate JavaScript in it,
-                    take a screenshot.
+                    take a screenshot (of the viewport or the whole page).
 """
 
 from __future__ import annotations
@@ -78,9 +78,15 @@ class Chromium:
         assert "exceptionDetails" not in reply, reply["exceptionDetails"]
         return reply["result"].get("value")  # none for undefined
 
-    def screenshot(self, session: str, path: Path) -> Path:
-        """Save what the tab shows (its viewport) as a PNG at ``path``."""
-        data = self.call("Page.captureScreenshot", session, format="png")["data"]
+    def screenshot(self, session: str, path: Path, *, full_page: bool = False) -> Path:
+        """Save what the tab shows (its viewport; ``full_page``: the whole page, also what
+        is scrolled out of view, 1 px per CSS px) as a PNG at ``path``."""
+        params = {}
+        if full_page:
+            size = self.call("Page.getLayoutMetrics", session)["cssContentSize"]
+            params = dict(captureBeyondViewport=True,
+                          clip=dict(x=0, y=0, width=size["width"], height=size["height"], scale=1))
+        data = self.call("Page.captureScreenshot", session, format="png", **params)["data"]
         path.write_bytes(base64.b64decode(data))
         return path
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["decoded_frames", "encode", "tiny_mp4"]
+__all__ = ["decoded_frames", "encode", "rgb_frames", "tiny_mp4"]
 
 
 def tiny_mp4(frames: int = 6, width: int = 32, height: int = 24, fps: int = 10, shade: int = 0) -> bytes:
@@ -40,6 +40,12 @@ def _encode(path: str, frames: int, width: int, height: int, fps: int, shade: in
 def decoded_frames(data_or_path) -> int:
     with av.open(data_or_path if isinstance(data_or_path, str) else io.BytesIO(data_or_path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def rgb_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of the video at ``path``, decoded to RGB uint8 arrays (height, width, 3)."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
 def encode(path: Path, *, frames: int, width: int, height: int, fps: int = 10) -> bytes:
