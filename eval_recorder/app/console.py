@@ -314,7 +314,8 @@ except ImportError:  # pragma: no cover - Hydra is a dependency of the app
 
 class RunFolderCleanup(_HydraCallback):
     """Hydra callback (conf/config.yaml): before Hydra makes ``hydra.run.dir``, note
-    which of its folders do not exist yet."""
+    which of its folders do not exist yet; and give a run on the default folder one of
+    its own (``own_default_folder``)."""
 
     def on_run_start(self, config, **kwargs) -> None:
         _NEW_FOLDERS.clear()
@@ -322,9 +323,36 @@ class RunFolderCleanup(_HydraCallback):
             folder = Path(str(config.hydra.run.dir)).absolute()
         except Exception:  # an interpolation that cannot be resolved yet: keep everything
             return
+        new = []
         while not folder.exists() and folder != folder.parent:
-            _NEW_FOLDERS.append(folder)
+            new.append(folder)
             folder = folder.parent
+        if not any(str(o).lstrip("+~").startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+            new = own_default_folder(config, new)
+        _NEW_FOLDERS.extend(new)
+
+
+def own_default_folder(config, new: list[Path]) -> list[Path]:
+    """Runs started in the same second get the same default folder
+    (``outputs/<date>/<time>``), and would write into each other's ``.hydra/`` and log: the
+    first takes it (``mkdir`` is atomic), the others ``<time>-2``, ``<time>-3``, ...; Hydra
+    then runs in the one taken. Returns the folders (deepest first) this run created."""
+    from omegaconf import read_write
+
+    folder = Path(str(config.hydra.run.dir)).absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 10_000):
+        candidate = folder if number == 1 else folder.with_name(f"{folder.name}-{number}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        break
+    else:
+        return new
+    with read_write(config.hydra.run):
+        config.hydra.run.dir = str(candidate)
+    return [candidate, *(path for path in new if path != folder)]
 
 
 def remove_refused_run_folder(output_dir: Path) -> bool:

@@ -29,6 +29,7 @@ from eval_recorder.app.algorithms import algorithm_config, build_algorithm, chec
 from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
 from eval_recorder.app.resume import continue_command
+from eval_recorder.app.runs_index import update_runs_index
 from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.errors import UserError
 from eval_recorder.session import RecordingSession
@@ -81,6 +82,7 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
 
     def work() -> int:
         _say(f"run {run_id}: videos go to {console.shown(session.video_dir)}")
+        update_runs_index(output_dir)  # the index of outputs/ lists this run from its start
         resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
         if cfg.recording.resume:
             _say(f"resuming run {run_id} from {console.shown(resume_from.path)}" if resume_from
@@ -98,7 +100,9 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
     def farewell() -> str:
         return _resume_hint(session, run_folder, overrides)
 
-    return run_and_close(session, stop, work, farewell=farewell)
+    code = run_and_close(session, stop, work, farewell=farewell)
+    update_runs_index(run_folder)  # the index shows how the run ended
+    return code
 
 
 def _trained_already(cfg, options) -> int | None:
@@ -149,6 +153,7 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
                 iteration = result["training_iteration"]
                 bar.update(1)
                 _say(_iteration_line(result, new_videos=session.videos[before:], total=total))
+                update_runs_index(checkpoints.parent)
                 every = cfg.training.checkpoint_every
                 if (every and iteration % every == 0) or iteration == total:
                     last_checkpoint = _save(algo, checkpoint_path(checkpoints, iteration))

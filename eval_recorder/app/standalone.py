@@ -20,6 +20,7 @@ from pathlib import Path
 from eval_recorder.app import console
 from eval_recorder.app.algorithms import build_algorithm, check_config, evaluation_settings, recording_options
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
+from eval_recorder.app.runs_index import update_runs_index
 from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
 from eval_recorder.stopping import StopSignals
@@ -61,12 +62,15 @@ def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: 
     if start.exit_code is not None:
         return start.exit_code
     console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
+    update_runs_index(output_dir)  # the index of outputs/ lists this evaluation from its start
 
     def work() -> None:
         _evaluate(cfg, infos, choices, session, stop)
         _print_table(session)
 
-    return run_and_close(session, stop, work, farewell=lambda: _interrupted(session))
+    code = run_and_close(session, stop, work, farewell=lambda: _interrupted(session))
+    update_runs_index(output_dir)
+    return code
 
 
 def _interrupted(session) -> str:
