@@ -5,7 +5,6 @@ The Makefile and .ci/run really run here, with stand-in interpreters and a stand
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tomllib
