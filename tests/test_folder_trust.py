@@ -296,8 +296,9 @@ def test_a_new_session_with_the_id_of_a_wandb_run_beside_it_is_refused_with_noth
     RecordingSession(RecordingOptions(**first)).open().close()
     (run,) = (wandb_home / "wandb").glob("offline-run-*-taken1")
 
-    def files():  # wandb's service (still up in this process) goes on writing its own debug log
-        return {name: digest for name, digest in snapshot(tmp_path).items() if not name.endswith("debug-core.log")}
+    def files():  # wandb's service (still up in this process) goes on writing its own debug logs
+        return {name: digest for name, digest in snapshot(tmp_path).items()
+                if not (name.startswith("wandb_home/") and name.endswith(".log"))}
 
     before = files()
     again = {**first, "video_dir": str(tmp_path / "videos-again")}
@@ -356,16 +357,34 @@ def test_a_new_run_with_the_id_of_a_live_run_is_refused_naming_it(tmp_path):
         holder.wait()
 
 
+def test_the_cli_refuses_to_resume_into_a_folder_whose_manifest_links_outside(tmp_path):
+    folder = _fake_run_folder(tmp_path, "linked1")
+    outside = tmp_path / "notes.txt"
+    outside.write_bytes(b"the user's own notes\n")
+    (folder / "videos" / MANIFEST).symlink_to(outside)
+    before = snapshot(tmp_path)
+    proc = subprocess.run(run_eval_command("recording.resume=true", "wandb.run_id=linked1"), capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    videos = (folder / "videos").resolve()
+    assert proc.stderr.splitlines()[-1] == "error: " + untrusted(videos, MANIFEST, f"a symlink to {outside}")
+    assert outside.read_bytes() == b"the user's own notes\n"
+    # Only the run's own log file, which a resume writes in its run folder from the start.
+    assert snapshot(tmp_path) == {**before, "outputs/2026-12-01/11-00-00/run_eval.log": snapshot(folder)["run_eval.log"]}
+
+
 @pytest.mark.slow
-def test_a_finished_real_run_keeps_its_id_by_its_folder_and_by_its_wandb_run(tmp_path):
-    """A real run under outputs/; a new run with its id is refused (exit 2, nothing
-    written); with its video folder moved away, its offline wandb run still holds the id."""
+def test_a_real_run_keeps_its_id_and_its_resume_names_a_video_cut_short(tmp_path):
+    """A real run under outputs/. A new run with its id is refused (exit 2, nothing
+    written). A video cut short under its final name is named at resume, marked in the
+    manifest and the gallery, and kept. With its video folder moved away, its offline
+    wandb runs still hold the id."""
     first = subprocess.run(run_eval_command(*TINY, "training.iterations=1", "wandb.run_id=real1"),
                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_folder,) = [p.relative_to(tmp_path) for p in (tmp_path / "outputs").glob("*/*")]
-    (wandb_run,) = (tmp_path / run_folder / "wandb").glob("offline-run-*-real1")
-    assert len(read_manifest(tmp_path / run_folder / "videos")) == 2
+    videos = tmp_path / run_folder / "videos"
+    assert len(read_manifest(videos)) == 2
 
     before = snapshot(tmp_path)
     again = subprocess.run(run_eval_command(*TINY, "training.iterations=1", "wandb.run_id=real1"),
@@ -376,12 +395,33 @@ def test_a_finished_real_run_keeps_its_id_by_its_folder_and_by_its_wandb_run(tmp
         f"recording.resume=true wandb.run_id=real1, {ADVICE}")
     assert snapshot(tmp_path) == before and len(list((tmp_path / "outputs").glob("*/*"))) == 1
 
-    (tmp_path / run_folder / "videos").rename(tmp_path / "moved-videos")
+    first_video = read_manifest(videos)[0]["file"]
+    whole = (videos / first_video).read_bytes()
+    cut = whole[: len(whole) // 3]
+    with open(videos / first_video, "r+b") as handle:
+        handle.truncate(len(cut))
+    resumed = subprocess.run(run_eval_command(*TINY, "training.iterations=2", "recording.resume=true",
+                                              "wandb.run_id=real1"),
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"warning: 1 video in {videos.resolve()} changed after it was stored (its size or sha256 no longer "
+            f"match its manifest record): {first_video} ({len(cut)} bytes, {len(whole)} when stored); it is kept as "
+            f"it is and marked altered in the manifest and the gallery.") in resumed.stderr.splitlines()
+    assert (videos / first_video).read_bytes() == cut
+    assert read_marks(videos)[first_video]["why"] == f"{len(cut)} bytes, {len(whole)} when stored"
+    assert len(read_manifest(videos)) == 4  # the resumed round's two videos beside the first two
+    page = (videos / GALLERY).read_text()
+    assert f'altered after it was stored: {len(cut)} bytes, {len(whole)} when stored' in page
+    assert page.count('<figure class="altered">') == 1
+
+    wandb_runs = sorted((tmp_path / run_folder / "wandb").glob("offline-run-*-real1"))
+    assert len(wandb_runs) == 2  # one per process, one run id
+    videos.rename(tmp_path / "moved-videos")
     before = snapshot(tmp_path)
     again = subprocess.run(run_eval_command(*TINY, "training.iterations=1", "wandb.run_id=real1"),
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 2, again.stderr[-3000:]
     assert again.stderr.splitlines()[-1] == (
-        f"error: run id real1 already belongs to wandb run {wandb_run.relative_to(tmp_path)}; continue that run "
+        f"error: run id real1 already belongs to wandb run {wandb_runs[0].relative_to(tmp_path)}; continue that run "
         f"with recording.resume=true wandb.run_id=real1, {ADVICE}")
     assert snapshot(tmp_path) == before and len(list((tmp_path / "outputs").glob("*/*"))) == 1
