@@ -133,7 +133,7 @@ class RecordingSession:
             details["checkpoint_dir"] = options.checkpoint_dir
         # One run id, one run: a new run may not take the id of a wandb run beside it (one
         # `wandb sync` would merge them). A folder with an owner is the claim's to refuse.
-        if not options.resume and not folder_owner(options.video_dir):
+        if not options.resume and not _owner_or_none(options.video_dir):
             refusal = run_id_refusal(options.run_id, wandb_dirs=[Path(details["wandb_dir"])])
             if refusal is not None:
                 raise refusal
@@ -450,6 +450,15 @@ class RecordingSession:
                 sink.finish(exit_code=exit_code, give_up=hurry)
             if self.claim is not None:
                 self.claim.release()
+
+
+def _owner_or_none(video_dir) -> dict:
+    """The owner record of ``video_dir`` ({} if none, or if the folder cannot be looked at:
+    the claim then says why)."""
+    try:
+        return folder_owner(video_dir)
+    except OSError:
+        return {}
 
 
 def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:
