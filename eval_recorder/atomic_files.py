@@ -4,16 +4,22 @@ same folder and are flushed to disk; then a hard link gives them their final nam
 (``publish_file``: ``os.link`` fails if the name exists, so nothing is ever overwritten,
 even by another process) or ``os.replace`` swaps them in for an older version, and the
 folder's new entry is flushed too (``fsync_dir``).
+
+``open_regular`` opens a folder's control file (manifest, lock file, owner record, sidecar,
+...) without following a symlink and refuses anything that is not a regular file, so that
+nothing outside the folder is ever written or trusted through a name inside it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "publish_file", "write_temporary"]
+__all__ = ["fsync_dir", "open_regular", "publish_file", "read_regular", "write_temporary"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +56,28 @@ def write_temporary(folder: Path, name: str, data: bytes) -> Path:
         _drop(tmp)
         raise
     return tmp
+
+
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """A descriptor of ``path`` opened with ``flags``, never through a symlink (``O_NOFOLLOW``:
+    OSError ELOOP) and never blocking on a fifo; OSError EINVAL ("not a regular file") for a
+    folder, fifo, socket or device (closed again). The caller closes the descriptor."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)  # O_NONBLOCK was only for the open of a fifo
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int = -1) -> bytes:
+    """The bytes of the regular file ``path`` (at most ``limit``), read without following a
+    symlink (see ``open_regular``); FileNotFoundError if there is none."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        return handle.read(limit)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -13,6 +13,12 @@ in) and on the lock file (which carries the holder's run id, host and pid for th
 It keeps two files in the folder, never deleted: the lock file (``LOCK_FILE``), which holds
 the live holder (run id, host, pid), and the owner record (``OWNER_FILE``): the run that
 owns the folder, written once, atomically.
+
+Nothing outside the folder is ever written or trusted: a folder whose control files (lock
+file, owner record, manifest, gallery, training record, a video's sidecar or poster) are
+symlinks or not regular files is refused, naming the file (``untrusted_file_refusal``), and
+they are opened without following a symlink. An empty ``video_dir``, or one that names the
+working directory itself, is refused (``check_video_dir``).
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from eval_recorder.errors import FolderRefused
-from eval_recorder.atomic_files import fsync_dir, write_temporary
+from eval_recorder.atomic_files import fsync_dir, open_regular, read_regular, write_temporary
+from eval_recorder.gallery import GALLERY
+from eval_recorder.poster import POSTER_SUFFIX
+from eval_recorder.training_record import TRAINING
+from eval_recorder.video_index import MANIFEST, read_manifest
 
-__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "claim_folder", "folder_owner", "in_use_refusal"]
+__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "check_video_dir", "claim_folder", "folder_owner",
+           "in_use_refusal", "live_holder", "untrusted_file_refusal"]
 
 LOCK_FILE = ".eval_recorder.lock"
 OWNER_FILE = ".eval_recorder-owner.json"
@@ -71,7 +83,7 @@ def _describe(record: dict) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(read_regular(path))
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
@@ -82,10 +94,12 @@ def claim_folder(
 ) -> FolderClaim:
     """Take ``video_dir`` for ``run_id``, or raise FolderRefused having changed nothing.
 
-    Refused: a path that cannot be resolved (e.g. a symlink loop), is a file or cannot be
-    created; a folder whose owner record is damaged; a folder owned by another run id; a
-    folder of this run id unless ``resume``; a folder a live process holds (also after
-    its lock file was deleted). ``owner_details`` (e.g. where the run saves checkpoints)
+    Refused: an empty path or the working directory itself (``check_video_dir``); a path
+    that cannot be resolved (e.g. a symlink loop), is a file or cannot be created; a folder
+    whose control files are symlinks or not regular files (``untrusted_file_refusal``); a
+    folder whose owner record is damaged; a folder owned by another run id; a folder of this
+    run id unless ``resume``; a folder a live process holds (also after its lock file was
+    deleted). ``owner_details`` (e.g. where the run saves checkpoints)
     go into the owner record when this claim creates it.
     """
     path = _resolve(video_dir)
@@ -98,6 +112,8 @@ def claim_folder(
         raise FolderRefused(
             f"recording.video_dir {path} is a file, not a folder; choose another recording.video_dir."
         )
+    if is_dir and (untrusted := untrusted_file_refusal(path)) is not None:
+        raise untrusted
     owner = _read_owner(path) if is_dir else {}
     if owner and _held(path):  # a live run's folder: name it as live, whatever its id
         raise _in_use(path)
@@ -113,9 +129,9 @@ def claim_folder(
             os.close(folder_fd)
             folder_fd = -1
         try:
-            lock_fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise _cannot_open(path, error) from None
+            lock_fd = open_regular(path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        except OSError as error:  # one planted since the check above: never written through
+            raise _untrusted(path, path / LOCK_FILE) or _cannot_open(path, error) from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,8 +173,39 @@ def in_use_refusal(video_dir: str | os.PathLike) -> FolderRefused | None:
     return _in_use(path) if path.is_dir() and _held(path) else None
 
 
+def check_video_dir(video_dir: str | os.PathLike) -> None:
+    """FolderRefused if ``video_dir`` names no folder of its own: empty (``recording.video_dir=``)
+    or the working directory itself (``.``) or a folder above it (``..``), which would put
+    the videos and the folder's control files among the user's own files."""
+    text = os.fspath(video_dir)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    advice = ("give the videos a folder of their own (e.g. recording.video_dir=videos), or leave "
+              "recording.video_dir out for the default inside the run's folder.")
+    if not text.strip():
+        raise FolderRefused(f"recording.video_dir is empty, which would put the videos into the working directory "
+                            f"{os.getcwd()}; {advice}")
+    if set(Path(os.path.normpath(text)).parts) <= {".", ".."}:
+        raise FolderRefused(f"recording.video_dir={text} is the working directory {os.getcwd()} or a folder above "
+                            f"it, not a folder of its own; {advice}")
+
+
+def live_holder(video_dir: str | os.PathLike) -> dict | None:
+    """The live holder of video folder ``video_dir`` as its lock file records it (run id,
+    host, pid; {} if that record is missing or damaged), or None if no live process holds
+    it; nothing is locked or written to tell."""
+    path = Path(video_dir)
+    try:
+        if not path.is_dir() or not _held(path):
+            return None
+    except OSError:
+        return None
+    return _holder(path / LOCK_FILE)
+
+
 def _resolve(video_dir: str | os.PathLike) -> Path:
     """``video_dir`` with ``~`` expanded and symlinks followed, or FolderRefused."""
+    check_video_dir(video_dir)
     try:
         return Path(video_dir).expanduser().resolve()
     except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, or ~user unknown
@@ -261,11 +308,11 @@ def _read_owner(path: Path) -> dict:
     damaged: a damaged record must never pass for "no owner"."""
     owner_file = path / OWNER_FILE
     try:
-        text = owner_file.read_bytes()
+        text = read_regular(owner_file)
     except FileNotFoundError:
         return {}
     except OSError as error:
-        raise _damaged(path, owner_file, f"cannot be read: {error.strerror}") from None
+        raise _untrusted(path, owner_file) or _damaged(path, owner_file, f"cannot be read: {error.strerror}") from None
     try:
         record = json.loads(text)
     except ValueError:
@@ -296,6 +343,75 @@ def _check_owner(path: Path, owner: dict, *, run_id: str, resume: bool) -> None:
             f"video folder {path} already holds videos of run {run_id}; to continue that run set "
             f"recording.resume=true, or choose another recording.video_dir."
         )
+
+
+# The folder's own files, by the name the refusal gives them.
+_CONTROL_FILES = {
+    LOCK_FILE: "lock file",
+    OWNER_FILE: "owner record",
+    MANIFEST: "manifest",
+    GALLERY: "gallery",
+    TRAINING: "training record",
+}
+_VIDEO_FILES = {".json": "sidecar", POSTER_SUFFIX: "poster"}  # beside each video, by suffix
+
+
+def untrusted_file_refusal(video_dir: str | os.PathLike) -> FolderRefused | None:
+    """The refusal of folder ``video_dir`` if one of its control files (``_CONTROL_FILES``,
+    and the sidecar and poster of every video in it or in its manifest) is a symlink or not
+    a regular file, naming the first such file; None if they are all regular (or absent).
+    Nothing is followed, opened for writing or changed to tell."""
+    path = Path(video_dir)
+    for name in _CONTROL_FILES:
+        if (refusal := _untrusted(path, path / name)) is not None:
+            return refusal
+    try:
+        with os.scandir(path) as entries:
+            names = sorted(entry.name for entry in entries)
+        listed = [record["file"] for record in read_manifest(path) if isinstance(record.get("file"), str)]
+    except OSError:  # the folder cannot be listed: the claim finds out and says so
+        return None
+    stems = {name.removesuffix(".mp4") for name in (*names, *listed) if name.endswith(".mp4")}
+    for name in names:
+        stem, dot, suffix = name.rpartition(".")
+        if dot and f".{suffix}" in _VIDEO_FILES and stem in stems:
+            if (refusal := _untrusted(path, path / name)) is not None:
+                return refusal
+    return None
+
+
+def _untrusted(path: Path, file: Path) -> FolderRefused | None:
+    """The refusal of folder ``path`` because its control file ``file`` is a symlink or not
+    a regular file; None if it is a regular file or there is none."""
+    try:
+        info = os.lstat(file)
+    except OSError:
+        return None
+    if stat.S_ISREG(info.st_mode):
+        return None
+    role = _CONTROL_FILES.get(file.name) or _VIDEO_FILES.get(file.suffix, "file")
+    return FolderRefused(
+        f"the {role} {file} is {_kind(file, info.st_mode)}, not a regular file, and nothing outside a video folder "
+        f"is ever written or trusted, so video folder {path} is refused; put the regular file in its place or "
+        f"remove it, or choose another recording.video_dir."
+    )
+
+
+def _kind(file: Path, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        try:
+            return f"a symlink to {os.readlink(file)}"
+        except OSError:
+            return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (fifo)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "something else"
 
 
 def _write_new(path: Path, text: str) -> None:

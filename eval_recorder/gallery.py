@@ -3,8 +3,9 @@ videos, opened straight from disk. ``write_gallery`` replaces it atomically with
 ``render_gallery`` makes of the folder's manifest: the plots (``gallery_charts``), the same
 situation played across iterations side by side, then every video, newest iteration first,
 with its caption. Each video shows its poster (its last frame, ``poster``) until it plays, so
-the page reads at a glance. The page fetches nothing, and plays every video also without
-JavaScript.
+the page reads at a glance. A video found altered after it was stored (``video_index.find_altered``)
+keeps its box, marked so. The page fetches nothing, and plays every video also without
+JavaScript. Only regular files are shown: a symlink in the folder is never followed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import stat
 from itertools import groupby
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +25,7 @@ from eval_recorder.gallery_records import (
 )
 from eval_recorder.poster import poster_name
 from eval_recorder.training_record import read_training, train_returns
-from eval_recorder.video_index import read_manifest
+from eval_recorder.video_index import read_manifest, read_marks
 
 __all__ = ["GALLERY", "render_gallery", "write_gallery"]
 
@@ -62,6 +64,8 @@ video { display: block; width: 100%; height: auto; background: #000; }
 figcaption { margin-top: .4em; }
 figcaption span, figcaption a { display: block; overflow-wrap: anywhere; }
 .checkpoint, .file { color: #666; font-size: .9em; }
+.altered { color: #b00020; font-weight: 600; }
+figure.altered { border-color: #b00020; }
 """
 
 # Chromium gives a page at most 1000 media players and fails every video beyond that, so
@@ -115,14 +119,17 @@ _SCRIPT = """\
 
 
 def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = frozenset(),
-                   training: list[tuple[int, float]] = ()) -> str:
+                   training: list[tuple[int, float]] = (), altered: dict[str, str] | None = None) -> str:
     """The gallery page showing ``records`` (manifest records; videos next to the page).
 
     Records without a plain file name or without the caption's fields (unless recovered
     after a crash) are left out. ``posters``: the poster files next to the page (a video
     whose ``poster_name`` is among them shows it); ``training``: (iteration, mean training
-    return) points, drawn beside the evaluation return (``gallery_charts.plots``).
+    return) points, drawn beside the evaluation return (``gallery_charts.plots``);
+    ``altered``: {file name: how it differs} of the videos changed after they were stored,
+    each marked in its box.
     """
+    altered = altered or {}
     shown = [record for record in records if showable(record)]
     # Newest iteration first; within one, by round and episode (ties: manifest order).
     shown.sort(key=lambda record: (int_or_zero(record.get("evaluation_round")),
@@ -149,7 +156,8 @@ def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = 
         f'<p class="summary">{_text(summary)}</p>',
     ]
     parts.extend(plots(shown, training=list(training)))
-    parts.extend(_comparison([situation for situation in situations(shown) if len(situation.records) > 1], posters))
+    parts.extend(_comparison([situation for situation in situations(shown) if len(situation.records) > 1], posters,
+                             altered))
     if groups:
         links = " ".join(f'<a href="#iteration-{iteration}">{iteration}</a>' for iteration, _ in groups)
         parts.append(f'<nav class="iterations">Iterations: {links}</nav>')
@@ -157,7 +165,7 @@ def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = 
         parts.append(f'<section id="iteration-{iteration}">')
         parts.append(f"<h2>Iteration {iteration}</h2>")
         parts.append('<div class="videos">')
-        parts.extend(_figure(record, posters) for record in group)
+        parts.extend(_figure(record, posters, altered.get(record["file"])) for record in group)
         parts.append("</div>")
         parts.append("</section>")
     parts.append(f"<script>\n{_SCRIPT}</script>")
@@ -169,21 +177,24 @@ def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = 
 def write_gallery(folder: Path) -> Path:
     """Replace ``folder``'s gallery with one of every video its manifest lists; its path.
 
-    Records whose mp4 is not in the folder are left out; a video shows its poster if the
-    poster is in the folder; the return plot has the training returns of the videos' runs
+    Records whose mp4 is not in the folder (as a regular file) are left out; a video shows
+    its poster if the poster is in the folder, and is marked if the manifest marks it altered
+    (``video_index.read_marks``); the return plot has the training returns of the videos' runs
     from the folder's training record (``training_record``), if there is one. The page is
     written to a hidden temporary name in the folder, flushed to disk and renamed over the
     old one, so a browser (or a crash) never sees half a page.
     """
     folder = Path(folder)
     records = read_manifest(folder)
-    present = [record for record in records if showable(record) and (folder / record["file"]).is_file()]
+    present = [record for record in records if showable(record) and _regular(folder / record["file"])]
     if len(present) < len(records):
         _log.debug("gallery leaves out %d of %d manifest records (file missing or record unusable)",
                    len(records) - len(present), len(records))
-    posters = {poster_name(record["file"]) for record in present if (folder / poster_name(record["file"])).is_file()}
+    posters = {poster_name(record["file"]) for record in present if _regular(folder / poster_name(record["file"]))}
     training = train_returns(read_training(folder), run_ids={record.get("run_id") for record in present})
-    data = render_gallery(present, posters=posters, training=training).encode()
+    altered = {name: str(mark.get("why") or "changed") for name, mark in read_marks(folder).items()
+               if not mark.get("restored")}
+    data = render_gallery(present, posters=posters, training=training, altered=altered).encode()
     path = folder / GALLERY
     tmp = write_temporary(folder, GALLERY, data)
     try:
@@ -195,7 +206,15 @@ def write_gallery(folder: Path) -> Path:
     return path
 
 
-def _comparison(found: list[Situation], posters) -> list[str]:
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file (a symlink is not followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _comparison(found: list[Situation], posters, altered: dict[str, str]) -> list[str]:
     """The situation chooser (links to anchors) and each situation's row of videos
     (situations played more than once: one video has nothing to be compared with).
 
@@ -228,6 +247,7 @@ def _comparison(found: list[Situation], posters) -> list[str]:
         parts.append('<div class="row">')
         for record in situation.records:
             facts = outcome(record) + (["recovered"] if record.get("recovered") else [])
+            facts += ["altered after it was stored"] if record["file"] in altered else []
             lines = f'<span class="caption">iteration {record["training_iteration"]}</span>'
             lines += f'<span class="outcome">{_text(" · ".join(facts))}</span>' if facts else ""
             parts.append(f'<figure data-iteration="{record["training_iteration"]}">\n{_video(record, posters)}\n'
@@ -248,13 +268,16 @@ def _video(record: dict, posters) -> str:
     return f'<video controls preload="none" src="{src}"{shown}{size}></video>'
 
 
-def _figure(record: dict, posters) -> str:
+def _figure(record: dict, posters, altered: str | None = None) -> str:
     src = _text(quote(record["file"]))
     lines = [f'<span class="caption">{_text(video_caption(record))}</span>']
+    if altered is not None:
+        lines.append(f'<span class="altered">altered after it was stored: {_text(altered)}</span>')
     if record.get("checkpoint") is not None:
         lines.append(f'<span class="checkpoint">checkpoint {_text(str(record["checkpoint"]))}</span>')
     lines.append(f'<a class="file" href="{src}">{_text(record["file"])}</a>')
-    return f"<figure>\n{_video(record, posters)}\n<figcaption>{''.join(lines)}</figcaption>\n</figure>"
+    opening = "<figure>" if altered is None else '<figure class="altered">'
+    return f"{opening}\n{_video(record, posters)}\n<figcaption>{''.join(lines)}</figcaption>\n</figure>"
 
 
 def _text(value: str) -> str:

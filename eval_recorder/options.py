@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval_recorder.folder_guard import check_video_dir
 from eval_recorder.frames import DEFAULT_MAX_SIDE
 from eval_recorder.naming import check_run_id
 from eval_recorder.trackers import TRACKERS
@@ -83,6 +84,8 @@ class RecordingOptions:
     episodes every round); None leaves the config's seed alone."""
 
     def __post_init__(self) -> None:
+        if self.video_dir is not None:
+            check_video_dir(self.video_dir)  # FolderRefused: "" or "." would be the working directory
         check_run_id(self.run_id)
         self.trackers = tuple(self.trackers)
         for tracker in self.trackers:

@@ -9,7 +9,10 @@ Ctrl-C, 1 after an exception) and releases the folder. The main job, standalone 
 and the library hold it so; a Tune trial's ``TrialSession`` opens and closes it around the trial.
 A full or unwritable folder costs no training: it is said once, videos wait in memory
 (bounded) and are stored when space returns. At resume the session completes the
-folder's index and logs to wandb the videos an earlier process stored but wandb never got.
+folder's index, checks every listed video against its record (one altered after it was
+stored is named in one warning, marked in the manifest and the gallery, and kept as it is),
+and logs to wandb the videos an earlier process stored but wandb never got. A new run
+(not a resume) whose run id a wandb run in its wandb folder already has is refused.
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ from pathlib import Path
 from typing import Callable
 
 from eval_recorder.errors import StoreFailed
-from eval_recorder.folder_guard import FolderClaim, claim_folder
+from eval_recorder.folder_guard import FolderClaim, claim_folder, folder_owner
 from eval_recorder.frames import read_scenarios
 from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import video_stem
 from eval_recorder.options import RecordingOptions, default_wandb_dir
 from eval_recorder.recorder import RecordedEpisode
+from eval_recorder.run_ids import run_id_refusal
 from eval_recorder.sinks import Sink
 from eval_recorder.stopping import critical, exit_code_for
 from eval_recorder.tags import TrainingTag
 from eval_recorder.trackers import tracker_sinks
-from eval_recorder.video_index import read_manifest
+from eval_recorder.store_failure import store_failed
+from eval_recorder.video_index import find_altered, mark_altered, mark_restored, read_manifest
 from eval_recorder.video_store import VideoStore
 from eval_recorder.wandb_from_folder import manifest_table, videos_wandb_missed
 from eval_recorder.wandb_sink import WandbSink
@@ -126,6 +131,12 @@ class RecordingSession:
         details = {"wandb_dir": str(default_wandb_dir(options))}
         if options.checkpoint_dir:
             details["checkpoint_dir"] = options.checkpoint_dir
+        # One run id, one run: a new run may not take the id of a wandb run beside it (one
+        # `wandb sync` would merge them). A folder with an owner is the claim's to refuse.
+        if not options.resume and not _owner_or_none(options.video_dir):
+            refusal = run_id_refusal(options.run_id, wandb_dirs=[Path(details["wandb_dir"])])
+            if refusal is not None:
+                raise refusal
         self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume,
                                   owner_details=details)
         self.store = VideoStore(self.claim.path, run_id=options.run_id)
@@ -137,6 +148,7 @@ class RecordingSession:
                 self.recovered = self.store.reconcile()
             except StoreFailed as error:
                 self._store_trouble(error)
+            self._check_videos()
         # A resumed run goes on counting its evaluation rounds.
         self.evaluation_round = max(
             (r["evaluation_round"] for r in read_manifest(self.claim.path)
@@ -165,6 +177,44 @@ class RecordingSession:
         if options.resume:
             self._log_what_wandb_missed(wandb_dir)
         return self
+
+    def _check_videos(self) -> None:
+        """At resume: every listed video's size and sha256 against its manifest record. The
+        videos altered since they were stored (a third party cut or replaced one under its
+        final name) are named in one warning and marked in the manifest (a line appended; the
+        gallery shows the mark); each is kept as it is. A video that matches its record again
+        is marked so."""
+        folder = self.claim.path
+        try:
+            altered, restored = find_altered(folder)
+        except OSError as error:
+            logger.warning("could not check the videos in %s against the manifest (%s); they are not checked this "
+                           "time", folder, error)
+            return
+        new = [alteration for alteration in altered if alteration.new]
+        marked = True
+        try:
+            for alteration in new:
+                mark_altered(folder, alteration)
+            for name in restored:
+                mark_restored(folder, name)
+        except OSError as error:  # said once as the folder's trouble; the warning still names them
+            marked = False
+            self._store_trouble(store_failed(error, folder=folder, needs="marking altered videos needs",
+                                             needed=4096, consequence="the marks are missing from the manifest"))
+        if new:
+            details = ", ".join(f"{alteration.file} ({alteration.why})" for alteration in new)
+            one = len(new) == 1
+            kept = ("it is kept as it is" if one else "they are kept as they are") + (
+                " and marked altered in the manifest and the gallery" if marked else "")
+            if one:
+                logger.warning("1 video in %s changed after it was stored (its size or sha256 no longer match its "
+                               "manifest record): %s; %s.", folder, details, kept)
+            else:
+                logger.warning("%d videos in %s changed after they were stored (their sizes or sha256s no longer "
+                               "match their manifest records): %s; %s.", len(new), folder, details, kept)
+        if new or restored:
+            self.write_gallery()
 
     def _log_what_wandb_missed(self, wandb_dir: Path) -> None:
         """Log to wandb, once each, this run's videos that are in the folder but in no wandb
@@ -400,6 +450,15 @@ class RecordingSession:
                 sink.finish(exit_code=exit_code, give_up=hurry)
             if self.claim is not None:
                 self.claim.release()
+
+
+def _owner_or_none(video_dir) -> dict:
+    """The owner record of ``video_dir`` ({} if none, or if the folder cannot be looked at:
+    the claim then says why)."""
+    try:
+        return folder_owner(video_dir)
+    except OSError:
+        return {}
 
 
 def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:

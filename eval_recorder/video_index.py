@@ -3,6 +3,12 @@ the videos' JSON sidecars. ``read_manifest`` reads the complete lines, ``append_
 adds one, flushed, that a line cut short by a crash cannot swallow; ``reconcile_index``
 gives every video of a run that a crash left unindexed its missing sidecar and manifest
 line (from what its name and file tell, when no record of it survived).
+
+``find_altered`` checks every listed video's size and sha256 against its record (a third
+party cut or replaced it under its final name); ``mark_altered`` appends a mark line for
+one (append-only: records are never rewritten, and the video is never touched), which
+``read_marks`` reads back and ``read_manifest`` leaves out. Every file is opened without
+following a symlink (``atomic_files.open_regular``).
 """
 
 from __future__ import annotations
@@ -12,23 +18,39 @@ import hashlib
 import json
 import logging
 import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-from eval_recorder.atomic_files import publish_file
+from eval_recorder.atomic_files import open_regular, publish_file, read_regular
 from eval_recorder.naming import parse_video_name
 from eval_recorder.store_failure import store_failed
 
-__all__ = ["MANIFEST", "append_record", "index_bytes", "read_manifest", "reconcile_index"]
+__all__ = ["ALTERED", "Alteration", "MANIFEST", "append_record", "find_altered", "index_bytes", "mark_altered",
+           "mark_restored", "read_manifest", "read_marks", "reconcile_index"]
 
 MANIFEST = "manifest.jsonl"
+ALTERED = "altered"  # the key of a mark line: the name of the video it marks
 
 _log = logging.getLogger(__name__)
 
 
 def read_manifest(folder: str | os.PathLike) -> list[dict]:
-    """Every record of ``folder``'s manifest, in the order written (complete lines only)."""
+    """Every video record of ``folder``'s manifest, in the order written (complete lines
+    only; the marks of altered videos, ``read_marks``, are no video records). [] if there is
+    no manifest; OSError if it is a symlink (never followed) or not a regular file."""
+    return [record for record in _manifest_lines(folder) if ALTERED not in record]
+
+
+def read_marks(folder: str | os.PathLike) -> dict[str, dict]:
+    """{file name: its latest mark} of the videos of ``folder`` that were found altered
+    after they were stored (``mark_altered``)."""
+    return {record[ALTERED]: record for record in _manifest_lines(folder) if isinstance(record.get(ALTERED), str)}
+
+
+def _manifest_lines(folder: str | os.PathLike) -> list[dict]:
     try:
-        data = (Path(folder) / MANIFEST).read_bytes()
+        data = read_regular(Path(folder) / MANIFEST)
     except FileNotFoundError:
         return []
     records = []
@@ -44,14 +66,15 @@ def read_manifest(folder: str | os.PathLike) -> list[dict]:
 
 def append_record(manifest: Path, record: dict) -> None:
     """Append ``record`` as one JSON line to ``manifest`` (or another JSON-lines file of
-    the folder; a symlink is not followed), flushed to disk.
+    the folder; a symlink is not followed, and anything but a regular file is refused
+    with OSError), flushed to disk.
 
     If the manifest's last line was cut short (a crash mid-append), a newline goes first,
     so the torn line stays a line of its own (which readers skip) and never swallows this
     record. If writing fails, the bytes of this append that got in are taken back.
     """
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = os.open(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = open_regular(manifest, os.O_RDWR | os.O_CREAT | os.O_APPEND)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -69,6 +92,105 @@ def append_record(manifest: Path, record: dict) -> None:
             raise
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Alteration:
+    """A listed video whose file no longer is what its manifest record says (``find_altered``)."""
+
+    file: str
+    why: str  # e.g. "1200 bytes, 48213 when stored"
+    record: dict  # its manifest record
+    found_bytes: int | None  # None: not a regular file any more
+    found_sha256: str | None
+    new: bool  # not marked so already (a mark of the same bytes)
+
+
+def find_altered(folder: str | os.PathLike) -> tuple[list[Alteration], list[str]]:
+    """(the listed videos of ``folder`` whose size or sha256 differ from their manifest
+    record, in manifest order; the marked videos whose file matches its record again).
+
+    Every listed video present is read in full (a video that is gone is none of these;
+    one that is a symlink or not a regular file now is altered, and never followed)."""
+    folder = Path(folder)
+    marks = read_marks(folder)
+    altered, restored, seen = [], [], set()
+    for record in read_manifest(folder):
+        name = record.get("file")
+        if not isinstance(name, str) or name in seen or "/" in name or name in ("", ".", ".."):
+            continue
+        seen.add(name)
+        recorded_bytes, recorded_sha256 = record.get("bytes"), record.get("sha256")
+        if not isinstance(recorded_bytes, int) or not isinstance(recorded_sha256, str):
+            continue  # nothing to check it against
+        try:
+            found = _size_and_sha256(folder / name)
+        except FileNotFoundError:
+            continue
+        mark = marks.get(name)
+        if found == (recorded_bytes, recorded_sha256):
+            if mark is not None and not mark.get("restored"):
+                restored.append(name)
+            continue
+        if found is None:
+            why = "no longer a regular file"
+        elif found[0] != recorded_bytes:
+            why = f"{found[0]} bytes, {recorded_bytes} when stored"
+        else:
+            why = "same size, other bytes (its sha256 differs)"
+        found_bytes, found_sha256 = found if found is not None else (None, None)
+        new = mark is None or bool(mark.get("restored")) or (mark.get("found_bytes"), mark.get("found_sha256")) != (
+            found_bytes, found_sha256)
+        altered.append(Alteration(name, why, record, found_bytes, found_sha256, new))
+    return altered, restored
+
+
+def _size_and_sha256(video: Path) -> tuple[int, str] | None:
+    """(bytes, sha256) of the regular file ``video``; None if it is a symlink or not a
+    regular file; FileNotFoundError if there is none."""
+    try:
+        fd = open_regular(video)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        try:
+            mode = os.lstat(video).st_mode
+        except FileNotFoundError:
+            raise
+        if stat.S_ISREG(mode):
+            raise  # e.g. unreadable: a fault of the folder, not an alteration
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        return os.fstat(handle.fileno()).st_size, digest
+
+
+def mark_altered(folder: str | os.PathLike, alteration: Alteration, *, found: str | None = None) -> dict:
+    """Append the mark of ``alteration`` to ``folder``'s manifest (the video and its record
+    stay as they are); the mark. OSError if it cannot be written."""
+    mark = {
+        ALTERED: alteration.file,
+        "run_id": alteration.record.get("run_id"),
+        "found": found or _now(),
+        "why": alteration.why,
+        "found_bytes": alteration.found_bytes,
+        "found_sha256": alteration.found_sha256,
+        "bytes": alteration.record.get("bytes"),
+        "sha256": alteration.record.get("sha256"),
+    }
+    append_record(Path(folder) / MANIFEST, mark)
+    return mark
+
+
+def mark_restored(folder: str | os.PathLike, name: str, *, found: str | None = None) -> dict:
+    """Append the mark that video ``name``, marked altered before, matches its record again."""
+    mark = {ALTERED: name, "found": found or _now(), "restored": True}
+    append_record(Path(folder) / MANIFEST, mark)
+    return mark
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def index_bytes(metadata: dict) -> int:
@@ -135,7 +257,7 @@ def _sidecar_record(sidecar: Path, name: str, run_id: str) -> dict | None:
     """The record in ``sidecar`` if it is one for video ``name``; None if there is no
     usable sidecar (a damaged one is logged and left as it is)."""
     try:
-        record = json.loads(sidecar.read_bytes())
+        record = json.loads(read_regular(sidecar))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
@@ -156,10 +278,10 @@ def _recovered_record(video: Path, named: dict) -> dict | None:
     probe = _decode_fully(video)
     if probe is None:
         return None
-    stat = video.stat()
-    with open(video, "rb") as handle:
+    with os.fdopen(open_regular(video), "rb") as handle:
         sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-    created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc)
+        info = os.fstat(handle.fileno())
+    created = datetime.datetime.fromtimestamp(info.st_mtime, datetime.timezone.utc)
     return {
         "file": video.name,
         "env": named["env"],
@@ -179,7 +301,7 @@ def _recovered_record(video: Path, named: dict) -> dict | None:
         "run_id": named["run_id"],
         "checkpoint": None,
         "created": created.isoformat(timespec="milliseconds"),
-        "bytes": stat.st_size,
+        "bytes": info.st_size,
         "sha256": sha256,
         "weights_seq_no": None,
         "runner": None,

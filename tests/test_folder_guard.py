@@ -228,9 +228,20 @@ def test_an_unreadable_owner_record_is_refused(tmp_path):
     (folder / OWNER_FILE).mkdir(parents=True)
     with pytest.raises(FolderRefused) as refused:
         claim_folder(folder, run_id="run1", resume=True)
-    assert str(refused.value).startswith(
-        f"the owner record {folder / OWNER_FILE} is damaged (cannot be read: Is a directory); restore it from")
+    assert str(refused.value) == (
+        f"the owner record {folder / OWNER_FILE} is a folder, not a regular file, and nothing outside a video folder "
+        f"is ever written or trusted, so video folder {folder} is refused; put the regular file in its place or "
+        f"remove it, or choose another recording.video_dir.")
     assert os.listdir(folder) == [OWNER_FILE]
+    (folder / OWNER_FILE).rmdir()
+    (folder / OWNER_FILE).write_bytes(b'{"run_id": "run1"}')
+    (folder / OWNER_FILE).chmod(0o000)
+    if os.access(folder / OWNER_FILE, os.R_OK):
+        return  # root reads it anyway
+    with pytest.raises(FolderRefused) as refused:
+        claim_folder(folder, run_id="run1", resume=True)
+    assert str(refused.value).startswith(
+        f"the owner record {folder / OWNER_FILE} is damaged (cannot be read: Permission denied); restore it from")
 
 
 @pytest.mark.parametrize("below", ["", "videos"])

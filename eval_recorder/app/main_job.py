@@ -8,7 +8,9 @@ iteration and a summary, and returns an exit code.
 
 A stop or the end prints the command that continues the run in its own folder
 (``app/resume.continue_command``); a resume with nothing left to train says so and ends
-before Ray starts or anything is claimed or written.
+before Ray starts or anything is claimed or written. A new run (not a resume) whose run id
+another run under ``outputs/`` already has (its video folder's owner, or its wandb run) is
+refused before anything is claimed or written: resuming is the way to continue that run.
 
 Exit codes: 0 done (also: nothing left to train); 2 the user asked for something that cannot work (one sentence on
 stderr says what and what to do; nothing of the user's was touched); 130 interrupted
@@ -65,6 +67,8 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
         options = recording_options(
             cfg, output_dir=output_dir, config=_plain(cfg), checkpoint_dir=str(output_dir / "checkpoints")
         )
+        if not cfg.recording.resume and (taken := _run_id_taken(options, output_dir)) is not None:
+            raise taken
         if cfg.recording.resume and (done := _trained_already(cfg, options)) is not None:
             # Nothing to train: said before Ray starts or anything is claimed or written.
             _say(f"run {options.run_id} already trained {done} iterations (training.iterations="
@@ -116,6 +120,21 @@ def _trained_already(cfg, options) -> int | None:
     if latest is None or latest.training_iteration < cfg.training.iterations:
         return None
     return latest.training_iteration
+
+
+def _run_id_taken(options, output_dir: Path):
+    """The refusal of this new run if another run under ``outputs/`` (``app/resume.RUNS_ROOT``)
+    owns its run id: a run folder whose video folder's owner record names it, or a wandb run
+    of it in a run folder; None if none does. This run's own folder is the claim's to judge."""
+    from eval_recorder.app.resume import RUNS_ROOT, VIDEOS, find_run_folders
+    from eval_recorder.run_ids import run_id_refusal
+
+    own = output_dir.resolve()
+    folders = [folder for folder in find_run_folders(options.run_id) if folder.resolve() != own]
+    run_folders = [folder for pattern in ("*/*", "*/*/*") for folder in sorted(RUNS_ROOT.glob(pattern))
+                   if folder.is_dir() and folder.resolve() != own]
+    return run_id_refusal(options.run_id, video_folders=[(folder, folder / VIDEOS) for folder in folders],
+                          wandb_dirs=run_folders)
 
 
 def _resume_hint(session: RecordingSession, run_folder: Path, overrides: list[str]) -> str:
