@@ -163,7 +163,9 @@ def test_the_printed_continue_command_pasted_resumes_the_same_folder_and_run(tmp
                              cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     try:
-        wait_for(lambda: any(len(read_manifest(v)) >= 2 for v in work.glob("outputs/*/*/videos")), 300, "round 1")
+        # round 1's videos and the checkpoint saved after its train() call (a stop before it leaves none)
+        wait_for(lambda: any(len(read_manifest(v)) >= 2 and list(v.parent.glob("checkpoints/it*"))
+                             for v in work.glob("outputs/*/*/videos")), 300, "round 1 and its checkpoint")
         os.kill(first.pid, signal.SIGINT)
         out, err = first.communicate(timeout=180)
     finally:
