@@ -48,7 +48,7 @@ import numpy as np
 
 from eval_recorder.errors import ReplayDiverged
 
-__all__ = ["EpisodeCapture", "EpisodeRecord", "replay"]
+__all__ = ["EpisodeCapture", "EpisodeRecord", "diverged", "replay"]
 
 FORMAT = "eval_recorder.episode_record"
 VERSION = 1
@@ -296,12 +296,18 @@ def _same(a, b) -> bool:
 def _check(step: int, agent, name: str, replayed, recorded) -> None:
     if _same(replayed, recorded):
         return
-    whose = f"the {name}" if agent is None else f"agent {agent}'s {name}"
-    shown = ["absent" if value is None else repr(value) for value in (replayed, recorded)]
-    raise ReplayDiverged(
+    raise diverged(step, None if agent is None else f"agent {agent}", name, replayed, recorded, agent=agent)
+
+
+def diverged(step: int, who: str | None, name: str, replayed, recorded, *, agent=None,
+             what: str = "the env does not repeat this episode from its seed and the recorded actions") -> ReplayDiverged:
+    """The ReplayDiverged of ``who``'s (None: the episode's) ``name`` at ``step``:
+    "step 17: agent 3's reward is -1.0 in the replay, -0.5 in the record; ...". """
+    whose = f"the {name}" if who is None else f"{who}'s {name}"
+    shown = [value if isinstance(value, str) else "absent" if value is None else repr(value) for value in (replayed, recorded)]
+    return ReplayDiverged(
         f"step {step}: {whose} is {shown[0]} in the replay, {shown[1]} in the record; "
-        "the env does not repeat this episode from its seed and the recorded actions, "
-        "so it cannot be replayed or rendered from this record.",
+        f"{what}, so it cannot be replayed or rendered from this record.",
         step=step, agent=agent, field=name, replayed=replayed, recorded=recorded,
     )
 
