@@ -77,6 +77,7 @@ class TrajectoryCapture:
         self._env = rail_env
         self._agents = list(rail_env.agents)
         self._action_required = RailEnv.action_required
+        self._counters = [(agent, agent.speed_counter, agent.malfunction_handler) for agent in self._agents]
         self.initial_state = pickle.dumps(RailEnvPersister.get_full_state(rail_env), protocol=pickle.HIGHEST_PROTOCOL)
         self._actions: list = []
         self._rewards: list = []
@@ -88,12 +89,10 @@ class TrajectoryCapture:
         self._actions.append(dict(actions))
         self._rewards.append(env.rewards_dict)  # a new dict each step (RailEnv.clear_rewards_dict)
         self._dones.append(list(env.dones.values()))  # changed in place: copied
-        required = self._action_required
+        # only references: action_required (from the distance run in the cell) is worked out in finish()
         self._trains.append([
-            (agent.current_configuration, agent.state, agent.malfunction_handler.malfunction_down_counter,
-             agent.speed_counter.speed,
-             required(agent.state, agent.speed_counter.is_cell_exit(agent.speed_counter.max_speed)))
-            for agent in self._agents
+            (agent.current_configuration, agent.state, handler.malfunction_down_counter, counter.speed, counter.distance)
+            for agent, counter, handler in self._counters
         ])
 
     @property
@@ -107,21 +106,35 @@ class TrajectoryCapture:
         for step, given in enumerate(self._actions):
             for handle, action in given.items():
                 actions[step, int(handle)] = int(action)
-        positions = np.full((steps, n, 3), -1, dtype=np.int16)
-        states = np.zeros((steps, n), dtype=np.int8)
-        malfunction = np.zeros((steps, n), dtype=np.int32)
-        speed = np.zeros((steps, n, 2), dtype=np.int32)
-        required = np.zeros((steps, n), dtype=bool)
-        for step, trains in enumerate(self._trains):
-            for handle, (configuration, state, down, fraction, needed) in enumerate(trains):
-                if configuration is not None and configuration[0] is not None:
-                    (row, col), direction = configuration
-                    positions[step, handle] = (row, col, direction)
-                states[step, handle] = int(state)
-                malfunction[step, handle] = down
-                fraction = Fraction(fraction)
-                speed[step, handle] = (fraction.numerator, fraction.denominator)
-                required[step, handle] = needed
+        from flatland.envs.step_utils.speed_counter import cached_cell_exit
+
+        flat = [train for trains in self._trains for train in trains]
+        off = (-1, -1, -1)
+        positions = np.array([off if c is None or c[0] is None else (c[0][0], c[0][1], c[1]) for c, *_ in flat],
+                             dtype=np.int16).reshape(steps, n, 3)
+        states = np.fromiter((train[1] for train in flat), dtype=np.int8, count=len(flat)).reshape(steps, n)
+        malfunction = np.fromiter((train[2] for train in flat), dtype=np.int32, count=len(flat)).reshape(steps, n)
+        # Fractions hash slowly and the same few objects repeat: worked out once per object (all
+        # alive in `flat`, so their ids stay theirs)
+        fractions: dict[int, tuple[int, int]] = {}
+        for train in flat:
+            if id(train[3]) not in fractions:
+                fraction = Fraction(train[3])
+                fractions[id(train[3])] = (fraction.numerator, fraction.denominator)
+        speed = np.array([fractions[id(train[3])] for train in flat], dtype=np.int32).reshape(steps, n, 2)
+        # RailEnv.get_info_dict's action_required: is_cell_exit at the train's max speed
+        required, max_speeds = self._action_required, [agent.speed_counter.max_speed for agent in self._agents] * steps
+        answers: dict[tuple[int, int, int], bool] = {}
+
+        def action_required(train, top) -> bool:
+            key = (int(train[1]), id(top), id(train[4]))
+            found = answers.get(key)
+            if found is None:
+                found = answers[key] = bool(required(train[1], cached_cell_exit(top, top, train[4])))
+            return found
+
+        needed = np.fromiter((action_required(train, top) for train, top in zip(flat, max_speeds)),
+                             dtype=bool, count=len(flat)).reshape(steps, n)
         rewards = np.asarray([[float(given.get(handle, 0.0)) for handle in range(n)] for given in self._rewards],
                              dtype=np.float64).reshape(steps, n)
         dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
@@ -139,7 +152,7 @@ class TrajectoryCapture:
             initial_state=self.initial_state, n_agents=n, steps=steps, ended=ended, success_rate=success_rate,
             normalized_reward=normalized,
             arrays={"actions": actions, "positions": positions, "rewards": rewards, "dones": dones,
-                    "action_required": required, "states": states, "malfunction": malfunction, "speed": speed},
+                    "action_required": needed, "states": states, "malfunction": malfunction, "speed": speed},
         )
 
 
