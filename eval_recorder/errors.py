@@ -14,6 +14,7 @@ __all__ = [
     "NoFrames",
     "RecordingError",
     "RecordingInTraining",
+    "ReplayDiverged",
     "StoreFailed",
     "TRAINING_RENDER_REFUSED",
     "UserError",
@@ -75,3 +76,22 @@ class StoreFailed(RecordingError, OSError):
         self.free_bytes = free_bytes
         self.video = video
         self.metadata = metadata
+
+
+class ReplayDiverged(RecordingError):
+    """An episode's replay from its record differs from the record: the env does not repeat
+    the episode from its seed (or initial state) and the recorded actions.
+
+    The message names the first step that differs (``step``: 1 for the first ``step()``
+    after the reset) and, for a multi-agent env, the agent (``agent``: its id, else None);
+    ``field`` is what differs (``"reward"``, ``"terminated"``, ``"truncated"``, ...),
+    ``replayed`` and ``recorded`` its two values.
+    """
+
+    def __init__(self, message: str, *, step: int, agent=None, field: str, replayed=None, recorded=None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.agent = agent
+        self.field = field
+        self.replayed = replayed
+        self.recorded = recorded

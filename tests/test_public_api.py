@@ -52,7 +52,7 @@ def test_every_exception_class_of_the_package_is_defined_in_errors_py():
             ):
                 defined[node.name] = str(path.relative_to(ROOT))
     assert set(defined.values()) == {"eval_recorder/errors.py"}
-    assert sorted(defined) == ["FolderRefused", "NoFrames", "RecordingError", "RecordingInTraining", "StoreFailed",
+    assert sorted(defined) == ["FolderRefused", "NoFrames", "RecordingError", "RecordingInTraining", "ReplayDiverged", "StoreFailed",
                               "UserError"]
 
 

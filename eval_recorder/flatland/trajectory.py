@@ -1,0 +1,351 @@
+"""A Flatland episode kept as a flatland ``Trajectory``, and what drawing it later needs.
+
+``TrajectoryCapture`` runs on the eval runner's stepping thread: made right after the
+``RailEnv``'s reset (it keeps the env's initial state as ``RailEnvPersister`` saves it: rails,
+trains, timetable, malfunction and random-generator state), then ``step(actions)`` after
+every ``RailEnv.step``, which reads per train the cell and direction, state, malfunction
+counter, speed and ``action_required``, and keeps the step's rewards and dones dicts.
+``finish()`` packs them into a ``FlatlandEpisode``.
+
+``FlatlandEpisode.to_bytes()`` / ``from_bytes()`` (it travels through Ray as bytes) is a
+compressed ``.npz``: ``meta`` (UTF-8 JSON: format, version, trains, steps, success rate,
+normalized reward, whether the episode ended), ``initial_state`` (the pickled
+``RailEnvPersister`` state, as uint8), and per step and train: ``actions`` (int8, the action the
+RailEnv used: DO_NOTHING where none was given), ``positions`` (int16 row, column, direction
+after the step; -1 off the map), ``rewards`` (float64), ``dones``, ``action_required`` (bool),
+``states`` (int8 ``TrainState``), ``malfunction`` (int32 down counter), ``speed`` (int32
+numerator and denominator of the speed fraction).
+
+``publish_trajectory(episode, folder, name)`` writes it in flatland's own layout, which
+``flatland.evaluators.trajectory_evaluator.TrajectoryEvaluator`` and the
+``flatland-trajectory-evaluate --data-dir <folder>/<name> --ep-id <name>`` command replay:
+
+    <name>/serialised_state/<name>.pkl      the env's initial state (RailEnvPersister)
+    <name>/event_logs/*.tsv                 actions, positions, rewards/dones/infos, arrivals
+
+written by flatland's own ``Trajectory`` into a hidden temporary sibling folder, flushed,
+then renamed to ``<name>``: the record appears complete or not at all, and an existing one is
+never replaced. Indexing follows flatland's: the actions of step i at ``env_time`` i-1, the
+positions and rewards/dones/infos after step i at ``env_time`` i.
+
+Drawing: a frame needs each train's cell and direction, its previous cell and direction
+(the cell it was on before the step; flatland draws trains one step behind), its malfunction
+counter and state; the rails and stations are fixed for the episode and in the initial state.
+``check_replay(episode)`` steps a RailEnv made from the initial state with the recorded actions
+and raises ``ReplayDiverged`` at the first step and train whose position, reward, done, state
+or malfunction counter differs (what flatland's evaluator checks, said in one sentence).
+``rail_env_at(episode)`` rebuilds the RailEnv of the initial state without stepping it and
+``pose(rail_env, episode, step)`` puts its trains where they were after ``step``, so the
+renderer (eval_recorder.flatland.rendering) draws the frame of that step from the record.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from eval_recorder.atomic_files import fsync_dir
+
+__all__ = ["FlatlandEpisode", "TrajectoryCapture", "check_replay", "pose", "publish_trajectory", "rail_env_at"]
+
+FORMAT = "eval_recorder.flatland_episode"
+VERSION = 1
+_DO_NOTHING = 0
+
+_log = logging.getLogger(__name__)
+
+
+class TrajectoryCapture:
+    """One RailEnv episode, appended as it runs (see the module docstring). Make it right
+    after the reset, call ``step(actions)`` after each ``RailEnv.step`` with the actions it
+    was given (keys: train handles, as ints or as flatland-rl's RLlib wrapper's strings)."""
+
+    def __init__(self, rail_env) -> None:
+        from flatland.envs.persistence import RailEnvPersister
+        from flatland.envs.rail_env import RailEnv
+
+        self._env = rail_env
+        self._agents = list(rail_env.agents)
+        self._action_required = RailEnv.action_required
+        self._counters = [(agent, agent.speed_counter, agent.malfunction_handler) for agent in self._agents]
+        self.initial_state = pickle.dumps(RailEnvPersister.get_full_state(rail_env), protocol=pickle.HIGHEST_PROTOCOL)
+        self._actions: list = []
+        self._rewards: list = []
+        self._dones: list = []
+        self._trains: list = []
+
+    def step(self, actions: Mapping) -> None:
+        env = self._env
+        self._actions.append(dict(actions))
+        self._rewards.append(env.rewards_dict)  # a new dict each step (RailEnv.clear_rewards_dict)
+        self._dones.append(list(env.dones.values()))  # changed in place: copied
+        # only references: action_required (from the distance run in the cell) is worked out in finish()
+        self._trains.append([
+            (agent.current_configuration, agent.state, handler.malfunction_down_counter, counter.speed, counter.distance)
+            for agent, counter, handler in self._counters
+        ])
+
+    @property
+    def steps(self) -> int:
+        return len(self._actions)
+
+    def finish(self) -> "FlatlandEpisode":
+        """The episode captured so far (once it ended: with its arrivals and normalized reward)."""
+        env, n, steps = self._env, len(self._agents), len(self._actions)
+        actions = np.full((steps, n), _DO_NOTHING, dtype=np.int8)
+        for step, given in enumerate(self._actions):
+            for handle, action in given.items():
+                actions[step, int(handle)] = int(action)
+        from flatland.envs.step_utils.speed_counter import cached_cell_exit
+
+        flat = [train for trains in self._trains for train in trains]
+        off = (-1, -1, -1)
+        positions = np.array([off if c is None or c[0] is None else (c[0][0], c[0][1], c[1]) for c, *_ in flat],
+                             dtype=np.int16).reshape(steps, n, 3)
+        states = np.fromiter((train[1] for train in flat), dtype=np.int8, count=len(flat)).reshape(steps, n)
+        malfunction = np.fromiter((train[2] for train in flat), dtype=np.int32, count=len(flat)).reshape(steps, n)
+        # Fractions hash slowly and the same few objects repeat: worked out once per object (all
+        # alive in `flat`, so their ids stay theirs)
+        fractions: dict[int, tuple[int, int]] = {}
+        for train in flat:
+            if id(train[3]) not in fractions:
+                fraction = Fraction(train[3])
+                fractions[id(train[3])] = (fraction.numerator, fraction.denominator)
+        speed = np.array([fractions[id(train[3])] for train in flat], dtype=np.int32).reshape(steps, n, 2)
+        # RailEnv.get_info_dict's action_required: is_cell_exit at the train's max speed
+        required, max_speeds = self._action_required, [agent.speed_counter.max_speed for agent in self._agents] * steps
+        answers: dict[tuple[int, int, int], bool] = {}
+
+        def action_required(train, top) -> bool:
+            key = (int(train[1]), id(top), id(train[4]))
+            found = answers.get(key)
+            if found is None:
+                found = answers[key] = bool(required(train[1], cached_cell_exit(top, top, train[4])))
+            return found
+
+        needed = np.fromiter((action_required(train, top) for train, top in zip(flat, max_speeds)),
+                             dtype=bool, count=len(flat)).reshape(steps, n)
+        rewards = np.asarray([[float(given.get(handle, 0.0)) for handle in range(n)] for given in self._rewards],
+                             dtype=np.float64).reshape(steps, n)
+        dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
+        ended = bool(env.dones.get("__all__", False)) and steps > 0
+        success_rate = normalized = None
+        if ended:
+            from flatland.envs.step_utils.states import TrainState
+
+            success_rate = sum(agent.state == TrainState.DONE for agent in self._agents) / n if n else 0.0
+            # as flatland's PolicyRunner: every train's reward of every step, in env_time order
+            normalized = env.rewards.normalize(*rewards.reshape(-1).tolist(), max_episode_steps=env._max_episode_steps,
+                                               num_agents=n)
+            normalized = None if normalized is None else float(normalized)
+        return FlatlandEpisode(
+            initial_state=self.initial_state, n_agents=n, steps=steps, ended=ended, success_rate=success_rate,
+            normalized_reward=normalized,
+            arrays={"actions": actions, "positions": positions, "rewards": rewards, "dones": dones,
+                    "action_required": needed, "states": states, "malfunction": malfunction, "speed": speed},
+        )
+
+
+class FlatlandEpisode:
+    """A finished RailEnv episode (see the module docstring for its arrays)."""
+
+    def __init__(self, *, initial_state: bytes, n_agents: int, steps: int, ended: bool, success_rate: float | None,
+                 normalized_reward: float | None, arrays: dict[str, np.ndarray]) -> None:
+        self.initial_state = initial_state
+        self.n_agents = n_agents
+        self.steps = steps
+        self.ended = ended
+        self.success_rate = success_rate
+        self.normalized_reward = normalized_reward
+        self.arrays = arrays
+
+    def to_bytes(self) -> bytes:
+        meta = {"format": FORMAT, "version": VERSION, "n_agents": self.n_agents, "steps": self.steps,
+                "ended": self.ended, "success_rate": self.success_rate, "normalized_reward": self.normalized_reward}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                            initial_state=np.frombuffer(self.initial_state, dtype=np.uint8), **self.arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FlatlandEpisode":
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            meta = json.loads(arrays.pop("meta").tobytes().decode())
+        except (ValueError, OSError, KeyError, UnicodeDecodeError) as error:
+            raise ValueError(f"these {len(data)} bytes are not a Flatland episode record ({error}).") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError(f"these bytes hold {meta.get('format')!r} version {meta.get('version')!r}, "
+                             f"not {FORMAT} version {VERSION}; read them with the eval_recorder that wrote them.")
+        initial_state = arrays.pop("initial_state").tobytes()
+        return cls(initial_state=initial_state, n_agents=meta["n_agents"], steps=meta["steps"], ended=meta["ended"],
+                   success_rate=meta["success_rate"], normalized_reward=meta["normalized_reward"], arrays=arrays)
+
+    def configuration(self, step: int, handle: int):
+        """Train ``handle``'s ``((row, col), direction)`` after ``step`` (0: after the reset), None off the map."""
+        if step == 0:
+            return self._initial_configurations()[handle][0]
+        row, col, direction = (int(v) for v in self.arrays["positions"][step - 1, handle])
+        return None if row < 0 else ((row, col), direction)
+
+    def old_configuration(self, step: int, handle: int):
+        """Where train ``handle`` was before ``step`` (the RailEnv's ``old_configuration``)."""
+        if step == 0:
+            return self._initial_configurations()[handle][1]
+        return self.configuration(step - 1, handle)
+
+    def _initial_configurations(self):
+        cached = getattr(self, "_initial", None)
+        if cached is None:
+            agents = pickle.loads(self.initial_state)["agents"]
+            cached = self._initial = [(_configuration(a.position, a.direction), _configuration(a.old_position, a.old_direction))
+                                      for a in agents]
+        return cached
+
+
+def _configuration(position, direction):
+    if position is None:
+        return None
+    return (tuple(int(v) for v in position), None if direction is None else int(direction))
+
+
+# ---- flatland's layout, written atomically ---------------------------------------------------
+
+
+def publish_trajectory(episode: FlatlandEpisode, folder: Path, name: str) -> Path | None:
+    """Write ``episode`` as the flatland trajectory ``folder/name`` (episode id ``name``);
+    None (nothing changed) if ``folder/name`` exists. The trajectory is built in a hidden
+    temporary sibling folder, flushed to disk, then renamed into place."""
+    folder = Path(folder)
+    final = folder / name
+    if final.exists() or final.is_symlink():
+        return None
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        _write_layout(episode, tmp, name)
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, final)  # fails if `final` appeared meanwhile and holds anything
+        except OSError as error:
+            if final.exists():
+                _log.debug("trajectory %s appeared meanwhile: %s", final, error)
+                return None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(folder)
+    return final
+
+
+def _write_layout(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
+    from flatland.envs.rail_env_action import RailEnvActions
+    from flatland.envs.step_utils.states import TrainState
+    from flatland.trajectories.trajectories import SERIALISED_STATE_SUBDIR, Trajectory
+
+    states_dir = data_dir / SERIALISED_STATE_SUBDIR
+    states_dir.mkdir()
+    (states_dir / f"{ep_id}.pkl").write_bytes(episode.initial_state)
+    trajectory = Trajectory.load_existing(data_dir=data_dir, ep_id=ep_id)
+    arrays = episode.arrays
+    actions, rewards, dones = arrays["actions"].tolist(), arrays["rewards"].tolist(), arrays["dones"].tolist()
+    required, states, malfunction = arrays["action_required"].tolist(), arrays["states"].tolist(), arrays["malfunction"].tolist()
+    speed = arrays["speed"].tolist()
+    for step in range(1, episode.steps + 1):
+        row = step - 1
+        for handle in range(episode.n_agents):
+            trajectory.action_collect(env_time=row, agent_id=handle, action=RailEnvActions.from_value(actions[row][handle]))
+            trajectory.position_collect(env_time=step, agent_id=handle, position=episode.configuration(step, handle))
+            info = {"action_required": required[row][handle], "malfunction": malfunction[row][handle],
+                    "speed": Fraction(*speed[row][handle]), "state": TrainState(states[row][handle])}
+            trajectory.rewards_dones_infos_collect(env_time=step, agent_id=handle, reward=rewards[row][handle],
+                                                   info=info, done=dones[row][handle])
+    if episode.ended:
+        trajectory.arrived_collect(episode.steps - 1, episode.success_rate, episode.normalized_reward)
+    trajectory.persist()
+    outputs = trajectory.outputs_dir  # made empty by Trajectory._load; flatland's tools make it again when they write
+    if outputs.is_dir() and not any(outputs.iterdir()):
+        outputs.rmdir()
+    for path in sorted(data_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            fsync_dir(path)
+    fsync_dir(data_dir)
+
+
+# ---- drawing from the record ----------------------------------------------------------------
+
+
+def rail_env_at(episode: FlatlandEpisode):
+    """A RailEnv in the episode's initial state (rails, trains, stations), not stepped."""
+    from flatland.envs.persistence import RailEnvPersister
+
+    with tempfile.TemporaryDirectory() as scratch:  # RailEnvPersister.load_new reads a file
+        path = Path(scratch) / "initial.pkl"
+        path.write_bytes(episode.initial_state)
+        env, _ = RailEnvPersister.load_new(str(path))
+    return env
+
+
+def check_replay(episode: FlatlandEpisode):
+    """Replay ``episode`` from its initial state with its actions; the RailEnv at its end.
+    Raises ``ReplayDiverged`` naming the first step and train that differs from the record."""
+    from eval_recorder.episode_record import diverged
+
+    env = rail_env_at(episode)
+    arrays = episode.arrays
+    actions = arrays["actions"].tolist()
+    for step in range(1, episode.steps + 1):
+        row = step - 1
+        _, rewards, dones, _ = env.step(dict(enumerate(actions[row])))
+        for handle, agent in enumerate(env.agents):
+            checks = (
+                ("position", _shown(agent.current_configuration), _shown(episode.configuration(step, handle))),
+                ("reward", float(rewards[handle]), float(arrays["rewards"][row, handle])),
+                ("done", bool(dones[handle]), bool(arrays["dones"][row, handle])),
+                ("state", agent.state.name, _state_name(arrays["states"][row, handle])),
+                ("malfunction counter", int(agent.malfunction_handler.malfunction_down_counter),
+                 int(arrays["malfunction"][row, handle])),
+            )
+            for name, replayed, recorded in checks:
+                if replayed != recorded:
+                    raise diverged(step, f"train {handle}", name, replayed, recorded, agent=handle,
+                                   what="the RailEnv does not repeat this episode from its initial state and the recorded actions")
+    return env
+
+
+def _shown(configuration):
+    return "off the map" if configuration is None or configuration[0] is None else \
+        f"{tuple(int(v) for v in configuration[0])} heading {int(configuration[1])}"
+
+
+def _state_name(value) -> str:
+    from flatland.envs.step_utils.states import TrainState
+
+    return TrainState(int(value)).name
+
+
+def pose(rail_env, episode: FlatlandEpisode, step: int) -> None:
+    """Put ``rail_env``'s trains (``rail_env_at(episode)``) where they were after ``step``
+    (0: after the reset): cell, direction, previous cell, malfunction counter and state."""
+    from flatland.envs.step_utils.states import TrainState
+
+    for handle, agent in enumerate(rail_env.agents):
+        agent.current_configuration = episode.configuration(step, handle)
+        agent.old_configuration = episode.old_configuration(step, handle)
+        if step > 0:
+            agent.malfunction_handler._malfunction_down_counter = int(episode.arrays["malfunction"][step - 1, handle])
+            agent.state_machine.set_state(TrainState(int(episode.arrays["states"][step - 1, handle])))

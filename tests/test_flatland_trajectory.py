@@ -1,0 +1,235 @@
+"""Flatland episodes kept as flatland trajectories (eval_recorder.flatland.trajectory): real
+RailEnvs (malfunctions, several speeds, flatland-rl's RLlib wrapper, a saved scenario) stepped
+with random actions, written in flatland's layout and replayed by flatland's own
+TrajectoryEvaluator and its `flatland-trajectory-evaluate` command; an altered record refused
+naming its step and train; frames drawn from the record equal the frames drawn live."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval_recorder.errors import ReplayDiverged
+from eval_recorder.flatland.trajectory import (
+    FlatlandEpisode, TrajectoryCapture, check_replay, pose, publish_trajectory, rail_env_at,
+)
+
+LAYOUT = [
+    "event_logs",
+    "event_logs/ActionEvents.discrete_action.tsv",
+    "event_logs/TrainMovementEvents.trains_arrived.tsv",
+    "event_logs/TrainMovementEvents.trains_positions.tsv",
+    "event_logs/TrainMovementEvents.trains_rewards_dones_infos.tsv",
+    "serialised_state",
+]
+
+
+def malfunctioning_env(seed: int = 7):
+    """5 trains at speeds 1, 1/2 and 1/4 on 30x30 that break down often."""
+    from flatland.env_generation.env_generator import env_generator
+
+    env, _, _ = env_generator(n_agents=5, x_dim=30, y_dim=30, n_cities=2, max_rail_pairs_in_city=2,
+                              max_rails_between_cities=2, malfunction_interval=20, malfunction_duration_min=2,
+                              malfunction_duration_max=6, speed_ratios={1.0: 0.5, 0.5: 0.25, 0.25: 0.25}, seed=seed)
+    env.reset(random_seed=seed)
+    return env
+
+
+def run_rail_env(env, *, seed: int = 1, frames: list | None = None) -> FlatlandEpisode:
+    """An episode to its end with random actions (none for train 2: DO_NOTHING), captured."""
+    from eval_recorder.flatland.rendering import FrameRenderer
+
+    renderer = None
+    if frames is not None:
+        renderer = FrameRenderer(env)
+        frames.append(renderer.render())
+    capture = TrajectoryCapture(env)
+    rng = np.random.default_rng(seed)
+    while True:
+        actions = {handle: int(rng.integers(0, 5)) for handle in range(env.get_num_agents()) if handle != 2}
+        _, _, dones, _ = env.step(actions)
+        capture.step(actions)
+        if renderer is not None:
+            frames.append(renderer.render())
+        if dones["__all__"]:
+            return capture.finish()
+
+
+def run_wrapped(env, *, seed: int = 1) -> FlatlandEpisode:
+    """As RLlib steps flatland-rl's RayMultiAgentWrapper: string keys, no action for trains done."""
+    capture = TrajectoryCapture(env.wrap())
+    rng = np.random.default_rng(seed)
+    acting = set(env.get_agent_ids())
+    while True:
+        actions = {agent: int(rng.integers(0, 5)) for agent in sorted(acting)}
+        _, _, terminateds, _, _ = env.step(actions)
+        capture.step(actions)
+        acting -= {agent for agent, done in terminateds.items() if done}
+        if terminateds["__all__"]:
+            return capture.finish()
+
+
+def evaluate(path: Path, ep_id: str):
+    from flatland.evaluators.trajectory_evaluator import TrajectoryEvaluator
+    from flatland.trajectories.trajectories import Trajectory
+
+    return TrajectoryEvaluator(Trajectory.load_existing(path, ep_id)).evaluate(tqdm_kwargs={"disable": True})
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def malfunctions():
+    """One episode of the malfunctioning env, and its env at the end."""
+    env = malfunctioning_env()
+    episode = run_rail_env(env)
+    return env, episode
+
+
+def test_an_episode_with_malfunctions_and_speeds_passes_flatlands_trajectory_evaluator(malfunctions, tmp_path):
+    env, episode = malfunctions
+    arrays = episode.arrays
+    # the episode is one worth checking: trains broke down, at three speeds, some arrived
+    assert (arrays["malfunction"] > 0).sum() > 20
+    assert {Fraction(*pair) for pair in arrays["speed"].reshape(-1, 2).tolist()} >= {Fraction(1, 2), Fraction(1, 4)}
+    assert episode.ended and episode.steps == env._elapsed_steps
+    assert episode.success_rate == sum(agent.state == 6 for agent in env.agents) / 5
+
+    path = publish_trajectory(FlatlandEpisode.from_bytes(episode.to_bytes()), tmp_path, "flatland-it000003-ep01")
+
+    assert path == tmp_path / "flatland-it000003-ep01"
+    assert files(tmp_path) == ["flatland-it000003-ep01", *(f"flatland-it000003-ep01/{name}" for name in LAYOUT),
+                               "flatland-it000003-ep01/serialised_state/flatland-it000003-ep01.pkl"]
+    replayed = evaluate(path, "flatland-it000003-ep01")
+    assert [agent.current_configuration for agent in replayed.agents] == [agent.current_configuration for agent in env.agents]
+    assert [agent.state for agent in replayed.agents] == [agent.state for agent in env.agents]
+
+
+def test_flatlands_command_replays_a_written_record(malfunctions, tmp_path):
+    env, episode = malfunctions
+    path = publish_trajectory(episode, tmp_path, "ep")
+    command = Path(sys.executable).parent / "flatland-trajectory-evaluate"
+
+    done = subprocess.run([str(command), "--data-dir", str(path), "--ep-id", "ep"], capture_output=True, text=True,
+                          timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    percent = episode.success_rate * 100
+    assert done.stdout == f"{percent}% trains arrived. Expected {percent}%. {episode.steps - 1} elapsed steps.\n"
+
+
+def test_an_episode_of_the_builtin_env_stepped_as_rllib_steps_it_passes(tmp_path):
+    from eval_recorder.flatland.envs import make_env
+
+    env = make_env({"n_agents": 3, "x_dim": 30, "y_dim": 30, "seed": 5})
+    env.reset(seed=5)
+    episode = run_wrapped(env)
+
+    evaluate(publish_trajectory(episode, tmp_path, "builtin"), "builtin")
+    # trains done get no action from RLlib: the record says DO_NOTHING, as the RailEnv did
+    assert episode.arrays["actions"].dtype == np.int8
+
+
+def test_an_episode_of_a_saved_scenario_passes(tmp_path):
+    from flatland.envs.persistence import RailEnvPersister
+
+    from eval_recorder.flatland.envs import make_env
+    from eval_recorder.flatland.frames import FlatlandFrames
+
+    saved = malfunctioning_env(seed=21)
+    RailEnvPersister.save(saved, str(tmp_path / "Test_0.pkl"))
+    env = make_env({"n_agents": 2, "x_dim": 30, "y_dim": 30, "seed": 1})  # another world, as the scenario path meets it
+    options = FlatlandFrames(env, env.wrap(), max_side=0).load_scenario("Test_0.pkl", (tmp_path / "Test_0.pkl").read_bytes())
+    env.reset(seed=3, options=options)
+    assert env.wrap().get_num_agents() == 5 and env.wrap().width == 30
+
+    episode = run_wrapped(env)
+
+    evaluate(publish_trajectory(episode, tmp_path, "scenario"), "scenario")
+
+
+def test_a_record_is_never_written_over_and_leaves_no_temporary_folder(malfunctions, tmp_path):
+    _, episode = malfunctions
+    path = publish_trajectory(episode, tmp_path, "ep")
+    before = {name: (path / name).read_bytes() for name in files(path) if (path / name).is_file()}
+    other = malfunctioning_env(seed=8)
+
+    assert publish_trajectory(run_rail_env(other), tmp_path, "ep") is None
+
+    assert {name: (path / name).read_bytes() for name in files(path) if (path / name).is_file()} == before
+    assert os.listdir(tmp_path) == ["ep"]
+
+
+def test_an_altered_record_is_refused_naming_the_step_and_the_train(malfunctions, tmp_path):
+    _, episode = malfunctions
+    check_replay(episode)  # the record as captured replays
+    altered = FlatlandEpisode.from_bytes(episode.to_bytes())
+    recorded = float(altered.arrays["rewards"][16, 3])
+    altered.arrays["rewards"][16, 3] = recorded - 0.5
+
+    with pytest.raises(ReplayDiverged) as refused:
+        check_replay(altered)
+
+    assert str(refused.value) == (
+        f"step 17: train 3's reward is {recorded!r} in the replay, {recorded - 0.5!r} in the record; the RailEnv does "
+        "not repeat this episode from its initial state and the recorded actions, so it cannot be replayed or rendered "
+        "from this record.")
+    assert (refused.value.step, refused.value.agent, refused.value.field) == (17, 3, "reward")
+    with pytest.raises(AssertionError):  # flatland's evaluator refuses it too
+        evaluate(publish_trajectory(altered, tmp_path, "altered"), "altered")
+
+
+def test_a_moved_train_is_refused_naming_its_position(malfunctions):
+    _, episode = malfunctions
+    altered = FlatlandEpisode.from_bytes(episode.to_bytes())
+    step = int(np.argmax((altered.arrays["positions"][:, 0, 0] >= 0))) + 1  # train 0's first step on the map
+    (row, col, direction) = altered.arrays["positions"][step - 1, 0].tolist()
+    altered.arrays["positions"][step - 1, 0] = (row, col + 1, direction)
+
+    with pytest.raises(ReplayDiverged, match=rf"^step {step}: train 0's position is \({row}, {col}\) heading "
+                                             rf"{direction} in the replay, \({row}, {col + 1}\) heading {direction} "
+                                             "in the record; "):
+        check_replay(altered)
+
+
+def test_the_frames_drawn_from_the_record_equal_the_frames_drawn_live():
+    from eval_recorder.flatland.rendering import FrameRenderer
+
+    live: list = []
+    episode = FlatlandEpisode.from_bytes(run_rail_env(malfunctioning_env(seed=9), seed=2, frames=live).to_bytes())
+    env = rail_env_at(episode)  # never stepped
+    renderer = FrameRenderer(env)
+
+    drawn = []
+    for step in range(episode.steps + 1):
+        pose(env, episode, step)
+        drawn.append(renderer.render())
+
+    assert len(drawn) == len(live) == episode.steps + 1
+    assert (episode.arrays["malfunction"] > 0).any()
+    for step, (ours, theirs) in enumerate(zip(drawn, live)):
+        assert np.array_equal(ours, theirs), f"frame of step {step} differs"
+
+
+def test_the_record_round_trips_through_bytes(malfunctions):
+    _, episode = malfunctions
+    again = FlatlandEpisode.from_bytes(episode.to_bytes())
+
+    assert (again.n_agents, again.steps, again.ended, again.success_rate, again.normalized_reward) == (
+        episode.n_agents, episode.steps, episode.ended, episode.success_rate, episode.normalized_reward)
+    assert again.initial_state == episode.initial_state
+    assert pickle.loads(again.initial_state)["elapsed_steps"] == 0
+    assert again.arrays.keys() == episode.arrays.keys()
+    for name, array in episode.arrays.items():
+        assert np.array_equal(again.arrays[name], array) and again.arrays[name].dtype == array.dtype, name
+    with pytest.raises(ValueError, match=r"^these 5 bytes are not a Flatland episode record "):
+        FlatlandEpisode.from_bytes(b"hello")
