@@ -19,7 +19,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "open_regular", "publish_file", "read_regular", "write_temporary"]
+__all__ = ["fsync_dir", "open_regular", "publish_file", "read_regular", "replace_file", "write_temporary"]
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +39,21 @@ def publish_file(folder: Path, data: bytes, final: Path) -> bool:
     except OSError as error:  # the name exists (a caller must not store it again); only its flush is unsure
         _log.warning("could not flush the new name %s to disk: %s", final, error)
     return True
+
+
+def replace_file(folder: Path, data: bytes, final: Path) -> Path:
+    """Make ``data`` the complete content of ``final`` (a page that is rewritten whole,
+    such as a gallery): a reader sees the old version or the new one, never half of it.
+    ``os.replace`` swaps the name itself, so a symlink planted at ``final`` is replaced,
+    never followed."""
+    tmp = write_temporary(folder, final.name, data)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        _drop(tmp)
+        raise
+    fsync_dir(folder)
+    return final
 
 
 def write_temporary(folder: Path, name: str, data: bytes) -> Path:

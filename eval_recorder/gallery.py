@@ -18,7 +18,7 @@ from itertools import groupby
 from pathlib import Path
 from urllib.parse import quote
 
-from eval_recorder.atomic_files import fsync_dir, write_temporary
+from eval_recorder.atomic_files import replace_file
 from eval_recorder.gallery_charts import plots
 from eval_recorder.gallery_records import (
     Situation, int_or_zero, is_int, outcome, showable, situations, video_caption, video_count,
@@ -195,15 +195,7 @@ def write_gallery(folder: Path) -> Path:
     altered = {name: str(mark.get("why") or "changed") for name, mark in read_marks(folder).items()
                if not mark.get("restored")}
     data = render_gallery(present, posters=posters, training=training, altered=altered).encode()
-    path = folder / GALLERY
-    tmp = write_temporary(folder, GALLERY, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
-    return path
+    return replace_file(folder, data, folder / GALLERY)
 
 
 def _regular(path: Path) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from eval_recorder.atomic_files import fsync_dir, write_temporary
+from eval_recorder.atomic_files import open_regular, replace_file
 from eval_recorder.errors import FolderRefused, UserError
 from eval_recorder.folder_guard import folder_owner, in_use_refusal
 from eval_recorder.gallery import GALLERY
@@ -310,14 +310,10 @@ def _open_lock(root: Path) -> int:
     a symlink or not a regular file is refused."""
     path = root / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        return open_regular(path, os.O_RDWR | os.O_CREAT)
     except OSError as error:
         raise FolderRefused(f"cannot open the runs index lock {path} ({error.strerror}); remove it if it is not "
                             f"a regular file, and run again.") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise FolderRefused(f"the runs index lock {path} is not a regular file; remove it and run again.")
-    return fd
 
 
 def write_runs_index(root: str | os.PathLike) -> tuple[Path, int]:
@@ -331,14 +327,7 @@ def write_runs_index(root: str | os.PathLike) -> tuple[Path, int]:
         path = root / INDEX
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise FolderRefused(f"{path} is not a regular file; remove it and run again.")
-        tmp = write_temporary(root, INDEX, render_runs_index(rows).encode())
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(root)
-        return path, len(rows)
+        return replace_file(root, render_runs_index(rows).encode(), path), len(rows)
     finally:
         os.close(fd)  # releases the lock
 
