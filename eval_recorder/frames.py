@@ -129,6 +129,8 @@ class RenderFrames(FrameSource):
 
     def __init__(self, env: Any, *, max_side: int, label: str = "env") -> None:
         self._env = env
+        # Named now: RLlib's gym.make later puts its own id on the env (rllib-single-agent-env-v0).
+        self._name = env_name(env)
         self._max_side = max_side
         self.label = label
         self._shape: tuple[int, ...] | None = None  # the episode's first frame, as render() gave it
@@ -162,7 +164,7 @@ class RenderFrames(FrameSource):
 
     def _render(self) -> np.ndarray:
         """The env's frame, checked (NoFrames, naming what render() did, if it is not one)."""
-        name = env_name(self._env)
+        name = self._name
         try:
             image = self._env.render()
         except Exception as error:  # the env's own code: any failure is its render()'s

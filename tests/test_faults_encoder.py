@@ -10,13 +10,17 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from eval_recorder import RecordEpisodes, encoding
-from eval_recorder.encoding import StreamingEncoder, encoder_process_ids
+from eval_recorder.encoding import HELPER_REPLY_SECONDS, StreamingEncoder, encoder_process_ids
 from eval_recorder.errors import EncoderFailed
+from eval_recorder.scratch import scratch_dir
+from eval_recorder.video_index import read_manifest
 from support.faulty_envs import make
+from support.jobs import TESTS, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401 (jobs: a fixture)
 from test_encoding import decode, frames
 
 
@@ -92,3 +96,77 @@ def test_a_helper_killed_or_stopped_mid_episode_costs_that_episode_and_the_next_
     (episode,) = env.pop_finished()
     assert episode.env_seed == 8 and episode.frames == episode.episode_length + 1
     assert env.pop_dropped() == []
+
+
+# ---- the whole run ---------------------------------------------------------------------------------
+
+
+def helpers_of_eval_runners(job) -> dict[int, int]:
+    """{encoder helper pid: its eval runner's pid} among the job's processes (the driver's
+    own helper, from its env check, is not one)."""
+    found = {}
+    for pid, proc in session_processes(job.pid).items():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"encoder_process.py") for part in command) and proc.ppid != job.pid:
+            found[pid] = proc.ppid
+    return found
+
+
+def recording_now(runner: int) -> bool:
+    """An episode of eval runner ``runner`` is being encoded (its scratch file exists)."""
+    return any(scratch_dir().glob(f"episode-{runner}-*.mp4"))
+
+
+@pytest.mark.slow
+def test_a_helper_killed_in_one_round_and_stopped_in_the_next_costs_one_episode_each(tmp_path, jobs):
+    videos, run_id = tmp_path / "videos", "helper1"
+    job = jobs(tmp_path, "run", "env.factory=support.faulty_envs:make", "+env.config.delay=0.04",
+               "training.iterations=3", "evaluation.episodes=3", f"recording.video_dir={videos}",
+               f"wandb.run_id={run_id}", "wandb.mode=disabled", env={**os.environ, "PYTHONPATH": str(TESTS)})
+    found = {}
+
+    def first_episode_of_round(stored: int) -> bool:
+        if not job.running():
+            return True
+        found.update(helpers_of_eval_runners(job))
+        helpers = helpers_of_eval_runners(job)
+        return (len(helpers) == 1 and recording_now(next(iter(helpers.values())))
+                and len(read_manifest(videos)) == stored)
+
+    # Round 1, its first episode: the helper is killed.
+    wait_for(lambda: first_episode_of_round(0), 300, "round 1's first episode")
+    assert job.running(), job.stderr[-3000:]
+    ((killed, runner),) = helpers_of_eval_runners(job).items()
+    os.kill(killed, signal.SIGKILL)
+    # Round 2, its first episode: the new helper is stopped (and never continued).
+    wait_for(lambda: first_episode_of_round(2), 300, "round 2's first episode")
+    assert job.running(), job.stderr[-3000:]
+    ((stopped, same_runner),) = helpers_of_eval_runners(job).items()
+    assert stopped != killed and same_runner == runner  # a new helper; the eval runner lives on
+    os.kill(stopped, signal.SIGSTOP)
+    at = time.monotonic()
+    wait_for(lambda: len(read_manifest(videos)) >= 3 or not job.running(), 300, "round 2's next episode")
+    took = time.monotonic() - at
+    assert job.wait(timeout=600) == 0, job.stderr[-3000:]
+
+    manifest = check_folder_is_consistent(videos)
+    assert [(r["training_iteration"], r["evaluation_round"], r["episode_index"]) for r in manifest] == [
+        (1, 1, 0), (1, 1, 1), (2, 2, 0), (2, 2, 1), (3, 3, 0), (3, 3, 1), (3, 3, 2)]
+    assert [r["file"] for r in manifest][:3] == [f"make-it000001-ev0001-ep000-{run_id}.mp4",
+                                                f"make-it000001-ev0001-ep001-{run_id}.mp4",
+                                                f"make-it000002-ev0002-ep000-{run_id}.mp4"]
+    assert {r["runner"]["pid"] for r in manifest} == {runner}  # never restarted by Ray
+    # Round 2 went on after one deadline, far below RLlib's 120 s sample timeout.
+    assert HELPER_REPLY_SECONDS <= took < HELPER_REPLY_SECONDS + 30, took
+    warnings = [line for line in job.stderr.splitlines() if line.startswith("warning: ")]
+    dropped = r"warning: evaluation round {}: the video of an episode \(seed \d+\) of eval runner 1 is dropped at " \
+              r"step \d+, the others are recorded: its video could not be encoded: the encoder helper process " \
+              r"\(pid {}\) {}\."
+    assert len(warnings) == 2, warnings
+    assert re.fullmatch(dropped.format(1, killed, "was killed by SIGKILL"), warnings[0]), warnings[0]
+    assert re.fullmatch(dropped.format(2, stopped, f"answered nothing for {HELPER_REPLY_SECONDS:g} s and was killed"),
+                        warnings[1]), warnings[1]
+    assert not alive(killed) and not alive(stopped)
