@@ -9,11 +9,18 @@ through the library path and run_eval.py are in the slow tests at the end."""
 from __future__ import annotations
 
 import io
+import logging
+import os
+import re
+import subprocess
+import sys
 
 import av
 import pytest
 
+from conftest import ROOT, TINY
 from eval_recorder import RecordEpisodes
+from eval_recorder.video_index import read_manifest
 from support.faulty_envs import make
 
 AT_START = {
@@ -83,3 +90,108 @@ def test_frames_of_another_size_in_the_next_episode_are_recorded_at_that_size():
     first, second = env.pop_finished()
     assert (first.width, first.height, second.width, second.height) == (64, 64, 48, 48)
     assert {frame.shape for frame in decoded(second)} == {(48, 48, 3)}
+
+
+# ---- the library path (add_recording) and run_eval.py, for real -------------------------------------
+
+
+def library_config(tmp_path, env_config, *, episodes=2):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.tune.registry import register_env
+
+    from eval_recorder import RecordingOptions, add_recording
+
+    register_env("faulty_env", make)
+    config = (
+        PPOConfig().environment("faulty_env", env_config=env_config)
+        .env_runners(num_env_runners=0)
+        .training(train_batch_size_per_learner=100, minibatch_size=50, num_epochs=1)
+        .rl_module(model_config={"fcnet_hiddens": [8]})
+        .evaluation(evaluation_interval=1, evaluation_duration=episodes, evaluation_duration_unit="episodes",
+                    evaluation_num_env_runners=1)
+    )
+    return add_recording(config, RecordingOptions(video_dir=str(tmp_path / "videos"), run_id="frames",
+                                                  wandb_mode="disabled"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", sorted(AT_START))
+def test_the_library_path_refuses_at_start_before_the_folder_is_claimed(fault, ray_local, tmp_path):
+    from eval_recorder import recording_session
+    from eval_recorder.errors import RunnerRefused
+
+    config = library_config(tmp_path, {"fault": fault})
+    with recording_session(config), pytest.raises(RunnerRefused) as refused:
+        config.build_algo()
+    assert str(refused.value) == AT_START[fault]
+    assert not (tmp_path / "videos").exists()
+
+
+MID = ["raises", "none", "shape", "float"]  # in episodes 2, 4, 6 and 8 of 9, from the frame of step 3 on
+
+
+def dropped_warning(fault: str, name: str = "Faulty") -> str:
+    step = 4 if fault == "shape" else 3
+    return (rf"evaluation round 1: the video of an episode \(seed \d+\) of eval runner 1 is dropped at step {step}, "
+            rf"the others are recorded: {re.escape(AT_START[fault].replace('Faulty', name))}")
+
+
+def check_five_of_nine_kept(videos, label: str, run_id: str) -> None:
+    manifest = read_manifest(videos)
+    assert [r["file"] for r in manifest] == [f"{label}-it000001-ev0001-ep{index:03d}-{run_id}.mp4" for index in range(5)]
+    for record in manifest:  # as rendered: 64x64, not black, every frame
+        with av.open(str(videos / record["file"])) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert len(frames) == record["frames"] == record["episode_length"] + 1
+        assert {frame.shape for frame in frames} == {(64, 64, 3)}
+        assert all(frame.mean() > 100 for frame in frames)
+
+
+@pytest.mark.slow
+def test_the_library_path_drops_each_faulty_episode_with_one_warning_and_keeps_the_others(ray_local, tmp_path,
+                                                                                          caplog):
+    from support.training import train
+
+    # The eval runner's check (its env's first reset) is the env's first episode.
+    faults = ["ok", "ok", *(item for fault in MID for item in (fault, "ok"))]
+    config = library_config(tmp_path, {"faults": faults, "step": 3}, episodes=9)
+    with caplog.at_level(logging.INFO, logger="eval_recorder"):
+        train(config, iterations=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("eval_")]
+    assert len(warnings) == 4, warnings
+    for fault, warning in zip(MID, warnings):
+        assert re.fullmatch(dropped_warning(fault), warning), warning
+    check_five_of_nine_kept(tmp_path / "videos", "faulty_env", "frames")
+
+
+CLI_RUN = ("env.factory=support.faulty_envs:make", "wandb.mode=disabled")
+
+
+def run_eval(tmp_path, *overrides):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_eval.py"), *TINY, *CLI_RUN, f"recording.video_dir={tmp_path / 'videos'}",
+         f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", sorted(AT_START))
+def test_run_eval_refuses_at_start_with_exit_2_and_nothing_written(fault, tmp_path):
+    proc = run_eval(tmp_path, f"+env.config.fault={fault}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {AT_START[fault]}"
+    assert not (tmp_path / "videos").exists()
+
+
+@pytest.mark.slow
+def test_run_eval_drops_each_faulty_episode_with_one_warning_and_keeps_the_others(tmp_path):
+    faults = ",".join(["ok", *(item for fault in MID for item in (fault, "ok"))])
+    proc = run_eval(tmp_path, f"+env.config.faults=[{faults}]", "+env.config.step=3", "evaluation.episodes=9",
+                    "training.iterations=1", "wandb.run_id=faults")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 4, warnings
+    for fault, warning in zip(MID, warnings):
+        assert re.fullmatch("warning: " + dropped_warning(fault), warning), warning
+    check_five_of_nine_kept(tmp_path / "videos", "make", "faults")
