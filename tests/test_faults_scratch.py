@@ -112,3 +112,17 @@ def test_run_eval_refuses_a_full_or_read_only_scratch_folder_before_anything_is_
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == f"error: {read_only_sentence(scratch)}"
     assert not (tmp_path / "ro" / "videos").exists()
+
+
+@pytest.mark.slow
+def test_the_library_path_refuses_a_full_scratch_folder_of_its_eval_runner_before_claiming(tmp_path, temp):
+    """The check runs on the eval runner itself (a Ray actor: it has its own scratch folder)."""
+    scratch = temp / "eval_recorder-scratch"
+    env = {**os.environ, "TMPDIR": str(temp), "RAY_TMPDIR": "/tmp", "PYTHONPATH": str(ROOT / "tests")}
+    with small_tmpfs(scratch, 2 * SCRATCH_CHECK_BYTES):
+        fill(scratch, 0)
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "library_run.py"),
+                               str(tmp_path / "videos")], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == full_sentence(scratch)
+    assert not (tmp_path / "videos").exists()
