@@ -170,10 +170,14 @@ class VideoRecorder:
         """Hand ``frame`` to the encoder, which burns the label (if set) into its copy."""
         label = None if self._label is None else self._label()
         with _scratch_errors():
-            if self._pixel_format == RGB:
-                self._encoder.add(frame, label=label)
-            else:
-                self._encoder.add_yuv420p(frame, label=label)
+            try:
+                if self._pixel_format == RGB:
+                    self._encoder.add(frame, label=label)
+                else:
+                    self._encoder.add_yuv420p(frame, label=label)
+            except ValueError as error:  # a plug-in source's frame of the wrong shape or dtype
+                raise NoFrames(f"the frame source {type(self.source).__name__} gave a frame the encoder cannot "
+                               f"take ({error}); make its frame() return what FrameSource.frame() describes.") from None
 
     def finish(
         self, *, env_label: str, episode_length: int, episode_return: float,
