@@ -58,8 +58,8 @@ def check_eval_runners_record(algorithm) -> None:
         heard = sorted(index for _problem, _label, index in answers)
         raise RunnerRefused(
             f"only {len(answers)} of {expected} eval runners answered the recording check within "
-            f"{RUNNER_CHECK_SECONDS:g} s (heard from: {heard or 'none'}); their env could not be made or reset, "
-            f"see the eval runners' log (Ray's logs folder) for why."
+            f"{RUNNER_CHECK_SECONDS:g} s (heard from: {', '.join(map(str, heard)) or 'none'}); the others' env could "
+            f"not be made or reset in time, see the eval runners' log (Ray's logs folder) for why."
         )
 
 

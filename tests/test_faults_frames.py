@@ -195,3 +195,25 @@ def test_run_eval_drops_each_faulty_episode_with_one_warning_and_keeps_the_other
     for fault, warning in zip(MID, warnings):
         assert re.fullmatch("warning: " + dropped_warning(fault), warning), warning
     check_five_of_nine_kept(tmp_path / "videos", "make", "faults")
+
+
+def test_the_check_must_hear_from_every_eval_runner_before_the_folder_is_claimed():
+    """An eval runner that does not answer (RLlib leaves it out of the answers) refuses the run."""
+    from types import SimpleNamespace
+
+    from eval_recorder.errors import RunnerRefused
+    from eval_recorder.publisher import RUNNER_CHECK_SECONDS, check_eval_runners_record
+
+    asked = {}
+
+    def foreach_env_runner(probe, **options):
+        asked.update(options)
+        return [(None, "faulty", 2)]  # runner 1 never answered
+
+    group = SimpleNamespace(num_remote_workers=lambda: 2, foreach_env_runner=foreach_env_runner)
+    with pytest.raises(RunnerRefused) as refused:
+        check_eval_runners_record(SimpleNamespace(eval_env_runner_group=group))
+    assert str(refused.value) == (
+        "only 1 of 2 eval runners answered the recording check within 300 s (heard from: 2); the others' env could not "
+        "be made or reset in time, see the eval runners' log (Ray's logs folder) for why.")
+    assert asked == {"local_env_runner": False, "healthy_only": False, "timeout_seconds": RUNNER_CHECK_SECONDS}
