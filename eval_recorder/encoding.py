@@ -22,12 +22,21 @@ Python each take-back is a GIL hand-over the stepping thread waits for. Why shar
 and not a pipe: a pipe write copies the frame into the kernel, the helper copies it out
 and again into FFmpeg's frame, in pieces of the pipe's size, each a wake-up of the other
 side; a slot is one copy here and one read there.
+
+The helper is a fault domain of its own: every wait for it has a deadline
+(``HELPER_FIRST_REPLY_SECONDS``, then ``HELPER_REPLY_SECONDS``), a helper that dies or says
+nothing that long (killed, stopped, stuck) is taken as gone (a silent one is killed), and
+every encoder it served fails with ``EncoderFailed`` naming the cause, at once; the next
+encoder gets a new helper.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -40,9 +49,21 @@ from pathlib import Path
 import numpy as np
 
 from eval_recorder import encoder_process
+from eval_recorder.errors import EncoderFailed
 from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, pack_open
 
-__all__ = ["StreamingEncoder", "encoder_process_ids", "start_encoder_process"]
+__all__ = [
+    "HELPER_FIRST_REPLY_SECONDS", "HELPER_REPLY_SECONDS", "StreamingEncoder", "encoder_process_ids",
+    "start_encoder_process",
+]
+
+# Deadlines on every wait for the helper. Its replies come within a frame's encoding time
+# (a slot freed, a file finished or dropped); these are generous for a loaded 2-core machine,
+# yet far below RLlib's sample timeout (evaluation_sample_timeout_s, 120 s by default), so a
+# stuck helper costs the episode it encodes, never the round. The first reply of a new helper
+# also waits for it to load Python and FFmpeg.
+HELPER_FIRST_REPLY_SECONDS = 60.0
+HELPER_REPLY_SECONDS = 20.0
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). The helper
@@ -80,7 +101,8 @@ class StreamingEncoder:
     byte for byte, without a second copy), and returns; it waits only while all slots
     are still waiting for the encoder. ``close()`` flushes the encoder, finishes the mp4
     and returns the number of frames written; a failure of this encoder (or of the helper
-    process) is raised by the next ``add`` or by ``close``. ``abort()`` drops the encoder
+    process: dead, or silent past its deadline) is raised by the next ``add`` or by ``close``
+    as ``EncoderFailed``. ``abort()`` drops the encoder
     and leaves the file as it is (maybe invalid).
     libx264 runs with ``crf``, ``preset`` and ``threads`` threads (default 1: env frames
     are small, and the env keeps stepping on another core), and a short lookahead
@@ -244,6 +266,7 @@ class _EncoderService:
         self._lock = threading.RLock()
         self._next_id = 0
         self._states: dict[int, _EncoderState] = {}
+        self._replied = False  # a first reply came (the helper loaded PyAV)
         self.dead: str | None = None
 
     def running(self) -> bool:
@@ -254,8 +277,7 @@ class _EncoderService:
             self._next_id += 1
             number = self._next_id
             self._states[number] = _EncoderState(slots)
-            message = pack_open(dict(settings, id=number))
-            self._send(lambda: socket.send_fds(self._socket, [message], [fd]))
+            self._send(pack_open(dict(settings, id=number)), fd=fd)
             return number
 
     def slot(self, number: int, name: str) -> int:
@@ -270,14 +292,14 @@ class _EncoderService:
 
     def encode(self, number: int, slot: int, pixel_format: bytes) -> None:
         with self._lock:
-            self._send(lambda: self._socket.send(FRAME.pack(b"F", number, slot, pixel_format)))
+            self._send(FRAME.pack(b"F", number, slot, pixel_format))
 
     def finish(self, number: int, name: str) -> None:
         with self._lock:
             state = self._states[number]
             try:
                 _raise_failure(state, name)
-                self._send(lambda: self._socket.send(ID.pack(b"C", number)))
+                self._send(ID.pack(b"C", number))
                 while not state.finished and state.failure is None:
                     self._take_replies(block=True)
                 _raise_failure(state, name)
@@ -291,7 +313,7 @@ class _EncoderService:
                 return
             try:
                 if self.dead is None:  # wait for the drop, so nothing writes the file after we return
-                    self._send(lambda: self._socket.send(ID.pack(b"A", number)))
+                    self._send(ID.pack(b"A", number))
                     while not state.dropped and self.dead is None:
                         self._take_replies(block=True)
             finally:
@@ -301,30 +323,60 @@ class _EncoderService:
         """An encoder was collected without close() or abort(): drop it in the helper, without waiting."""
         with self._lock:
             if self._states.pop(number, None) is not None and self.dead is None and self.owner == os.getpid():
-                self._send(lambda: self._socket.send(ID.pack(b"A", number)))
+                self._send(ID.pack(b"A", number), wait=False)
 
     # -- socket --
 
-    def _send(self, send) -> None:
+    def _deadline(self) -> float:
+        return HELPER_REPLY_SECONDS if self._replied else HELPER_FIRST_REPLY_SECONDS
+
+    def _send(self, message: bytes, *, fd: int | None = None, wait: bool = True) -> None:
+        """Send one message; waits (up to the deadline) only while the socket is full, and
+        not at all unless ``wait``."""
         if self.dead is not None:
             return  # every encoder already carries the failure
         try:
-            send()
+            while True:
+                try:
+                    if fd is None:
+                        self._socket.send(message, socket.MSG_DONTWAIT)
+                    else:
+                        socket.send_fds(self._socket, [message], [fd], socket.MSG_DONTWAIT)
+                    return
+                except BlockingIOError:
+                    if not wait:
+                        return
+                    if not self._ready(select.POLLOUT):
+                        self._hung()
+                        return
         except OSError:
             self._died()
 
+    def _ready(self, event: int) -> bool:
+        """Wait until the socket is ready for ``event`` (or closed); False after the deadline."""
+        poller = select.poll()
+        poller.register(self._socket, event | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(self._deadline() * 1000))
+
     def _take_replies(self, *, block: bool) -> None:
-        """Take in the helper's replies: one (waiting for it) if ``block``, else all there are."""
+        """Take in the helper's replies: one (waiting for it, up to the deadline) if
+        ``block``, else all there are."""
         while self.dead is None:
+            if block and not self._ready(select.POLLIN):
+                self._hung()
+                return
             try:
-                message = self._socket.recv(MESSAGE_BYTES, 0 if block else socket.MSG_DONTWAIT)
+                message = self._socket.recv(MESSAGE_BYTES, socket.MSG_DONTWAIT)
             except BlockingIOError:
+                if block:
+                    continue
                 return
             except OSError:
                 message = b""
             if not message:
                 self._died()
                 return
+            self._replied = True
             self._dispatch(message)
             if block:
                 return
@@ -343,16 +395,27 @@ class _EncoderService:
         elif kind == b"K":
             state.dropped = True
 
-    def _died(self) -> None:
-        """The helper is gone: every open encoder fails with what it left in its log."""
+    def _hung(self) -> None:
+        """The helper said nothing within its deadline (stopped, stuck): it is killed and
+        taken as gone."""
+        seconds = self._deadline()
+        self.process.kill()  # SIGKILL ends a stopped process too
+        self._died(f"the encoder helper process (pid {self.process.pid}) answered nothing for {seconds:g} s "
+                   f"and was killed")
+
+    def _died(self, cause: str | None = None) -> None:
+        """The helper is gone: every open encoder fails with ``cause``, else with what it
+        left in its log or how it ended."""
         try:
             code = self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self._log.seek(0)
-        log = self._log.read().decode(errors="replace").strip().splitlines()
-        self.dead = "\n".join(log[-20:]) or f"encoder process exited with {code}"
+        if cause is None:
+            self._log.seek(0)
+            log = [line for line in self._log.read().decode(errors="replace").splitlines() if line.strip()]
+            cause = _ended(self.process.pid, code) + (f": {log[-1].strip()}" if log else "")
+        self.dead = cause
         for state in self._states.values():
             if state.failure is None:
                 state.failure = self.dead
@@ -360,9 +423,22 @@ class _EncoderService:
         self._log.close()
 
 
+def _ended(pid: int, code: int) -> str:
+    """How the helper ended, in words."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the encoder helper process (pid {pid}) was killed by {name}"
+    return f"the encoder helper process (pid {pid}) exited with code {code}"
+
+
 def _raise_failure(state: _EncoderState, name: str) -> None:
     if state.failure is not None:
-        raise RuntimeError(f"encoding {name} failed: {state.failure}")
+        found = re.search(r"\[Errno (\d+)\]", state.failure)
+        raise EncoderFailed(f"encoding {name} failed: {state.failure}", cause=state.failure,
+                            errno_code=int(found.group(1)) if found else None)
 
 
 _current: _EncoderService | None = None

@@ -10,11 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "EncoderFailed",
     "FolderRefused",
     "NoFrames",
     "RecordingError",
     "RecordingInTraining",
     "ReplayDiverged",
+    "RunnerRefused",
+    "ScratchFailed",
     "StoreFailed",
     "TRAINING_RENDER_REFUSED",
     "UserError",
@@ -37,6 +40,29 @@ class FolderRefused(RecordingError):
 
 class NoFrames(RecordingError, ValueError):
     """The env cannot be recorded; the message says why and what to do."""
+
+
+class RunnerRefused(RecordingError, ValueError):
+    """An eval runner cannot record (its env's frames, its scratch folder) or did not answer
+    the check made before anything is claimed; the message says which and what to do."""
+
+
+class EncoderFailed(RecordingError, RuntimeError):
+    """An episode's video could not be encoded: its encoder failed, or the encoder helper
+    process died or answered nothing within its deadline. Costs that episode's video only.
+
+    ``cause``: what happened, in words; ``errno``: the OS error behind it, if one was named."""
+
+    def __init__(self, message: str, *, cause: str, errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.errno = errno_code
+
+
+class ScratchFailed(RecordingError, OSError):
+    """The eval runner's scratch folder (``eval_recorder.scratch``) could not take an
+    episode's video (full, read-only, gone); the message names the folder and how to
+    choose another."""
 
 
 class RecordingInTraining(RecordingError, ValueError):

@@ -1,5 +1,6 @@
 """What runs in an eval runner process: learning the round, probing the envs, delivering
-each finished episode to the driver's inbox stamped with the weights that acted.
+each finished episode to the driver's inbox stamped with the weights that acted, and each
+episode whose video was dropped (``DroppedEpisode``: why), for the driver to say.
 
 The RLlib callback's runner hooks call these; the driver calls ``prepare_runner`` and
 ``probe_runner`` on its eval runners through ``EnvRunnerGroup.foreach_env_runner``. Nothing
@@ -84,14 +85,23 @@ def recording_envs(env_runner) -> list:
     return [wrapper for wrapper in wrappers if wrapper is not None]
 
 
-def probe_runner(env_runner) -> tuple[str | None, str | None]:
-    """Runs on an eval runner: (problem, env label) of its first recording env, after
-    one reset and one frame; (None, label) if it records, ("...", None) if it cannot."""
+def probe_runner(env_runner) -> tuple[str | None, str | None, int]:
+    """Runs on an eval runner: (problem, env label, worker index) of its first recording
+    env, after its scratch folder was written and read back and after one reset and its
+    frames; (None, label, index) if it records, ("...", None, index) if it cannot. Never
+    raises: whatever fails is the problem, in one sentence."""
+    index = getattr(env_runner, "worker_index", 0)
     wrappers = recording_envs(env_runner)
     if not wrappers:
-        return "the evaluation env runners have no recording env (is render: human in their env config?)", None
+        return "the evaluation env runners have no recording env (is render: human in their env config?)", None, index
     wrapper = wrappers[0]
-    return wrapper.probe(), wrapper.label
+    try:
+        problem = wrapper.probe()
+    except Exception as error:  # the user's env: its reset, its scenario loading ...
+        text = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+        problem = (f"the evaluation env {wrapper.label} of eval runner {index} failed its first reset "
+                   f"({type(error).__name__}: {text}); fix the env so that it resets.")
+    return problem, (wrapper.label if problem is None else None), index
 
 
 def refuse_recording_in_training(env_runner, env) -> None:
@@ -105,7 +115,7 @@ def refuse_recording_in_training(env_runner, env) -> None:
 def deliver_finished(episode, env_runner, env, env_index: int) -> None:
     """An episode ended on this eval runner: hand its video (stamped with the weights
     version that acted and the round it was played in) to the driver's inbox at once, and
-    say once per env why it records nothing, if it cannot."""
+    what was dropped (and why), and say once per env why it records nothing, if it cannot."""
     wrapper = recording_wrapper(env.unwrapped.envs[env_index])
     if wrapper is None:
         return
@@ -113,6 +123,12 @@ def deliver_finished(episode, env_runner, env, env_index: int) -> None:
     if wrapper.problem is not None and id(wrapper) not in state.reported and state.inbox is not None:
         state.reported.add(id(wrapper))
         deliver(state.inbox, RunnerProblem(wrapper.problem, env_runner.worker_index))
+    for dropped in wrapper.pop_dropped():
+        dropped = dataclasses.replace(dropped, evaluation_round=state.evaluation_round)
+        if state.inbox is None:
+            logger.warning("the video of an episode is dropped: %s", dropped.cause)
+        else:
+            deliver(state.inbox, dropped)
     version = _weights_version(episode, env_runner)
     for finished in wrapper.pop_finished():
         finished = dataclasses.replace(finished, weights_seq_no=version, evaluation_round=state.evaluation_round)

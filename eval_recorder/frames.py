@@ -118,13 +118,22 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 class RenderFrames(FrameSource):
     """Frames from the env's own ``render()``, which must return ``rgb_array`` frames
-    (gymnasium's ``render_mode="rgb_array"``): (h, w, 3) or (h, w, 4) uint8 arrays."""
+    (gymnasium's ``render_mode="rgb_array"``): (h, w, 3) or (h, w, 4) uint8 arrays of one
+    size per episode.
+
+    Anything else is refused with ``NoFrames`` naming the env and what it returned: a
+    ``render()`` that raises, returns no array, an array of another dtype (float frames in
+    [0, 1] too: they are not guessed at and scaled), or changes its frames' size within an
+    episode (never stretched to the first size).
+    """
 
     def __init__(self, env: Any, *, max_side: int, label: str = "env") -> None:
         self._env = env
+        # Named now: RLlib's gym.make later puts its own id on the env (rllib-single-agent-env-v0).
+        self._name = env_name(env)
         self._max_side = max_side
         self.label = label
-        self._size: tuple[int, int] | None = None
+        self._shape: tuple[int, ...] | None = None  # the episode's first frame, as render() gave it
 
     @classmethod
     def find(cls, env: Any, *, max_side: int) -> "RenderFrames":
@@ -136,20 +145,13 @@ class RenderFrames(FrameSource):
             )
         return cls(env, max_side=max_side)
 
+    def new_episode(self) -> None:
+        self._shape = None
+
     def frame(self) -> tuple[str, np.ndarray]:
-        image = self._env.render()
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
-            what = type(image).__name__ if not isinstance(image, np.ndarray) else f"an array of shape {image.shape}"
-            raise NoFrames(
-                f"the env {env_name(self._env)} returned {what} from render(), not an rgb_array frame; "
-                f"make the evaluation env with render_mode='rgb_array' so that its frames can be recorded."
-            )
-        if image.dtype != np.uint8:
-            image = np.clip(image, 0, 255).astype(np.uint8)
+        image = self._render()
         height, width = image.shape[:2]
-        if self._size is None:
-            self._size = scaled_size(width, height, self._max_side)
-        out_width, out_height = self._size
+        out_width, out_height = scaled_size(width, height, self._max_side)
         if (out_width, out_height) != even_size(width, height):
             from PIL import Image
 
@@ -159,6 +161,41 @@ class RenderFrames(FrameSource):
             image = image[:out_height, :out_width, :3]
         count_frame()
         return RGB, np.ascontiguousarray(image)
+
+    def _render(self) -> np.ndarray:
+        """The env's frame, checked (NoFrames, naming what render() did, if it is not one)."""
+        name = self._name
+        try:
+            image = self._env.render()
+        except Exception as error:  # the env's own code: any failure is its render()'s
+            raise NoFrames(
+                f"the env {name} raised {type(error).__name__} in render() ({_first_line(error)}); "
+                f"fix its render() so that it returns rgb_array frames (uint8 arrays of shape (height, width, 3))."
+            ) from None
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
+            what = type(image).__name__ if not isinstance(image, np.ndarray) else f"an array of shape {image.shape}"
+            raise NoFrames(
+                f"the env {name} returned {what} from render(), not an rgb_array frame; "
+                f"make the evaluation env with render_mode='rgb_array' so that its frames can be recorded."
+            )
+        if image.dtype != np.uint8:
+            raise NoFrames(
+                f"the env {name} returned frames of dtype {image.dtype} from render(), not uint8; make its render() "
+                f"return uint8 RGB frames (values 0 to 255: e.g. (frame * 255).astype(np.uint8) for floats in [0, 1])."
+            )
+        if self._shape is None:
+            self._shape = image.shape
+        elif image.shape != self._shape:
+            raise NoFrames(
+                f"the env {name} returned frames of shape {image.shape} from render() after frames of shape "
+                f"{self._shape} in the same episode; make its render() keep one frame size for a whole episode."
+            )
+        return image
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0].rstrip(".")
 
 
 def env_name(env: Any) -> str:

@@ -18,12 +18,14 @@ import time
 
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, WEIGHTS_SEQ_NO
 
+from eval_recorder.errors import RunnerRefused
 from eval_recorder.eval_runner import RunnerProblem, inbox_name, prepare_runner, probe_runner
+from eval_recorder.recorder import DroppedEpisode
 from eval_recorder.runner_round import RunnerRound
 from eval_recorder.stopping import critical
 from eval_recorder.tags import WeightsHistory
 
-__all__ = ["RoundPublisher", "check_eval_runners_record"]
+__all__ = ["RUNNER_CHECK_SECONDS", "RoundPublisher", "check_eval_runners_record", "dropped_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +34,33 @@ logger = logging.getLogger(__name__)
 STOP_COLLECT_SECONDS = 10.0
 STOP_IN_FLIGHT_SECONDS = 1.0
 INBOX_TIMEOUT_SECONDS = 60.0  # longest wait for the inbox actor to answer a take
+# Longest wait for every eval runner to answer the recording check: one reset of its env,
+# its first frames drawn (Flatland's first picture of a large grid takes seconds) and
+# encoded, on a loaded machine.
+RUNNER_CHECK_SECONDS = 300.0
 
 
 def check_eval_runners_record(algorithm) -> None:
-    """Before anything is claimed: the eval runners' envs must give frames (one reset and
-    one frame on each eval runner's first env); else ValueError with their reason."""
+    """Before anything is claimed: every eval runner must answer (within
+    ``RUNNER_CHECK_SECONDS``) that it can record: its scratch folder takes a file and gives
+    it back, its first env resets and gives frames; else RunnerRefused with the reason."""
     group = algorithm.eval_env_runner_group
     if group is None:
         raise ValueError("recording records evaluation episodes; set evaluation(evaluation_interval=N) first")
-    for problem, _label in group.foreach_env_runner(probe_runner, local_env_runner=group.num_remote_workers() == 0):
+    remote = group.num_remote_workers()
+    answers = group.foreach_env_runner(probe_runner, local_env_runner=remote == 0, healthy_only=False,
+                                       timeout_seconds=RUNNER_CHECK_SECONDS if remote else None)
+    for problem, _label, _index in answers:
         if problem is not None:
-            raise ValueError(problem)
+            raise RunnerRefused(problem)
+    expected = max(remote, 1)
+    if len(answers) < expected:
+        heard = sorted(index for _problem, _label, index in answers)
+        raise RunnerRefused(
+            f"only {len(answers)} of {expected} eval runners answered the recording check within "
+            f"{RUNNER_CHECK_SECONDS:g} s (heard from: {', '.join(map(str, heard)) or 'none'}); the others' env could "
+            f"not be made or reset in time, see the eval runners' log (Ray's logs folder) for why."
+        )
 
 
 class RoundPublisher:
@@ -59,6 +77,7 @@ class RoundPublisher:
         self._taken = 0
         self._lock = threading.Lock()  # one publisher at a time (watcher thread or main thread)
         self._problems: set[str] = set()
+        self._drop_causes: set[str] = set()  # said once each; repeats go to the log only
 
     # ---- the Algorithm's lifecycle (called by the callback's driver hooks) ------------
 
@@ -196,10 +215,30 @@ class RoundPublisher:
                     self._problems.add(item.message)
                     logger.error("eval runner %d records no video: %s", item.runner_index, item.message)
                 continue
+            if isinstance(item, DroppedEpisode):
+                self._say_dropped(item)
+                continue
             tag = self._history.tag_for(item.weights_seq_no, env_steps_now=self._round_env_steps)
             self.session.publish(item, tag)
             published += 1
         return published
+
+
+    def _say_dropped(self, dropped: DroppedEpisode) -> None:
+        """One warning per cause (the first episode dropped for it); later ones in the log."""
+        text = dropped_message(dropped)
+        if dropped.cause in self._drop_causes:
+            logger.info("%s", text)
+        else:
+            self._drop_causes.add(dropped.cause)
+            logger.warning("%s", text)
+
+
+def dropped_message(dropped: DroppedEpisode) -> str:
+    """The warning for an episode whose video was dropped on an eval runner."""
+    where = "" if dropped.evaluation_round is None else f"evaluation round {dropped.evaluation_round}: "
+    return (f"{where}the video of an episode (seed {dropped.env_seed}) of eval runner {dropped.runner_index} is "
+            f"dropped at step {dropped.step}, the others are recorded: {dropped.cause}")
 
 
 def _env_steps(algorithm) -> int:

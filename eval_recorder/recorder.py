@@ -6,20 +6,31 @@ to an encoder; at the episode's end it returns a ``RecordedEpisode``: the comple
 bytes and the episode's facts, which travel to the driver through Ray, never through a
 shared path. The encoder writes into a private temporary file on the runner's own machine
 (not the video folder, which only the driver writes), so memory stays flat during the episode.
+
+What can go wrong while an episode is recorded costs that episode's video only: ``start``,
+``capture`` and ``finish`` raise a ``RecordingError`` (``NoFrames``: the frames;
+``EncoderFailed``: the encoder or its helper process; ``ScratchFailed``: the scratch
+folder), the recording is dropped, and the next ``start`` records again (with a new
+encoder helper if the old one is gone). The wrapper turns each into a ``DroppedEpisode``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from eval_recorder.encoding import StreamingEncoder, start_encoder_process
+from eval_recorder.errors import EncoderFailed, NoFrames
 from eval_recorder.frames import RGB, FrameSource
-from eval_recorder.scratch import new_episode_file, remove_orphans
+from eval_recorder.scratch import new_episode_file, remove_orphans, scratch_failure
 
-__all__ = ["RecordedEpisode", "VideoRecorder"]
+__all__ = ["DroppedEpisode", "RecordedEpisode", "VideoRecorder"]
+
+_FULL_OR_UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,20 @@ class RecordedEpisode:
     evaluation_round: int | None = None  # the driver's evaluation round it was played in
 
 
+@dataclass(frozen=True)
+class DroppedEpisode:
+    """The video of one evaluation episode was dropped on an eval runner: why, and which one."""
+
+    cause: str  # one sentence, the same for every episode dropped for the same reason
+    env_label: str
+    env_seed: int | None
+    step: int  # env steps into the episode when it was dropped
+    runner_index: int
+    runner_host: str
+    runner_pid: int
+    evaluation_round: int | None = None  # stamped on the eval runner, like RecordedEpisode's
+
+
 class VideoRecorder:
     """Records the episodes of one env, one at a time, from its frame source.
 
@@ -72,7 +97,8 @@ class VideoRecorder:
         if frame_every < 1:
             raise ValueError(f"frame_every must be >= 1, got {frame_every}")
         remove_orphans()  # unfinished episodes of eval runners that died on this machine
-        start_encoder_process()  # the process's one encoder helper loads FFmpeg while the env resets
+        with contextlib.suppress(OSError):  # (the first episode says why, if the helper cannot start)
+            start_encoder_process()  # the process's one encoder helper loads FFmpeg while the env resets
         self.source = source
         self._label = label
         self._fps = fps
@@ -90,6 +116,10 @@ class VideoRecorder:
     def recording(self) -> bool:
         return self._encoder is not None
 
+    @property
+    def runner_index(self) -> int:
+        return self._runner_index
+
     def start(self, env_seed: int | None) -> None:
         """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
         self.discard()
@@ -99,7 +129,12 @@ class VideoRecorder:
             height, width = frame.shape[:2]
         else:
             height, width = frame.shape[0] * 2 // 3, frame.shape[1]
-        self._encoder = StreamingEncoder(new_episode_file(), width=width, height=height, fps=self._fps)
+        path = new_episode_file()
+        try:
+            self._encoder = StreamingEncoder(path, width=width, height=height, fps=self._fps)
+        except BaseException:
+            _remove(path)
+            raise
         self._pixel_format = pixel_format
         self._seed = env_seed
         self._steps = 0
@@ -118,7 +153,7 @@ class VideoRecorder:
     def _next_frame(self):
         pixel_format, frame = self.source.frame()
         if pixel_format != self._pixel_format or frame.shape != self._shape:
-            raise ValueError(
+            raise NoFrames(
                 f"the frame source changed its frames in the middle of an episode "
                 f"({self._pixel_format} {self._shape} to {pixel_format} {frame.shape})"
             )
@@ -134,10 +169,15 @@ class VideoRecorder:
     def _send(self, frame) -> None:
         """Hand ``frame`` to the encoder, which burns the label (if set) into its copy."""
         label = None if self._label is None else self._label()
-        if self._pixel_format == RGB:
-            self._encoder.add(frame, label=label)
-        else:
-            self._encoder.add_yuv420p(frame, label=label)
+        with _scratch_errors():
+            try:
+                if self._pixel_format == RGB:
+                    self._encoder.add(frame, label=label)
+                else:
+                    self._encoder.add_yuv420p(frame, label=label)
+            except ValueError as error:  # a plug-in source's frame of the wrong shape or dtype
+                raise NoFrames(f"the frame source {type(self.source).__name__} gave a frame the encoder cannot "
+                               f"take ({error}); make its frame() return what FrameSource.frame() describes.") from None
 
     def finish(
         self, *, env_label: str, episode_length: int, episode_return: float,
@@ -152,10 +192,11 @@ class VideoRecorder:
             self._last_step_skipped = False
         encoder, self._encoder = self._encoder, None
         try:
-            frames = encoder.close()
-            mp4 = encoder.path.read_bytes()
+            with _scratch_errors():
+                frames = encoder.close()
+                mp4 = encoder.path.read_bytes()
         finally:
-            encoder.path.unlink(missing_ok=True)
+            _remove(encoder.path)
         self._sequence += 1
         return RecordedEpisode(
             mp4=mp4,
@@ -182,4 +223,25 @@ class VideoRecorder:
         if self._encoder is not None:
             encoder, self._encoder = self._encoder, None
             encoder.abort()
-            encoder.path.unlink(missing_ok=True)
+            _remove(encoder.path)
+
+
+@contextlib.contextmanager
+def _scratch_errors():
+    """An encoder failure that is the scratch folder's (full, read-only) as ScratchFailed,
+    which names the folder and what to do."""
+    try:
+        yield
+    except EncoderFailed as error:
+        if error.errno in _FULL_OR_UNWRITABLE:
+            raise scratch_failure(OSError(error.errno, os.strerror(error.errno))) from None
+        raise
+    except OSError as error:  # reading the finished file back
+        if error.errno in _FULL_OR_UNWRITABLE:
+            raise scratch_failure(error) from None
+        raise
+
+
+def _remove(path) -> None:
+    with contextlib.suppress(OSError):  # a scratch folder gone read-only: remove_orphans tries again later
+        path.unlink(missing_ok=True)

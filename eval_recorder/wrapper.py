@@ -8,6 +8,13 @@ a plug-in's (Flatland's fast renderer) where one recognises the env, else the en
 ``render()``. Finished episodes wait in ``pop_finished()`` (on an eval runner,
 ``eval_recorder.eval_runner`` stamps the weights version on them and sends them to the driver).
 
+Two kinds of failure, kept apart: ``probe()`` (before anything is claimed) checks the
+scratch folder and the env's frames and returns why the env cannot record, which refuses
+the run; once running, a failure while an episode is recorded (its frames, the encoder or
+its helper process, the scratch folder) drops that episode's video only, the env steps on
+as if nothing happened, the next episode records again, and ``pop_dropped()`` says which
+episode was dropped and why (the eval runner sends it to the driver, which warns).
+
 Every reset gets a concrete seed, kept with the video so the episode can be replayed:
 the seed the caller passes, else the next one drawn from a generator seeded by the last
 seed passed (or ``seed``). The same first seed therefore gives the same episodes.
@@ -18,18 +25,22 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import socket
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from eval_recorder.errors import NoFrames
+from eval_recorder.encoding import start_encoder_process
+from eval_recorder.errors import EncoderFailed, RecordingError
 from eval_recorder.frames import DEFAULT_MAX_SIDE, FrameSource, env_name, find_frame_source
 from eval_recorder.naming import env_label
 from eval_recorder.overlay import label_text
-from eval_recorder.recorder import RecordedEpisode, VideoRecorder
+from eval_recorder.recorder import DroppedEpisode, RecordedEpisode, VideoRecorder
 from eval_recorder.runner_round import this_process
+from eval_recorder.scratch import check_scratch
 
 __all__ = ["RecordEpisodes", "RecordMultiAgentEpisodes", "record_episodes", "recording_wrapper"]
 
@@ -70,8 +81,9 @@ class _RecordingWrapper:
         self._steps = 0
         self._returns: dict[Any, float] = {}
         self._finished: list[RecordedEpisode] = []
+        self._dropped: list[DroppedEpisode] = []
         self.problem: str | None = None
-        """Why this env records nothing (its frames failed), else None."""
+        """Why this env cannot record, as ``probe()`` found (it then records nothing), else None."""
 
     def _wrap(self, env) -> None:
         raise NotImplementedError
@@ -88,9 +100,14 @@ class _RecordingWrapper:
         self._video.discard()
 
     def probe(self, *, seed: int | None = None, scenario: tuple[str, bytes] | None = None) -> str | None:
-        """One reset (into the saved ``scenario`` (name, bytes), if given) and its frame,
-        then the video is dropped: None if the env records, else why not."""
-        self._reset(seed=seed, options=None, scenario=scenario)
+        """Check that this env can record, before anything is claimed: the scratch folder
+        takes a file and gives it back, then one reset (into the saved ``scenario`` (name,
+        bytes), if given), its frame encoded and the frame taken once more (the same size),
+        then the video is dropped. None if the env records, else why not (one sentence)."""
+        if self.problem is None:
+            self.problem = check_scratch()
+        if self.problem is None:
+            self._reset(seed=seed, options=None, scenario=scenario, probing=True)
         self.discard()
         return self.problem
 
@@ -111,12 +128,18 @@ class _RecordingWrapper:
         finished, self._finished = self._finished, []
         return finished
 
+    def pop_dropped(self) -> list[DroppedEpisode]:
+        """Hand over (and forget) the episodes whose video was dropped so far, and why."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         return self._reset(seed=seed, options=options, scenario=this_process().next_scenario())
 
     # ---- the episode ----------------------------------------------------------------
 
-    def _reset(self, *, seed: int | None, options: dict | None, scenario: tuple[str, bytes] | None):
+    def _reset(self, *, seed: int | None, options: dict | None, scenario: tuple[str, bytes] | None,
+               probing: bool = False):
         if seed is not None:
             self._seeds = np.random.default_rng(seed)
         else:
@@ -130,8 +153,13 @@ class _RecordingWrapper:
         if self.problem is None:
             try:
                 self._video.start(env_seed=self._seed)
-            except NoFrames as error:
-                self._give_up(error)
+                if probing:
+                    self.frame_source.frame()  # a second frame of the same state: the same size
+            except (RecordingError, OSError) as error:
+                if not probing:
+                    self._drop(error)
+                else:
+                    self.problem = _cause(error)
         return result
 
     def _label_text(self) -> str:
@@ -150,8 +178,8 @@ class _RecordingWrapper:
             self._video.capture()
             if done:
                 self._finish()
-        except NoFrames as error:
-            self._give_up(error)
+        except (RecordingError, OSError) as error:
+            self._drop(error)
 
     def _finish(self) -> None:
         multi_agent = self.multi_agent
@@ -168,10 +196,21 @@ class _RecordingWrapper:
             facts["num_agents"] = len(self._returns)
         self._finished.append(dataclasses.replace(episode, facts=facts))
 
-    def _give_up(self, error: NoFrames) -> None:
+    def _drop(self, error: BaseException) -> None:
+        """This episode's video is lost (``error``); the env steps on, the next episode records."""
         self._video.discard()
-        self.problem = str(error)
-        logger.error("%s", error)
+        cause = _cause(error)
+        self._dropped.append(DroppedEpisode(
+            cause=cause, env_label=self.label, env_seed=self._seed, step=self._steps,
+            runner_index=self._video.runner_index, runner_host=socket.gethostname(), runner_pid=os.getpid(),
+        ))
+        # Said on the driver, once (the eval runner sends it there); here only in the runner's log.
+        logger.info("the video of an episode (seed %s) is dropped at step %d: %s", self._seed, self._steps, cause)
+        if isinstance(error, EncoderFailed):
+            try:  # the next episode's helper loads while this episode plays on
+                start_encoder_process()
+            except OSError:
+                pass
 
     def _close_recording(self) -> None:
         self._video.discard()
@@ -242,6 +281,17 @@ class RecordMultiAgentEpisodes(_RecordingWrapper, MultiAgentEnv):
         if name == "env" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.env, name)
+
+
+def _cause(error: BaseException) -> str:
+    """Why a recording failed, as one sentence."""
+    if isinstance(error, EncoderFailed):
+        text = f"its video could not be encoded: {error.cause}"
+    elif isinstance(error, RecordingError):
+        text = str(error)
+    else:
+        text = f"its video could not be written ({type(error).__name__}: {error})"
+    return text if text.endswith(".") else text + "."
 
 
 def _delegated(name: str) -> property:

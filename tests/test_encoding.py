@@ -12,6 +12,7 @@ import pytest
 
 from eval_recorder import encoder_process
 from eval_recorder.encoding import StreamingEncoder, encoder_process_ids, start_encoder_process
+from eval_recorder.errors import EncoderFailed
 from eval_recorder.overlay import burn_label, burn_label_yuv420p
 from eval_recorder.yuv import even_size
 
@@ -177,7 +178,8 @@ def test_a_dead_helper_fails_every_open_encoder_and_the_next_encoder_gets_a_new_
     (helper,) = encoder_process_ids()
     os.kill(helper, signal.SIGKILL)
     for index, encoder in enumerate(encoders):
-        with pytest.raises(RuntimeError, match=rf"encoding clip{index}\.mp4 failed: encoder process exited with -9"):
+        with pytest.raises(EncoderFailed, match=rf"^encoding clip{index}\.mp4 failed: the encoder helper process "
+                                                rf"\(pid {helper}\) was killed by SIGKILL$"):
             for frame in frames(10):
                 encoder.add(frame)
             encoder.close()

@@ -52,8 +52,8 @@ def test_every_exception_class_of_the_package_is_defined_in_errors_py():
             ):
                 defined[node.name] = str(path.relative_to(ROOT))
     assert set(defined.values()) == {"eval_recorder/errors.py"}
-    assert sorted(defined) == ["FolderRefused", "NoFrames", "RecordingError", "RecordingInTraining", "ReplayDiverged", "StoreFailed",
-                              "UserError"]
+    assert sorted(defined) == ["EncoderFailed", "FolderRefused", "NoFrames", "RecordingError", "RecordingInTraining",
+                               "ReplayDiverged", "RunnerRefused", "ScratchFailed", "StoreFailed", "UserError"]
 
 
 def test_the_package_has_no_import_circle():

@@ -121,13 +121,13 @@ def test_an_env_that_renders_no_frames_records_nothing_and_says_why():
     with pytest.raises(NoFrames, match=r"the env Blocks renders in mode 'human', not 'rgb_array'; make the evaluation "
                                        r"env with render_mode='rgb_array' so that its frames can be recorded\."):
         RecordEpisodes(Blocks(render_mode="human"))
+    why = ("the env Blocks returned NoneType from render(), not an rgb_array frame; make the evaluation env with "
+           "render_mode='rgb_array' so that its frames can be recorded.")
     env = RecordEpisodes(Blocks(render_mode=None))
     play(env, lambda obs: 0)  # the episode runs on; nothing is recorded
     assert env.pop_finished() == []
-    assert env.problem == (
-        "the env Blocks returned NoneType from render(), not an rgb_array frame; make the evaluation env with "
-        "render_mode='rgb_array' so that its frames can be recorded."
-    )
+    assert [(dropped.cause, dropped.step) for dropped in env.pop_dropped()] == [(why, 0)]
+    assert env.probe() == env.problem == why  # the check before anything is claimed refuses it
 
 
 def test_an_eval_runner_labels_with_the_iteration_of_the_weights_it_holds():

@@ -1,0 +1,172 @@
+"""The encoder helper is a fault domain of its own: killed (SIGKILL) or stopped (SIGSTOP) in
+the middle of an episode, it costs that episode's video only, with its cause; the env steps
+on, the next episode is recorded by a new helper, and no wait for the helper outlasts its
+deadline. Real helper processes and signals; the whole run (run_eval.py, both signals in
+one run, the round labels checked) is the slow test at the end."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from eval_recorder import RecordEpisodes, encoding
+from eval_recorder.encoding import HELPER_REPLY_SECONDS, StreamingEncoder, encoder_process_ids
+from eval_recorder.errors import EncoderFailed
+from eval_recorder.scratch import scratch_dir
+from eval_recorder.video_index import read_manifest
+from support.faulty_envs import make
+from support.jobs import TESTS, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401 (jobs: a fixture)
+from test_encoding import decode, frames
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[1][0] != "Z"
+
+
+def test_a_stopped_helper_is_killed_after_its_deadline_and_every_open_encoder_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(encoding, "HELPER_REPLY_SECONDS", 0.5)
+    warm = StreamingEncoder(tmp_path / "warm.mp4", width=64, height=48, fps=10)
+    warm.add(frames(1)[0])
+    warm.close()  # the helper has answered (PyAV loaded): the short deadline holds from here
+    encoders = [StreamingEncoder(tmp_path / f"clip{i}.mp4", width=64, height=48, fps=10) for i in range(2)]
+    for encoder in encoders:
+        encoder.add(frames(1)[0])
+    (helper,) = encoder_process_ids()
+    os.kill(helper, signal.SIGSTOP)
+    began = time.monotonic()
+    cause = f"the encoder helper process (pid {helper}) answered nothing for 0.5 s and was killed"
+    for index, encoder in enumerate(encoders):
+        with pytest.raises(EncoderFailed, match=rf"^encoding clip{index}\.mp4 failed: {re.escape(cause)}$") as raised:
+            for frame in frames(10):
+                encoder.add(frame)
+            encoder.close()
+        assert raised.value.cause == cause
+        encoder.abort()
+    assert time.monotonic() - began < 5  # one deadline, not one per encoder or per frame
+    assert not alive(helper)
+    fresh = StreamingEncoder(tmp_path / "fresh.mp4", width=64, height=48, fps=10)
+    assert encoder_process_ids() not in ([], [helper])
+    for frame in frames(5):
+        fresh.add(frame)
+    assert fresh.close() == 5
+    assert len(decode(tmp_path / "fresh.mp4")) == 5
+
+
+def play_one(env, seed):
+    env.reset(seed=seed)
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(1)
+        done = terminated or truncated
+
+
+@pytest.mark.parametrize("number", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_helper_killed_or_stopped_mid_episode_costs_that_episode_and_the_next_is_recorded(number, monkeypatch):
+    monkeypatch.setattr(encoding, "HELPER_REPLY_SECONDS", 0.5)
+    env = RecordEpisodes(make({}), overlay=False)
+    play_one(env, seed=2)  # the helper has answered (PyAV loaded): the short deadline holds from here
+    env.pop_finished()
+    env.reset(seed=4)
+    for _ in range(2):
+        env.step(1)
+    (helper,) = encoder_process_ids()
+    os.kill(helper, number)
+    steps, done = 2, False
+    while not done:  # the episode steps on to its end
+        _, _, terminated, truncated, _ = env.step(1)
+        steps, done = steps + 1, terminated or truncated
+    (dropped,) = env.pop_dropped()
+    ended = "was killed by SIGKILL" if number == signal.SIGKILL else "answered nothing for 0.5 s and was killed"
+    assert dropped.cause == f"its video could not be encoded: the encoder helper process (pid {helper}) {ended}."
+    assert 2 <= dropped.step <= 4 and dropped.env_seed == 4  # the frames queued before the signal are not waited for
+    assert env.pop_finished() == [] and not env.recording
+    (new_helper,) = encoder_process_ids()  # started as soon as the old one was found gone
+    assert new_helper != helper and not alive(helper)
+    play_one(env, seed=8)
+    (episode,) = env.pop_finished()
+    assert episode.env_seed == 8 and episode.frames == episode.episode_length + 1
+    assert env.pop_dropped() == []
+
+
+# ---- the whole run ---------------------------------------------------------------------------------
+
+
+def helpers_of_eval_runners(job) -> dict[int, int]:
+    """{encoder helper pid: its eval runner's pid} among the job's processes (the driver's
+    own helper, from its env check, is not one)."""
+    found = {}
+    for pid, proc in session_processes(job.pid).items():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"encoder_process.py") for part in command) and proc.ppid != job.pid:
+            found[pid] = proc.ppid
+    return found
+
+
+def recording_now(runner: int) -> bool:
+    """An episode of eval runner ``runner`` is being encoded (its scratch file exists)."""
+    return any(scratch_dir().glob(f"episode-{runner}-*.mp4"))
+
+
+@pytest.mark.slow
+def test_a_helper_killed_in_one_round_and_stopped_in_the_next_costs_one_episode_each(tmp_path, jobs):
+    videos, run_id = tmp_path / "videos", "helper1"
+    job = jobs(tmp_path, "run", "env.factory=support.faulty_envs:make", "+env.config.delay=0.04",
+               "training.iterations=3", "evaluation.episodes=3", f"recording.video_dir={videos}",
+               f"wandb.run_id={run_id}", "wandb.mode=disabled", env={**os.environ, "PYTHONPATH": str(TESTS)})
+    found = {}
+
+    def first_episode_of_round(stored: int) -> bool:
+        if not job.running():
+            return True
+        found.update(helpers_of_eval_runners(job))
+        helpers = helpers_of_eval_runners(job)
+        return (len(helpers) == 1 and recording_now(next(iter(helpers.values())))
+                and len(read_manifest(videos)) == stored)
+
+    # Round 1, its first episode: the helper is killed.
+    wait_for(lambda: first_episode_of_round(0), 300, "round 1's first episode")
+    assert job.running(), job.stderr[-3000:]
+    ((killed, runner),) = helpers_of_eval_runners(job).items()
+    os.kill(killed, signal.SIGKILL)
+    # Round 2, its first episode: the new helper is stopped (and never continued).
+    wait_for(lambda: first_episode_of_round(2), 300, "round 2's first episode")
+    assert job.running(), job.stderr[-3000:]
+    ((stopped, same_runner),) = helpers_of_eval_runners(job).items()
+    assert stopped != killed and same_runner == runner  # a new helper; the eval runner lives on
+    os.kill(stopped, signal.SIGSTOP)
+    at = time.monotonic()
+    wait_for(lambda: len(read_manifest(videos)) >= 3 or not job.running(), 300, "round 2's next episode")
+    took = time.monotonic() - at
+    assert job.wait(timeout=600) == 0, job.stderr[-3000:]
+
+    manifest = check_folder_is_consistent(videos)
+    assert [(r["training_iteration"], r["evaluation_round"], r["episode_index"]) for r in manifest] == [
+        (1, 1, 0), (1, 1, 1), (2, 2, 0), (2, 2, 1), (3, 3, 0), (3, 3, 1), (3, 3, 2)]
+    assert [r["file"] for r in manifest][:3] == [f"make-it000001-ev0001-ep000-{run_id}.mp4",
+                                                f"make-it000001-ev0001-ep001-{run_id}.mp4",
+                                                f"make-it000002-ev0002-ep000-{run_id}.mp4"]
+    assert {r["runner"]["pid"] for r in manifest} == {runner}  # never restarted by Ray
+    # Round 2 went on after one deadline, far below RLlib's 120 s sample timeout.
+    assert HELPER_REPLY_SECONDS <= took < HELPER_REPLY_SECONDS + 30, took
+    warnings = [line for line in job.stderr.splitlines() if line.startswith("warning: ")]
+    dropped = r"warning: evaluation round {}: the video of an episode \(seed \d+\) of eval runner 1 is dropped at " \
+              r"step \d+, the others are recorded: its video could not be encoded: the encoder helper process " \
+              r"\(pid {}\) {}\."
+    assert len(warnings) == 2, warnings
+    assert re.fullmatch(dropped.format(1, killed, "was killed by SIGKILL"), warnings[0]), warnings[0]
+    assert re.fullmatch(dropped.format(2, stopped, f"answered nothing for {HELPER_REPLY_SECONDS:g} s and was killed"),
+                        warnings[1]), warnings[1]
+    assert not alive(killed) and not alive(stopped)
