@@ -55,7 +55,8 @@ def main(cfg) -> None:
             from eval_recorder.app.standalone import evaluate_checkpoints
 
             env_overridden = any(_names_env(override) for override in overrides)
-            code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden)
+            code = evaluate_checkpoints(cfg, output_dir, cfg.checkpoint, env_overridden=env_overridden,
+                                        overrides=overrides)
     if code == 2 and hydra_cfg.mode == RunMode.MULTIRUN:
         # Let the sweep's other jobs run; Hydra reports this job's failure at the end.
         raise JobRefused(f"job {hydra_cfg.job.num} ({' '.join(overrides)}) was refused; see the error above")

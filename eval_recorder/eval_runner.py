@@ -38,8 +38,16 @@ class RunnerProblem:
 
 
 def inbox_name(session_token: str | None) -> str | None:
-    """The name of a session's inbox actor (None for a Tune trial's own session)."""
-    return None if session_token is None else f"eval_recorder_inbox_{session_token}"
+    """The name of a session's inbox actor, the same on the driver and its eval runners:
+    after the session's token; for a Tune trial's own session (no token), after the
+    placement group Tune reserved for the trial, which holds the trial's driver and its env
+    runners (also one Ray restarted) and no other trial's; None outside one."""
+    if session_token is not None:
+        return f"eval_recorder_inbox_{session_token}"
+    import ray
+
+    group = ray.get_runtime_context().get_placement_group_id() if ray.is_initialized() else None
+    return None if group is None else f"eval_recorder_inbox_trial_{group}"
 
 
 def prepare_runner(env_runner, inbox_actor, round_: RunnerRound) -> None:
@@ -54,10 +62,10 @@ def know_the_round(env_runner, session_token: str | None) -> None:
     """Before each episode: a runner restarted in the middle of a round asks the inbox for
     the round; then the episode is labelled with the iteration of the weights it holds."""
     state = this_process()
-    if state.round is None and session_token is not None:
+    if state.round is None and (name := inbox_name(session_token)) is not None:
         import ray
 
-        actor = find_inbox(inbox_name(session_token))
+        actor = find_inbox(name)
         round_ = ray.get(actor.round_state.remote(), timeout=INBOX_ANSWER_SECONDS) if actor is not None else None
         if round_ is not None:
             prepare_runner(env_runner, actor, round_)

@@ -4,7 +4,10 @@
 step = training iteration under stable keys (``video_key``), with captions, and evaluation
 and training metrics at the same steps; offline by default (no account, no network), or
 online, or disabled (``WANDB_MODES``). A wandb failure is logged once and turns the sink
-off: it never stops training nor costs a local video.
+off: it never stops training nor costs a local video. A run that failed after it started
+(e.g. wandb's own folder full) is still finished at the end with the run's exit code, and
+the sink keeps what the run lacks (``fault``, ``videos_sent``, ``videos_missed``, the
+steps missed) for the run's summary, which calls it incomplete.
 
 Online mode that cannot work falls back to offline without touching other wandb runs of
 the process: the server is asked first (``probe_server``), so no online run is started
@@ -155,13 +158,24 @@ class WandbSink(Sink):
         # wandb's own lines (banners, sync hints) reach the console only when asked for.
         self._quiet = not console
         self._run = None
+        self._broken = None  # a started run that failed: nothing more is logged to it, it is finished at the end
         self._last_step = 0  # wandb drops rows logged at a step below one already used
         self._keys_at_last_step: set[str] = set()
         self.run_dir: Path | None = None
+        self.fault: str | None = None  # what failed in the started run (it is incomplete), e.g. "log videos (...)"
+        self.fault_step: int | None = None  # the step of the call that failed
+        self.videos_sent = 0  # videos handed to wandb before any fault (wandb may still have lost them)
+        self.videos_missed = 0  # videos that never went to wandb: the failed call's and every later one
+        self.steps_missed: set[int] = set()  # steps of the calls that failed or were dropped after the fault
 
     @property
     def active(self) -> bool:
         return self._run is not None
+
+    @property
+    def incomplete(self) -> bool:
+        """True if the run started and then failed: it lacks what was logged from the fault on."""
+        return self.fault is not None
 
     def start(self) -> None:
         """Start the wandb run. ``online`` without an API key, with wandb's server
@@ -223,6 +237,7 @@ class WandbSink(Sink):
     def log_videos(self, records: list[tuple[Path, dict]], *, metrics: dict[str, float], step: int) -> None:
         """Log each (path, metadata) video once, plus ``metrics``, at ``step``."""
         if self._run is None:
+            self._missed(step, videos=len(records))
             return
         import wandb
 
@@ -243,11 +258,14 @@ class WandbSink(Sink):
                 payload[key] = wandb.Video(str(path), caption=text, format="mp4")
             self._log(payload, step)
         except Exception as error:
-            self._fail("log videos", error)
+            self._fail("log videos", error, step=step, videos=len(records))
+        else:
+            self.videos_sent += len(records)
 
     def log_table(self, key: str, *, columns: list[str], rows: list[list], step: int) -> None:
         """Log a table whose last column holds video paths (embedded as videos)."""
         if self._run is None:
+            self._missed(step)
             return
         import wandb
 
@@ -257,15 +275,22 @@ class WandbSink(Sink):
                 table.add_data(*values, wandb.Video(str(path), format="mp4"))
             self._log({key: table}, max(step, self._last_step))
         except Exception as error:
-            self._fail("log table", error)
+            self._fail("log table", error, step=step)
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
         if self._run is None:
+            self._missed(step)
             return
         try:
             self._log(metrics, step)
         except Exception as error:
-            self._fail("log metrics", error)
+            self._fail("log metrics", error, step=step)
+
+    def _missed(self, step: int, *, videos: int = 0) -> None:
+        """A call to a run that failed: what it would have logged is not in the run."""
+        if self._broken is not None:
+            self.steps_missed.add(step)
+            self.videos_missed += videos
 
     def _log(self, payload: dict, step: int) -> None:
         """Log at wandb step ``step`` (with ``training_iteration`` = ``step``, the charts' x
@@ -284,9 +309,9 @@ class WandbSink(Sink):
         """Finish the run with ``exit_code`` (0 done, 1 crashed, 130/143 stopped by a
         signal). Once ``give_up`` is set, wait at most ``FINISH_GRACE_S`` more (whatever
         wandb's service already wrote stays in the run's files)."""
-        if self._run is None:
+        run, self._run, self._broken = self._run or self._broken, None, None
+        if run is None:
             return
-        run, self._run = self._run, None
         if give_up is None:
             self._finish(run, exit_code)
             return
@@ -305,9 +330,29 @@ class WandbSink(Sink):
         try:
             run.finish(exit_code=exit_code)
         except Exception as error:
-            self._fail("finish", error)
+            if self.fault is None:  # a run that failed before was reported then
+                self._fail("finish", error)
+            else:
+                logger.info("wandb could not finish run %s (%s: %s)", self._init_args["id"], type(error).__name__,
+                            error)
 
-    def _fail(self, what: str, error: Exception) -> None:
+    def _fail(self, what: str, error: Exception, *, step: int | None = None, videos: int = 0) -> None:
+        """Say once that wandb could not ``what`` and stop logging; a started run is kept,
+        to be finished with the run's exit code (what wandb already wrote stays in it)."""
         logger.warning("wandb could not %s (%s: %s); wandb logging is off, videos are still saved locally.",
                        what, type(error).__name__, error)
+        if self._run is not None and self.fault is None:
+            self.fault = f"wandb could not {what} ({type(error).__name__}: {_reason(error)})"
+            self.fault_step = step
+            self._broken = self._run
+            if step is not None:
+                self.steps_missed.add(step)
+            self.videos_missed += videos
         self._run = None
+
+
+def _reason(error: Exception) -> str:
+    """The error's reason without the file names an OSError carries (they are long)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)

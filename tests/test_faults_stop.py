@@ -139,7 +139,8 @@ def test_sigterm_stops_a_standalone_evaluation_cleanly(tmp_path, jobs, trained_r
     took = time.monotonic() - sent
 
     manifest = check_folder_is_consistent(videos)
-    assert job.last_error_line == f"interrupted: {len(manifest)} videos written in {videos}"
+    assert job.last_error_line == (f"interrupted: {len(manifest)} videos written in {videos}; "
+                                   f"continue with: {job.continue_command(run_id)}")
     assert [(r["training_iteration"], r["episode_index"], r["checkpoint"]) for r in manifest] == [
         (2, episode, str(checkpoint)) for episode in range(len(manifest))]
     claim_folder(videos, run_id=run_id, resume=True).release()

@@ -4,12 +4,14 @@ For the length of one job the Console puts our own lines on stdout, our warnings
 on stderr and at most one progress bar (only on a terminal, no ANSI codes otherwise), and
 sends everything else this process prints (Ray's, RLlib's, wandb's, gymnasium's: logging,
 warnings, C++ writes to descriptors 1 and 2, Ray workers' lines) to the run's log file,
-unless ``verbose``. Also the closing lines of a run, and the Hydra callback that lets a run
-refused before it starts leave no empty ``outputs/<date>/<time>/`` behind.
+unless ``verbose``. What they print as the process exits (wandb's and Ray's exit hooks run
+after the job) goes there too. Also the closing lines of a run, and the Hydra callback that
+lets a run refused before it starts leave no empty ``outputs/<date>/<time>/`` behind.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -24,6 +26,7 @@ __all__ = [
     "Progress",
     "RunFolderCleanup",
     "error",
+    "incomplete_wandb_lines",
     "log_path",
     "progress",
     "remove_refused_run_folder",
@@ -39,6 +42,8 @@ _OUR_LOGGER = "eval_recorder"  # our modules' loggers: their warnings and errors
 _HYDRA_FILES = (Path(".hydra") / "config.yaml", Path(".hydra") / "hydra.yaml", Path(".hydra") / "overrides.yaml")
 
 _active: "Console | None" = None
+_exit_log: Path | None = None  # where the others' output goes as the process exits (the last job's log)
+_exit_hook_registered = False
 
 
 class _ConsoleHandler(logging.Handler):
@@ -126,6 +131,9 @@ class Console:
         os.close(saved_err)
         self.out.close()
         self.err.close()
+        if not self.verbose:
+            _send_exit_output_to(self.log_file)
+
 
     def _set_env(self, name: str, value: str) -> None:
         self._env_before[name] = os.environ.get(name)
@@ -169,6 +177,35 @@ class Console:
             if self._bar is bar:
                 self._bar = None
             bar.close()
+
+
+def _send_exit_output_to(log_file: Path) -> None:
+    """Once the job is over, only exit hooks print: wandb's and Ray's were registered while
+    the job ran (wandb's service teardown, Ray's shutdown), and atexit runs hooks last-in
+    first-out, so a hook registered now runs before them and points descriptors 1 and 2 at
+    ``log_file`` for what they print (e.g. tracebacks of a wandb whose disk is full)."""
+    global _exit_log, _exit_hook_registered
+    _exit_log = Path(log_file)
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        atexit.register(_exit_output_to_log)
+    else:  # keep it the last one registered, so that it runs first
+        atexit.unregister(_exit_output_to_log)
+        atexit.register(_exit_output_to_log)
+
+
+def _exit_output_to_log() -> None:
+    if _exit_log is None:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fd = os.open(_exit_log, os.O_WRONLY | os.O_APPEND)  # never created here: the job made it
+    except (OSError, ValueError):
+        return
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 class Progress:
@@ -290,15 +327,37 @@ def summary_lines(session, *, checkpoint: Any = None, nothing_recorded: str | No
     sink = session.wandb
     run_dir = sink.run_dir if sink is not None else None
     if run_dir is not None and Path(run_dir).exists():
-        lines.append(f"wandb run: {shown(run_dir)}")
-        if sink.mode == "offline":
-            targets = " ".join(shown(path) for path in wandb_sync_target(run_dir, session.options.run_id))
-            lines.append(f"upload it with: wandb sync {targets}")
+        targets = " ".join(shown(path) for path in wandb_sync_target(run_dir, session.options.run_id))
+        if getattr(sink, "incomplete", False):
+            lines.extend(incomplete_wandb_lines(sink, written=len(session.videos), video_dir=session.video_dir,
+                                                sync_targets=targets if sink.mode == "offline" else None))
+        else:
+            lines.append(f"wandb run: {shown(run_dir)}")
+            if sink.mode == "offline":
+                lines.append(f"upload it with: wandb sync {targets}")
     for other in session.sinks[1:]:
         lines.extend(other.where())
     log = log_path()
     if log is not None:
         lines.append(f"log: {shown(log)} (Ray's, RLlib's and wandb's own output)")
+    return lines
+
+
+def incomplete_wandb_lines(sink, *, written: int, video_dir: Path, sync_targets: str | None) -> list[str]:
+    """The summary of a wandb run that failed after it started (e.g. its disk filled up):
+    called incomplete, what failed and when, what it can hold and what it lacks; the
+    upload command only for a run that got something before the fault."""
+    when = f"at iteration {sink.fault_step}" if sink.fault_step is not None else "as it started"
+    lines = [f"wandb run: {shown(sink.run_dir)} is incomplete: {sink.fault} {when}; nothing after that was logged "
+             f"to it"]
+    sent = min(sink.videos_sent, written)
+    if sent:
+        lines.append(f"it has at most {sent} of the {written} videos written; the other {written - sent} are only "
+                     f"in {shown(video_dir)}")
+        if sync_targets:
+            lines.append(f"upload what it has with: wandb sync {sync_targets}")
+    else:
+        lines.append(f"it has none of the {written} videos written; they are only in {shown(video_dir)}")
     return lines
 
 

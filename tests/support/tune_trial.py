@@ -1,10 +1,12 @@
 """A user's Ray Tune script with one recorded trial (PPO on the small Flatland env, each
 trial's own session), run as a subprocess so that its trial process can be signalled:
 
-    python tune_trial.py RESULTS ITERATIONS [FAIL_AT]
+    python tune_trial.py RESULTS ITERATIONS [FAIL_AT [EVAL_RUNNERS EPISODES]]
 
 Prints ``trial errors: N`` when ``Tuner.fit()`` returns. FAIL_AT: a training iteration in
 which the trial raises (a user callback failing), to see the exit code of a crashed trial.
+EVAL_RUNNERS, EPISODES: remote eval runners (default 0: evaluation in the trial's process)
+and episodes per round (default 2), e.g. to kill an eval runner in the middle of a round.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class FailAt(RLlibCallback):
             raise RuntimeError("the user's callback failed")
 
 
-def main(results: str, iterations: str, fail_at: str = "0") -> None:
+def main(results: str, iterations: str, fail_at: str = "0", eval_runners: str = "0", episodes: str = "2") -> None:
     import os
 
     from ray import tune
@@ -41,7 +43,7 @@ def main(results: str, iterations: str, fail_at: str = "0") -> None:
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={
         "env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1]),
                      "EVAL_RECORDER_TEST_FAIL_AT": fail_at}})
-    cfg = compose_config(*TINY, "evaluation.num_env_runners=0")
+    cfg = compose_config(*TINY, f"evaluation.num_env_runners={eval_runners}", f"evaluation.episodes={episodes}")
     config = flatland_config(cfg).callbacks(FailAt)
     config = add_recording(config, RecordingOptions(video_dir=None, wandb_mode="offline"))
     tuner = tune.Tuner("PPO", param_space=config, run_config=tune.RunConfig(
