@@ -126,15 +126,14 @@ def _run_id_taken(options, output_dir: Path):
     """The refusal of this new run if another run under ``outputs/`` (``app/resume.RUNS_ROOT``)
     owns its run id: a run folder whose video folder's owner record names it, or a wandb run
     of it in a run folder; None if none does. This run's own folder is the claim's to judge."""
-    from eval_recorder.app.resume import RUNS_ROOT, VIDEOS, find_run_folders
+    from eval_recorder.app.resume import VIDEOS, find_run_folders, run_folders
     from eval_recorder.run_ids import run_id_refusal
 
     own = output_dir.resolve()
     folders = [folder for folder in find_run_folders(options.run_id) if folder.resolve() != own]
-    run_folders = [folder for pattern in ("*/*", "*/*/*") for folder in sorted(RUNS_ROOT.glob(pattern))
-                   if folder.is_dir() and folder.resolve() != own]
+    others = [folder for folder in run_folders() if folder.resolve() != own]
     return run_id_refusal(options.run_id, video_folders=[(folder, folder / VIDEOS) for folder in folders],
-                          wandb_dirs=run_folders)
+                          wandb_dirs=others)
 
 
 def _resume_hint(session: RecordingSession, run_folder: Path, overrides: list[str]) -> str:

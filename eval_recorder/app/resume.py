@@ -13,16 +13,19 @@ A resume that names nothing to resume is refused (``UserError``) before any fold
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
 import sys
 from pathlib import Path
 
 from eval_recorder.errors import UserError
 from eval_recorder.folder_guard import OWNER_FILE, folder_owner, in_use_refusal
 
-__all__ = ["RUNS_ROOT", "continue_command", "find_run_folders", "resume_argv"]
+__all__ = ["RUNS_ROOT", "continue_command", "find_run_folders", "resume_argv", "run_folders"]
 
-RUNS_ROOT = Path("outputs")  # where Hydra's default hydra.run.dir puts runs: outputs/<date>/<time>
+RUNS_ROOT = Path("outputs")  # where Hydra's default run and sweep folders (conf/config.yaml) put runs
+_RUN_FOLDER_PATTERNS = ("*/*", "*/*/*")  # outputs/<date>/<time>/ and a sweep's outputs/<date>/<time>-multirun/<job>/
 VIDEOS = "videos"  # the default recording.video_dir inside a run folder
 _TRUE = {"true", "yes", "on", "y", "1"}  # what OmegaConf reads as true
 # The options a continue command sets itself; a run's earlier values of them are dropped.
@@ -151,17 +154,33 @@ def _run_folder_of(owner: dict) -> Path | None:
     return folder if (folder / ".hydra").is_dir() else None
 
 
+def run_folders(root: str | os.PathLike = RUNS_ROOT) -> list[Path]:
+    """The run folders under ``root``: the folders (not symlinks) holding Hydra's ``.hydra/``
+    at a run's depth (``<date>/<time>/``) or a sweep job's (``<date>/<time>-multirun/<job>/``)."""
+    found = set()
+    for pattern in _RUN_FOLDER_PATTERNS:
+        for folder in Path(root).glob(pattern):
+            if _is_dir(folder) and _is_dir(folder / ".hydra"):
+                found.add(folder)
+    return sorted(found)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def find_run_folders(run_id: str, *, root: Path = RUNS_ROOT) -> list[Path]:
-    """The run folders under ``root`` (``<date>/<time>/``, and a sweep's ``<date>/<time>/<job>/``)
-    whose video folder is run ``run_id``'s."""
+    """The run folders under ``root`` (``run_folders``) whose video folder is run ``run_id``'s."""
     found = []
-    for pattern in ("*/*", "*/*/*"):
-        for folder in sorted(Path(root).glob(pattern)):
-            owner_file = folder / VIDEOS / OWNER_FILE
-            if owner_file.is_file() and not owner_file.is_symlink():
-                owner = folder_owner(folder / VIDEOS)
-                if owner and owner.get("run_id") == run_id:
-                    found.append(folder)
+    for folder in run_folders(root):
+        owner_file = folder / VIDEOS / OWNER_FILE
+        if owner_file.is_file() and not owner_file.is_symlink():
+            owner = folder_owner(folder / VIDEOS)
+            if owner and owner.get("run_id") == run_id:
+                found.append(folder)
     return found
 
 

@@ -26,12 +26,12 @@ import fcntl
 import html
 import logging
 import os
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from eval_recorder.app.resume import RUNS_ROOT, run_folders
 from eval_recorder.atomic_files import open_regular, replace_file
 from eval_recorder.errors import FolderRefused, UserError
 from eval_recorder.folder_guard import folder_owner, in_use_refusal
@@ -40,13 +40,11 @@ from eval_recorder.poster import poster_name
 from eval_recorder.training_record import read_training
 from eval_recorder.video_index import read_manifest
 
-__all__ = ["INDEX", "LOCK", "RunRow", "main", "render_runs_index", "run_row", "run_folders", "runs_root",
+__all__ = ["INDEX", "LOCK", "RunRow", "main", "render_runs_index", "run_row", "runs_root",
            "update_runs_index", "write_runs_index"]
 
 INDEX = "index.html"
 LOCK = ".runs_index.lock"
-RUNS_FOLDER = "outputs"  # where Hydra's default run and sweep folders (conf/config.yaml) put runs
-_RUN_DIR_DEPTHS = ("*/*", "*/*/*")  # outputs/<date>/<time>/ and a sweep's outputs/<date>/<time>-multirun/<job>/
 
 _log = logging.getLogger(__name__)
 
@@ -75,27 +73,9 @@ def runs_root(run_folder: str | os.PathLike, *, cwd: str | os.PathLike | None = 
     """The outputs folder whose index lists ``run_folder``: ``outputs/`` of the working
     directory if the run folder is inside it, else None (a run elsewhere writes no index:
     nothing outside what the user gave us is written)."""
-    root = (Path(cwd) if cwd is not None else Path.cwd()).absolute() / RUNS_FOLDER
+    root = (Path(cwd) if cwd is not None else Path.cwd()).absolute() / RUNS_ROOT
     folder = Path(run_folder).absolute()
     return root if folder.is_relative_to(root) and folder != root else None
-
-
-def run_folders(root: str | os.PathLike) -> list[Path]:
-    """The run folders under ``root``: those holding Hydra's ``.hydra/`` (not followed
-    through symlinks), at a run's or a sweep job's depth."""
-    found = set()
-    for pattern in _RUN_DIR_DEPTHS:
-        for folder in Path(root).glob(pattern):
-            if _is_dir(folder) and _is_dir(folder / ".hydra"):
-                found.add(folder)
-    return sorted(found)
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _config(folder: Path) -> dict:
@@ -351,13 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     ``outputs``) index of runs; exit 0, or 2 with one sentence on stderr."""
     parser = argparse.ArgumentParser(prog="python -m eval_recorder.app.runs_index",
                                      description="Rebuild the index.html that lists every run under FOLDER.")
-    parser.add_argument("folder", nargs="?", default=RUNS_FOLDER,
-                        help=f"the folder the runs are in (default: {RUNS_FOLDER}, where run_eval.py puts them)")
+    parser.add_argument("folder", nargs="?", default=RUNS_ROOT,
+                        help=f"the folder the runs are in (default: {RUNS_ROOT}, where run_eval.py puts them)")
     folder = Path(parser.parse_args(argv).folder)
     try:
-        if not _is_dir(folder):
+        if not folder.is_dir() or folder.is_symlink():
             raise UserError(f"{folder} is not a folder: give the folder your runs are in "
-                            f"(default {RUNS_FOLDER}, in the folder you ran run_eval.py from).")
+                            f"(default {RUNS_ROOT}, in the folder you ran run_eval.py from).")
         if not run_folders(folder):
             raise UserError(f"{folder} holds no run folder (none with a .hydra/ folder at <date>/<time>/ or "
                             f"<date>/<time>-multirun/<job>/): give the folder your runs are in.")
