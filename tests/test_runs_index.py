@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from conftest import TINY, run_eval_command
-from eval_recorder.app.resume import run_folders
 from eval_recorder.app.runs_index import (
-    INDEX, LOCK, RunRow, render_runs_index, run_row, runs_root, write_runs_index,
+    INDEX, LOCK, RunRow, render_runs_index, run_folders, run_row, runs_root, write_runs_index,
 )
 from eval_recorder.folder_guard import OWNER_FILE, claim_folder
 from eval_recorder.gallery import write_gallery

@@ -155,21 +155,10 @@ def _run_folder_of(owner: dict) -> Path | None:
 
 
 def run_folders(root: str | os.PathLike = RUNS_ROOT) -> list[Path]:
-    """The run folders under ``root``: the folders (not symlinks) holding Hydra's ``.hydra/``
-    at a run's depth (``<date>/<time>/``) or a sweep job's (``<date>/<time>-multirun/<job>/``)."""
-    found = set()
-    for pattern in _RUN_FOLDER_PATTERNS:
-        for folder in Path(root).glob(pattern):
-            if _is_dir(folder) and _is_dir(folder / ".hydra"):
-                found.add(folder)
-    return sorted(found)
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
+    """The folders (not symlinks) under ``root`` at a run's depth (``<date>/<time>/``) or a
+    sweep job's (``<date>/<time>-multirun/<job>/``), where Hydra's default folders put runs."""
+    return sorted({folder for pattern in _RUN_FOLDER_PATTERNS for folder in Path(root).glob(pattern)
+                   if _is_dir(folder)})
 
 
 def find_run_folders(run_id: str, *, root: Path = RUNS_ROOT) -> list[Path]:
@@ -182,6 +171,13 @@ def find_run_folders(run_id: str, *, root: Path = RUNS_ROOT) -> list[Path]:
             if owner and owner.get("run_id") == run_id:
                 found.append(folder)
     return found
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _earlier_overrides(folder: Path) -> list[str]:

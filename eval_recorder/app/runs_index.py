@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from eval_recorder.app.resume import RUNS_ROOT, run_folders
+from eval_recorder.app.resume import RUNS_ROOT, run_folders as _folders
 from eval_recorder.atomic_files import open_regular, replace_file
 from eval_recorder.errors import FolderRefused, UserError
 from eval_recorder.folder_guard import folder_owner, in_use_refusal
@@ -40,7 +40,7 @@ from eval_recorder.poster import poster_name
 from eval_recorder.training_record import read_training
 from eval_recorder.video_index import read_manifest
 
-__all__ = ["INDEX", "LOCK", "RunRow", "main", "render_runs_index", "run_row", "runs_root",
+__all__ = ["INDEX", "LOCK", "RunRow", "main", "render_runs_index", "run_folders", "run_row", "runs_root",
            "update_runs_index", "write_runs_index"]
 
 INDEX = "index.html"
@@ -76,6 +76,12 @@ def runs_root(run_folder: str | os.PathLike, *, cwd: str | os.PathLike | None = 
     root = (Path(cwd) if cwd is not None else Path.cwd()).absolute() / RUNS_ROOT
     folder = Path(run_folder).absolute()
     return root if folder.is_relative_to(root) and folder != root else None
+
+
+def run_folders(root: str | os.PathLike) -> list[Path]:
+    """The run folders the index lists: those under ``root`` at a run's or a sweep job's
+    depth (``app/resume.run_folders``) that hold Hydra's record of the run, ``.hydra/``."""
+    return [folder for folder in _folders(root) if (folder / ".hydra").is_dir() and not (folder / ".hydra").is_symlink()]
 
 
 def _config(folder: Path) -> dict:
