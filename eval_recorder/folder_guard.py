@@ -42,7 +42,7 @@ from eval_recorder.poster import POSTER_SUFFIX
 from eval_recorder.training_record import TRAINING
 from eval_recorder.video_index import MANIFEST, read_manifest
 
-__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "check_video_dir", "claim_folder", "folder_owner",
+__all__ = ["FolderClaim", "LOCK_FILE", "OWNER_FILE", "check_claim", "check_video_dir", "claim_folder", "folder_owner",
            "in_use_refusal", "live_holder", "untrusted_file_refusal"]
 
 LOCK_FILE = ".eval_recorder.lock"
@@ -103,21 +103,7 @@ def claim_folder(
     go into the owner record when this claim creates it.
     """
     path = _resolve(video_dir)
-    try:
-        is_dir = path.is_dir()
-        exists = is_dir or path.exists()
-    except OSError as error:  # e.g. a parent folder we may not look into
-        raise _cannot_open(path, error) from None
-    if exists and not is_dir:
-        raise FolderRefused(
-            f"recording.video_dir {path} is a file, not a folder; choose another recording.video_dir."
-        )
-    if is_dir and (untrusted := untrusted_file_refusal(path)) is not None:
-        raise untrusted
-    owner = _read_owner(path) if is_dir else {}
-    if owner and _held(path):  # a live run's folder: name it as live, whatever its id
-        raise _in_use(path)
-    _check_owner(path, owner, run_id=run_id, resume=resume)
+    _check_as_it_is(path, run_id=run_id, resume=resume)
     try:
         path.mkdir(parents=True, exist_ok=True)
         folder_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -157,6 +143,36 @@ def claim_folder(
                 os.close(fd)
         raise
     return FolderClaim(path=path, run_id=run_id, owner=owner, _lock_fd=lock_fd, _folder_fd=folder_fd)
+
+
+def check_claim(video_dir: str | os.PathLike, *, run_id: str, resume: bool) -> None:
+    """Raise the FolderRefused a claim of ``video_dir`` would meet that the folder as it is
+    now tells (also: a live process holds it), creating, locking and writing nothing; for a
+    job that claims only later (after its eval runners answered). The claim itself still
+    decides: another run may take the folder in between."""
+    path = _resolve(video_dir)
+    if _check_as_it_is(path, run_id=run_id, resume=resume) and _held(path):
+        raise _in_use(path)
+
+
+def _check_as_it_is(path: Path, *, run_id: str, resume: bool) -> bool:
+    """The refusals of ``claim_folder`` that need no lock; whether ``path`` is a folder."""
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError as error:  # e.g. a parent folder we may not look into
+        raise _cannot_open(path, error) from None
+    if exists and not is_dir:
+        raise FolderRefused(
+            f"recording.video_dir {path} is a file, not a folder; choose another recording.video_dir."
+        )
+    if is_dir and (untrusted := untrusted_file_refusal(path)) is not None:
+        raise untrusted
+    owner = _read_owner(path) if is_dir else {}
+    if owner and _held(path):  # a live run's folder: name it as live, whatever its id
+        raise _in_use(path)
+    _check_owner(path, owner, run_id=run_id, resume=resume)
+    return is_dir
 
 
 def folder_owner(video_dir: str | os.PathLike) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from eval_recorder.errors import StoreFailed
-from eval_recorder.folder_guard import FolderClaim, claim_folder, folder_owner
+from eval_recorder.folder_guard import FolderClaim, check_claim, claim_folder, folder_owner
 from eval_recorder.frames import read_scenarios
 from eval_recorder.gallery import GALLERY, write_gallery
 from eval_recorder.naming import video_stem
@@ -122,6 +122,24 @@ class RecordingSession:
         with critical():
             return self._open()
 
+    def check(self) -> None:
+        """Raise the refusal ``open()`` would meet that can be told now (the folder in use,
+        another run's, untrusted files, the run id taken), claiming and writing nothing: for
+        a job that opens the session only once its eval runners answered (``open()``
+        decides; another run may take the folder in between)."""
+        if self.claim is None:
+            self._check_run_id()
+            check_claim(self.options.video_dir, run_id=self.options.run_id, resume=self.options.resume)
+
+    def _check_run_id(self) -> None:
+        # One run id, one run: a new run may not take the id of a wandb run beside it (one
+        # `wandb sync` would merge them). A folder with an owner is the claim's to refuse.
+        options = self.options
+        if not options.resume and not _owner_or_none(options.video_dir):
+            refusal = run_id_refusal(options.run_id, wandb_dirs=[default_wandb_dir(options)])
+            if refusal is not None:
+                raise refusal
+
     def _open(self) -> "RecordingSession":
         if self.claim is not None:
             return self
@@ -131,12 +149,7 @@ class RecordingSession:
         details = {"wandb_dir": str(default_wandb_dir(options))}
         if options.checkpoint_dir:
             details["checkpoint_dir"] = options.checkpoint_dir
-        # One run id, one run: a new run may not take the id of a wandb run beside it (one
-        # `wandb sync` would merge them). A folder with an owner is the claim's to refuse.
-        if not options.resume and not _owner_or_none(options.video_dir):
-            refusal = run_id_refusal(options.run_id, wandb_dirs=[Path(details["wandb_dir"])])
-            if refusal is not None:
-                raise refusal
+        self._check_run_id()
         self.claim = claim_folder(options.video_dir, run_id=options.run_id, resume=options.resume,
                                   owner_details=details)
         self.store = VideoStore(self.claim.path, run_id=options.run_id)

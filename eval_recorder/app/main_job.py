@@ -33,7 +33,8 @@ from eval_recorder.app.envs import env_choice, probe_env, run_setup
 from eval_recorder.app.resume import continue_command
 from eval_recorder.app.runs_index import update_runs_index
 from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
-from eval_recorder.errors import UserError
+from eval_recorder.errors import FolderRefused, RunnerRefused, UserError
+from eval_recorder.folder_guard import folder_owner
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals
 
@@ -78,15 +79,18 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
         facts = probe_env(choice, max_side=cfg.recording.max_side, seed=cfg.evaluation.seed,
                           scenarios=session.scenarios(), timeout_s=cfg.env.build_timeout)
         run_id = options.run_id
-        session.open()  # refuses a folder in use before Ray starts
+        if _claims_later(cfg):
+            session.check()  # what can be told now is refused before Ray starts; the callback claims
+        else:
+            session.open()  # refuses a folder in use before Ray starts
     if start.exit_code is not None:
         return start.exit_code
     # A resumed run keeps saving into, and restores from, its own checkpoints folder.
-    checkpoints = Path(session.claim.owner.get("checkpoint_dir") or output_dir / "checkpoints")
+    owner = session.claim.owner if session.claim is not None else folder_owner(session.video_dir)
+    checkpoints = Path(owner.get("checkpoint_dir") or output_dir / "checkpoints")
 
     def work() -> int:
         _say(f"run {run_id}: videos go to {console.shown(session.video_dir)}")
-        update_runs_index(output_dir)  # the index of outputs/ lists this run from its start
         resume_from = latest_checkpoint(checkpoints) if cfg.recording.resume else None
         if cfg.recording.resume:
             _say(f"resuming run {run_id} from {console.shown(resume_from.path)}" if resume_from
@@ -95,6 +99,8 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
         if _rounds_ahead(cfg, start) == 0:
             console.warn(f"nothing will be recorded: {_why_no_rounds(cfg, start)}.")
         code = _train(cfg, checkpoints, session, resume_from, choice, facts, stop, farewell=farewell)
+        if code == 2:  # refused when the Algorithm was built: nothing was claimed
+            return code
         more = {"training.iterations": 2 * cfg.training.iterations}  # as many iterations again
         _say(f"train on with: {continue_command(run_folder, run_id, overrides, more=more)}")
         return code
@@ -105,16 +111,24 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
         return _resume_hint(session, run_folder, overrides)
 
     code = run_and_close(session, stop, work, farewell=farewell)
-    update_runs_index(run_folder)  # the index shows how the run ended
+    if code != 2:  # (a refused run left nothing to show)
+        update_runs_index(run_folder)  # the index shows how the run ended
     return code
+
+
+def _claims_later(cfg) -> bool:
+    """On a Ray cluster (``ray.address``) eval runners sit on other machines, with their own
+    scratch folders and envs: the folder is claimed only once every one of them answered
+    that it can record (the callback does it when the Algorithm is built, as in the
+    library). On one machine they share the driver's, which checked both before Ray starts,
+    so the folder is claimed then (a run racing for it is refused before Ray starts)."""
+    return cfg.ray.address is not None
 
 
 def _trained_already(cfg, options) -> int | None:
     """For a resume: the iterations run ``options.run_id`` already trained if that is
     ``training.iterations`` or more (its latest checkpoint, found through the video
     folder's owner record without claiming anything), else None."""
-    from eval_recorder.folder_guard import folder_owner
-
     checkpoint_dir = folder_owner(options.video_dir).get("checkpoint_dir")
     latest = latest_checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
     if latest is None or latest.training_iteration < cfg.training.iterations:
@@ -153,7 +167,13 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
     name = cfg.algorithm.name
     _say(f"building {name} (env runners start, the first rail drawing takes a few seconds) ..." if facts.flatland
          else f"building {name} (env runners start) ...")
-    algo = build_algorithm(config)
+    try:
+        algo = build_algorithm(config)
+    except (RunnerRefused, FolderRefused) as refused:  # the callback's check of the eval runners, or the claim
+        console.error(str(refused))
+        stop_ray()
+        return 2
+    update_runs_index(checkpoints.parent)  # the index of outputs/ lists this run from its start
     try:
         if resume_from is not None:
             _say(f"restoring iteration {resume_from.training_iteration} ...")
