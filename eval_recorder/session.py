@@ -72,6 +72,7 @@ class RecordingSession:
         self.sinks: list[Sink] = []  # wandb first, then the other trackers (each a view of the folder)
         self.evaluation_round = 0
         self.videos: list[StoredVideo] = []
+        self.episodes: list[dict] = []  # the manifest lines of every episode kept (with a video or not), in order
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
         self.on_video: Callable[[StoredVideo], None] | None = None  # e.g. a progress bar, per stored video
         self._round_videos: list[StoredVideo] = []
@@ -352,6 +353,7 @@ class RecordingSession:
             metadata = {"episode_return": episode.episode_return, "episode_length": episode.episode_length,
                         "env_steps": tag.env_steps, "completion": episode.facts.get("completion"),
                         "training_iteration": tag.training_iteration}
+        self.episodes.append(metadata)
         if evaluation_round == self.evaluation_round:
             self._round_records.append(metadata)
         return metadata
@@ -377,6 +379,7 @@ class RecordingSession:
                 self._dropping = False
         video = StoredVideo(path, metadata)
         self.videos.append(video)
+        self.episodes.append(metadata)
         for sink in self.sinks:
             sink.log_video(path, metadata, step=tag.training_iteration)
         return video
