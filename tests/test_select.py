@@ -125,3 +125,53 @@ def test_a_bad_select_is_refused_before_anything_is_written(tmp_path):
     )
     assert not (tmp_path / "videos").exists() and not (tmp_path / "run").exists()
     assert not (tmp_path / "videos" / MANIFEST).exists()
+
+
+def kept_episode(seed: int, episode_return: float, completion: float):
+    """A RecordedEpisode carrying a real replay record (a 3-step CartPole episode)."""
+    import gymnasium as gym
+
+    from eval_recorder.episode_record import EpisodeCapture
+    from helpers import episode
+
+    env = gym.make("CartPole-v1")
+    env.reset(seed=seed)
+    capture = EpisodeCapture(seed=seed)
+    for _ in range(3):
+        _, reward, terminated, truncated, _ = env.step(0)
+        capture.step(0, reward, terminated, truncated)
+    return episode(env_label="cartpole-v1", env_seed=seed, episode_return=episode_return, episode_length=3,
+                   facts={"completion": completion}, record=capture.finish().to_bytes(), record_kind="episode")
+
+
+def test_a_session_holds_the_round_and_keeps_only_the_chosen_videos(tmp_path):
+    """Without Ray: worst:1 of 3 episodes; the others keep their record and a manifest line;
+    the round's means count all 3; a round cut off by close() is decided too."""
+    from eval_recorder.options import RecordingOptions
+    from eval_recorder.session import RecordingSession, evaluation_metrics
+    from eval_recorder.tags import TrainingTag
+
+    videos = tmp_path / "videos"
+    session = RecordingSession(RecordingOptions(video_dir=str(videos), run_id="held1", wandb_mode="disabled",
+                                                trackers=(), select="worst:1")).open()
+    session.begin_round()
+    for seed, (episode_return, completion) in enumerate([(-5.0, 0.5), (-9.0, 0.5), (-1.0, 0.0)]):
+        assert session.publish(kept_episode(seed, episode_return, completion), TrainingTag(1, 100)) is None
+    assert sorted(path.name for path in videos.iterdir() if not path.name.startswith(".")) == []  # held
+    stored = session.end_round()
+    name = "cartpole-v1-it000001-ev0001-ep{:03d}-held1"
+    assert [video.path.name for video in stored] == [f"{name.format(2)}.mp4"]
+    records = read_manifest(videos)
+    assert [(r.get("file"), r["record"], r.get("chosen")) for r in records] == [
+        (None, f"{name.format(0)}.episode.npz", None),
+        (None, f"{name.format(1)}.episode.npz", None),
+        (f"{name.format(2)}.mp4", f"{name.format(2)}.episode.npz", "worst completion of 3"),
+    ]
+    assert VIDEO_ONLY.isdisjoint(records[0])
+    assert evaluation_metrics(stored, records[:2])["eval/completion_rate"] == pytest.approx(1 / 3)
+    assert session.episodes == records
+    session.begin_round()
+    session.publish(kept_episode(7, -3.0, 1.0), TrainingTag(2, 200))
+    session.close()  # the round never ended: what reached the driver is decided and kept
+    assert [(r["evaluation_round"], r.get("file")) for r in read_manifest(videos)][3:] == [
+        (2, "cartpole-v1-it000002-ev0002-ep000-held1.mp4")]
