@@ -175,3 +175,26 @@ def test_a_session_holds_the_round_and_keeps_only_the_chosen_videos(tmp_path):
     session.close()  # the round never ended: what reached the driver is decided and kept
     assert [(r["evaluation_round"], r.get("file")) for r in read_manifest(videos)][3:] == [
         (2, "cartpole-v1-it000002-ev0002-ep000-held1.mp4")]
+
+
+def test_the_wrapper_keeps_each_episodes_record_with_the_seed_its_reset_got():
+    """Resets without a seed (as RLlib's after the first) get a concrete one: the record has it."""
+    import gymnasium as gym
+
+    from eval_recorder.episode_record import EpisodeRecord, replay
+    from eval_recorder.wrapper import RecordEpisodes
+
+    env = RecordEpisodes(gym.make("CartPole-v1", render_mode="rgb_array"), overlay=False, seed=5)
+    for _ in range(2):
+        env.reset()
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(1)
+            done = terminated or truncated
+    episodes = env.pop_finished()
+    env.close()
+    assert [episode.record_kind for episode in episodes] == ["episode", "episode"]
+    for episode in episodes:
+        record = EpisodeRecord.from_bytes(episode.record)
+        assert (record.seed, record.steps) == (episode.env_seed, episode.episode_length)
+        replay(lambda: gym.make("CartPole-v1"), record).close()
