@@ -78,6 +78,29 @@ class FrameSource:
         ``num_agents``, ``agents_arrived``, ``completion``)."""
         return {}
 
+    record_kind: str | None = None
+    """The kind of replay record ``replay_capture()`` keeps (e.g. ``flatland``: a flatland
+    Trajectory); None: the core's own (``eval_recorder.episode_record``)."""
+
+    def replay_capture(self) -> Any:
+        """Right after a reset: this source's own capture of the episode's replay record (with
+        ``step_multi(actions, rewards, terminateds, truncateds)`` and/or ``step(action, reward,
+        terminated, truncated)`` after each env step, and ``finish()`` giving an object with
+        ``to_bytes()``), or None for the core's ``EpisodeCapture``."""
+        return None
+
+    @classmethod
+    def publish_record(cls, data: bytes, folder: Path, stem: str) -> str | None:
+        """On the driver: write a ``record_kind`` record (``data``, from ``to_bytes()``) into
+        ``folder`` under a name made of ``stem``, complete or not at all, never overwriting;
+        the name, or None if it is taken."""
+        raise NotImplementedError
+
+    @classmethod
+    def record_name(cls, stem: str) -> str:
+        """The name ``publish_record`` gives a record of ``stem``."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release what the source holds."""
 

@@ -15,6 +15,7 @@ __all__ = [
     "caption",
     "check_run_id",
     "env_label",
+    "episode_metadata",
     "numbered_stem",
     "parse_video_name",
     "tracker_caption",
@@ -131,8 +132,22 @@ def video_metadata(
     }
 
 
+_VIDEO_ONLY = ("file", "frames", "frame_every", "fps", "width", "height", "bytes", "sha256")
+
+
+def episode_metadata(*, record_name: str, **facts) -> dict:
+    """The manifest record of an episode kept without a video (``recording.select`` did not
+    choose it): ``video_metadata``'s facts of the episode, without the video's fields (no
+    ``file``: readers of videos pass it by), with ``record``, the name of its replay record."""
+    metadata = video_metadata(file_name="", sha256="", **facts)
+    for key in _VIDEO_ONLY:
+        del metadata[key]
+    return {"record": record_name, **metadata}
+
+
 def caption(metadata: dict) -> str:
-    """``iteration 12 · 4800 env steps · episode 1 · 2/3 arrived · return -41.50``.
+    """``iteration 12 · 4800 env steps · episode 1 · 2/3 arrived · return -41.50``, then
+    ``chosen: worst completion of 6`` when ``recording.select`` chose the video.
 
     ``scenario <file>`` follows the episode when the episode played a saved scenario;
     ``a/n arrived`` appears for envs that report arrivals (Flatland)."""
@@ -146,6 +161,8 @@ def caption(metadata: dict) -> str:
     if metadata.get("agents_arrived") is not None and metadata.get("num_agents"):
         parts.append(f"{metadata['agents_arrived']}/{metadata['num_agents']} arrived")
     parts.append(f"return {float(metadata['episode_return']):.2f}")
+    if metadata.get("chosen"):
+        parts.append(f"chosen: {metadata['chosen']}")
     return " · ".join(parts)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from eval_recorder.folder_guard import check_video_dir
 from eval_recorder.frames import DEFAULT_MAX_SIDE
 from eval_recorder.naming import check_run_id
+from eval_recorder.selection import parse_select
 from eval_recorder.trackers import TRACKERS
 
 __all__ = ["RecordingOptions", "default_wandb_dir", "new_run_id"]
@@ -43,6 +44,12 @@ class RecordingOptions:
     """Record every k-th env step (plus the reset frame and the last step)."""
     overlay: bool = True
     """Burn a label (iteration, episode step, agents arrived) into each frame."""
+    select: str = "all"
+    """Which of a round's episodes become videos, chosen once the round's episodes are all
+    in: ``all`` (every one), or a list such as ``worst:1,best:1``, ``failed:2`` (Flatland:
+    not every train arrived), ``first:2``; worst and best by completion, then return (by
+    return for envs that report no completion). Every episode keeps its replay record and
+    manifest line and counts in the round's means."""
     trackers: tuple[str, ...] = ("wandb",)
     """Where videos and metrics are published beside the folder, each its own run at step =
     training iteration: any of ``wandb``, ``tensorboard``, ``mlflow``; () for none."""
@@ -87,6 +94,7 @@ class RecordingOptions:
         if self.video_dir is not None:
             check_video_dir(self.video_dir)  # FolderRefused: "" or "." would be the working directory
         check_run_id(self.run_id)
+        parse_select(self.select)  # ValueError: what is wrong and what to write
         self.trackers = tuple(self.trackers)
         for tracker in self.trackers:
             if tracker not in TRACKERS:

@@ -58,6 +58,9 @@ class RecordedEpisode:
     """What the frame source knows of the episode (Flatland: num_agents, agents_arrived,
     completion, and scenario when a saved scenario was played)."""
     evaluation_round: int | None = None  # the driver's evaluation round it was played in
+    record: bytes | None = None
+    """The episode's replay record (``to_bytes()`` of its capture), None if it could not be kept."""
+    record_kind: str | None = None  # "episode" (eval_recorder.episode_record) or a frame source's record_kind
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,16 @@ A full or unwritable folder costs no training: it is said once, videos wait in m
 (bounded) and are stored when space returns. At resume the session completes the
 folder's index, checks every listed video against its record (one altered after it was
 stored is named in one warning, marked in the manifest and the gallery, and kept as it is),
-and logs to wandb the videos an earlier process stored but wandb never got. A new run
+and logs to wandb the videos an earlier process stored but wandb never got.
+With ``recording.select`` other than ``all`` a round's episodes are held until the round
+ends; then the chosen ones are stored as videos (with why they were chosen) and the others
+keep their replay record and a manifest line; every one counts in the round's means. A new run
 (not a resume) whose run id a wandb run in its wandb folder already has is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -32,6 +36,7 @@ from eval_recorder.naming import video_stem
 from eval_recorder.options import RecordingOptions, default_wandb_dir
 from eval_recorder.recorder import RecordedEpisode
 from eval_recorder.run_ids import run_id_refusal
+from eval_recorder.selection import ALL, EpisodeFacts, choose, parse_select
 from eval_recorder.sinks import Sink
 from eval_recorder.stopping import critical, exit_code_for
 from eval_recorder.tags import TrainingTag
@@ -67,12 +72,17 @@ class RecordingSession:
         self.sinks: list[Sink] = []  # wandb first, then the other trackers (each a view of the folder)
         self.evaluation_round = 0
         self.videos: list[StoredVideo] = []
+        self.episodes: list[dict] = []  # the manifest lines of every episode kept (with a video or not), in order
         self.checkpoint: str | None = options.checkpoint  # standalone: the checkpoint being evaluated
         self.on_video: Callable[[StoredVideo], None] | None = None  # e.g. a progress bar, per stored video
         self._round_videos: list[StoredVideo] = []
+        self._round_records: list[dict] = []  # manifest lines of the round's episodes kept without a video
+        self._select = parse_select(options.select)
+        self._held: list[tuple[RecordedEpisode, TrainingTag, int]] = []  # the round's episodes, until it ends
         self._round_count = 0  # episodes published in the current round
         self.recovered: list[dict] = []  # records the folder's reconciliation added at open
-        self.unstored: list[tuple[RecordedEpisode, TrainingTag, str, int, int]] = []  # waiting for disk space
+        # waiting for disk space: (episode, tag, checkpoint, round, index, why chosen, with its video)
+        self.unstored: list[tuple[RecordedEpisode, TrainingTag, str, int, int, str | None, bool]] = []
         self.dropped = 0  # unstored episodes beyond the memory budget (lost)
         self.caught_up: list[dict] = []  # records of earlier processes' videos logged to wandb at resume
         self._trouble: str | None = None  # the store problem last reported (said once per outage)
@@ -284,8 +294,10 @@ class RecordingSession:
     def begin_round(self) -> int:
         """A new evaluation round starts; its number (a resumed run goes on counting)."""
         with critical(), self._lock:
+            self._decide_held()  # (a round that never ended: e.g. its evaluation raised)
             self.evaluation_round += 1  # also for a round that records nothing (e.g. its runner died)
             self._round_videos = []
+            self._round_records = []
             self._round_count = 0
             return self.evaluation_round
 
@@ -304,6 +316,9 @@ class RecordingSession:
             index = self._round_count  # the n-th episode of the round, stored now or later (or dropped)
             self._round_count += 1
             self._retry_unstored()
+            if self._select[0].kind != ALL:  # chosen when the round's episodes are all in
+                self._held.append((episode, tag, index))
+                return None
             video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
             if video is not None:
                 self._round_videos.append(video)
@@ -311,18 +326,63 @@ class RecordingSession:
             self.on_video(video)
         return video
 
-    def _store(self, episode, tag, checkpoint, evaluation_round, index) -> StoredVideo | None:
+    def _decide_held(self) -> None:
+        """The round's held episodes are all in: store the chosen ones' videos (with why),
+        keep the others' replay records and manifest lines."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        facts = [EpisodeFacts(index=index, episode_return=episode.episode_return,
+                              completion=episode.facts.get("completion"),
+                              agents_arrived=episode.facts.get("agents_arrived"),
+                              num_agents=episode.facts.get("num_agents")) for episode, _tag, index in held]
+        try:
+            reasons = {chosen.index: chosen.reason for chosen in choose(self._select, facts)}
+        except ValueError as error:  # e.g. failed:N for an env that reports no arrivals
+            logger.error("%s No video of evaluation round %d is kept.", error, self.evaluation_round)
+            reasons = {}
+        for episode, tag, index in held:
+            if index in reasons:
+                video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index, chosen=reasons[index])
+                if video is not None:
+                    self._round_videos.append(video)
+                    if self.on_video is not None:
+                        self.on_video(video)
+            else:
+                self._store_record(episode, tag, self.checkpoint, self.evaluation_round, index)
+
+    def _store_record(self, episode, tag, checkpoint, evaluation_round, index) -> dict | None:
+        stem = video_stem(env=episode.env_label, training_iteration=tag.training_iteration,
+                          evaluation_round=evaluation_round, episode_index=index, run_id=self.options.run_id)
+        try:
+            metadata = self.store.store_record(episode=episode, stem=stem, tag=tag, evaluation_round=evaluation_round,
+                                               episode_index=index, checkpoint=checkpoint)
+        except StoreFailed as error:
+            self._store_trouble(error)
+            self._keep_unstored((dataclasses.replace(episode, mp4=b""), tag, checkpoint, evaluation_round, index,
+                                 None, False))  # its video is not kept: only its record waits
+            return None
+        if metadata is None:  # no record reached the driver: the episode still counts in the means
+            metadata = {"episode_return": episode.episode_return, "episode_length": episode.episode_length,
+                        "env_steps": tag.env_steps, "completion": episode.facts.get("completion"),
+                        "training_iteration": tag.training_iteration}
+        self.episodes.append(metadata)
+        if evaluation_round == self.evaluation_round:
+            self._round_records.append(metadata)
+        return metadata
+
+    def _store(self, episode, tag, checkpoint, evaluation_round, index, chosen: str | None = None) -> StoredVideo | None:
         stem = video_stem(env=episode.env_label, training_iteration=tag.training_iteration,
                           evaluation_round=evaluation_round, episode_index=index, run_id=self.options.run_id)
         try:
             path, metadata = self.store.store(
                 episode=episode, stem=stem, tag=tag, evaluation_round=evaluation_round,
-                episode_index=index, checkpoint=checkpoint,
+                episode_index=index, checkpoint=checkpoint, chosen=chosen,
             )
         except StoreFailed as error:
             self._store_trouble(error)
             if error.video is None:  # nothing of it reached the folder: keep it for later
-                self._keep_unstored((episode, tag, checkpoint, evaluation_round, index))
+                self._keep_unstored((episode, tag, checkpoint, evaluation_round, index, chosen, True))
                 return None
             path, metadata = error.video, error.metadata  # stored; its index follows later
         else:
@@ -332,6 +392,7 @@ class RecordingSession:
                 self._dropping = False
         video = StoredVideo(path, metadata)
         self.videos.append(video)
+        self.episodes.append(metadata)
         for sink in self.sinks:
             sink.log_video(path, metadata, step=tag.training_iteration)
         return video
@@ -360,8 +421,13 @@ class RecordingSession:
     def _retry_unstored(self) -> None:
         """Store the waiting episodes, oldest first, while the folder takes them."""
         while self.unstored and self.store.can_store(len(self.unstored[0][0].mp4)):
-            episode, tag, checkpoint, evaluation_round, index = self.unstored.pop(0)
-            video = self._store(episode, tag, checkpoint, evaluation_round, index)
+            episode, tag, checkpoint, evaluation_round, index, chosen, with_video = self.unstored.pop(0)
+            if not with_video:
+                if self._store_record(episode, tag, checkpoint, evaluation_round, index) is None:
+                    self.unstored.insert(0, self.unstored.pop())
+                    return
+                continue
+            video = self._store(episode, tag, checkpoint, evaluation_round, index, chosen=chosen)
             if video is None:  # still failing: it went back to the end of the queue
                 self.unstored.insert(0, self.unstored.pop())
                 return
@@ -375,15 +441,18 @@ class RecordingSession:
             if self._closed:
                 return []
             self._retry_unstored()
+            self._decide_held()
             stored = list(self._round_videos)
-            if not stored:
+            records = list(self._round_records)
+            if not stored and not records:
                 return []
             self.write_gallery()
             self._gallery_lacks_training = True
-            for step in sorted({video.metadata["training_iteration"] for video in stored}):
+            for step in sorted({m["training_iteration"] for m in [*(v.metadata for v in stored), *records]}):
                 at_step = [video for video in stored if video.metadata["training_iteration"] == step]
+                others = [record for record in records if record["training_iteration"] == step]
                 for sink in self.sinks:
-                    sink.log_metrics(evaluation_metrics(at_step), step=step)
+                    sink.log_metrics(evaluation_metrics(at_step, others), step=step)
             return stored
 
     def write_gallery(self) -> Path | None:
@@ -448,6 +517,7 @@ class RecordingSession:
                         pass
                 self._inbox = None
             if self.store is not None:
+                self._decide_held()  # a round cut off: what reached the driver is decided and kept
                 self._retry_unstored()
                 if self.store.unindexed:
                     try:
@@ -474,16 +544,17 @@ def _owner_or_none(video_dir) -> dict:
         return {}
 
 
-def evaluation_metrics(videos: list[StoredVideo]) -> dict[str, float]:
-    """Means over one round's episodes, under ``eval/`` (the sink adds ``training_iteration``);
+def evaluation_metrics(videos: list[StoredVideo], others: list[dict] = ()) -> dict[str, float]:
+    """Means over one round's episodes (those with a video and the manifest lines of
+    ``others``, kept without one), under ``eval/`` (the sink adds ``training_iteration``);
     ``eval/completion_rate`` for envs that report completion (Flatland)."""
-    count = len(videos)
-    metadata = [video.metadata for video in videos]
+    metadata = [video.metadata for video in videos] + list(others)
+    count = len(metadata)
     metrics = {
         "env_steps": metadata[0]["env_steps"],
         "eval/return_mean": sum(m["episode_return"] for m in metadata) / count,
         "eval/episode_length_mean": sum(m["episode_length"] for m in metadata) / count,
-        "eval/videos": count,
+        "eval/videos": len(videos),
     }
     if all(m.get("completion") is not None for m in metadata):
         metrics["eval/completion_rate"] = sum(m["completion"] for m in metadata) / count

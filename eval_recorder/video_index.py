@@ -36,8 +36,9 @@ _log = logging.getLogger(__name__)
 
 
 def read_manifest(folder: str | os.PathLike) -> list[dict]:
-    """Every video record of ``folder``'s manifest, in the order written (complete lines
-    only; the marks of altered videos, ``read_marks``, are no video records). [] if there is
+    """Every episode record of ``folder``'s manifest, in the order written (complete lines
+    only; the marks of altered videos, ``read_marks``, are none): a video's has ``file``, an
+    episode kept without a video (``recording.select``) has only ``record``. [] if there is
     no manifest; OSError if it is a symlink (never followed) or not a regular file."""
     return [record for record in _manifest_lines(folder) if ALTERED not in record]
 

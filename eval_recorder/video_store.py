@@ -1,10 +1,11 @@
 """Storing one finished video in the (claimed) video folder: ``VideoStore`` gives its mp4
-a name no file has, writes its poster (its last frame, ``poster``) beside it, then its JSON
-sidecar and its manifest line, each complete before it appears (``atomic_files``), never
+a name no file has, writes its poster (its last frame, ``poster``) and the episode's replay
+record (``replay_records``, same stem) beside it, then its JSON sidecar and its manifest line, each complete before it appears (``atomic_files``), never
 overwriting anything. When the folder cannot take a video it raises ``StoreFailed``; index
 entries it could not write follow with the next video or ``VideoStore.reconcile``, which
 also repairs what a crash left (and gives posters to videos without one). A poster that
-cannot be written costs nothing else. ``record_training`` appends a train() call's return
+cannot be written costs nothing else. ``store_record`` keeps an episode without its video
+(``recording.select`` did not choose it): its replay record and a manifest line without ``file``. ``record_training`` appends a train() call's return
 to the folder's training record (``training_record``).
 """
 
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from eval_recorder.atomic_files import publish_file
 from eval_recorder.errors import StoreFailed
-from eval_recorder.naming import numbered_stem, parse_video_name, video_metadata
+from eval_recorder.naming import episode_metadata, numbered_stem, parse_video_name, video_metadata
 from eval_recorder.poster import last_frame_jpeg, poster_name
+from eval_recorder.replay_records import names_taken, publish_record
 from eval_recorder.store_failure import store_failed
 from eval_recorder.training_record import TRAINING, training_record
 from eval_recorder.video_index import MANIFEST, append_record, index_bytes, read_manifest, reconcile_index
@@ -78,9 +80,10 @@ class VideoStore:
         return self.folder.is_dir() and stats.f_bavail * block >= nbytes + 3 * block + 16_384
 
     def store(self, *, episode, stem: str, tag, evaluation_round: int, episode_index: int,
-              checkpoint: str | None) -> tuple[Path, dict]:
-        """Write ``episode``'s mp4 and sidecar under ``stem`` (or the next free variant)
-        and append its manifest line; StoreFailed if the folder cannot take them.
+              checkpoint: str | None, chosen: str | None = None) -> tuple[Path, dict]:
+        """Write ``episode``'s mp4, replay record and sidecar under ``stem`` (or the next free
+        variant) and append its manifest line; StoreFailed if the folder cannot take them.
+        ``chosen``: why ``recording.select`` chose it (kept in its sidecar and manifest line).
 
         Index entries that an earlier call could not write go first.
         """
@@ -111,6 +114,11 @@ class VideoStore:
         poster = self._write_poster(video_path, episode.mp4, reserve=index_bytes(metadata) + 64)
         if poster is not None:
             metadata["poster"] = poster
+        record = self._write_record(episode, video_path.name.removesuffix(".mp4"))
+        if record is not None:
+            metadata["record"] = record
+        if chosen is not None:
+            metadata["chosen"] = chosen
         item = _Unindexed(video_path, metadata)
         try:
             self._write_index(item)
@@ -120,6 +128,58 @@ class VideoStore:
             self._unindexed.append(item)
             raise self._index_failed(error, item) from error
         return video_path, item.metadata
+
+    def store_record(self, *, episode, stem: str, tag, evaluation_round: int, episode_index: int,
+                     checkpoint: str | None) -> dict | None:
+        """Keep ``episode`` without its video: its replay record under ``stem`` (or the next
+        variant no video, sidecar, poster or record has) and a manifest line without ``file``
+        (``naming.episode_metadata``); the line, None if the episode has no record (nothing
+        written). StoreFailed if the folder cannot take them."""
+        if episode.record is None:
+            return None
+        needs = f"keeping the replay record of {stem} needs"
+        try:
+            self._write_unindexed()
+            for attempt in range(1, _MAX_NAME_ATTEMPTS + 1):
+                name = numbered_stem(stem, attempt)
+                if self._stem_taken(name):
+                    continue
+                record = publish_record(episode.record_kind, episode.record, self.folder, name)
+                if record is not None:
+                    break
+            else:
+                raise FileExistsError(f"no free name for {stem} in {self.folder}")
+            metadata = episode_metadata(
+                record_name=record, episode=episode, tag=tag, evaluation_round=evaluation_round,
+                episode_index=episode_index, run_id=self.run_id, checkpoint=checkpoint,
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            )
+            append_record(self.manifest_path, metadata)
+        except StoreFailed:
+            raise
+        except FileExistsError:
+            raise
+        except OSError as error:
+            raise store_failed(error, folder=self.folder, needs=needs, needed=len(episode.record) + 4096,
+                               consequence="the episode's record was not kept") from error
+        return metadata
+
+    def _write_record(self, episode, stem: str) -> str | None:
+        """The replay record of a video's episode beside it; its name, or None if the episode
+        has none or it cannot be written (said; the video and its index go on)."""
+        if episode.record is None:
+            return None
+        try:
+            return publish_record(episode.record_kind, episode.record, self.folder, stem)
+        except Exception as error:
+            _log.warning("the replay record of %s could not be written (%s: %s); the video is stored without it",
+                         stem, type(error).__name__, error)
+            return None
+
+    def _stem_taken(self, name: str) -> bool:
+        folder = self.folder
+        return (os.path.lexists(folder / f"{name}.mp4") or os.path.lexists(folder / f"{name}.json")
+                or os.path.lexists(folder / poster_name(name)) or names_taken(folder, name))
 
     def reconcile(self) -> list[dict]:
         """Complete the index of this run's videos: first the entries this store could not
@@ -209,7 +269,8 @@ class VideoStore:
         for attempt in range(1, _MAX_NAME_ATTEMPTS + 1):
             name = numbered_stem(stem, attempt)
             # The sidecar and poster names are reserved with the video: a taken one also moves us on.
-            if os.path.lexists(self.folder / f"{name}.json") or os.path.lexists(self.folder / poster_name(name)):
+            if (os.path.lexists(self.folder / f"{name}.json") or os.path.lexists(self.folder / poster_name(name))
+                    or names_taken(self.folder, name)):
                 continue
             video_path = self.folder / f"{name}.mp4"
             if publish_file(self.folder, mp4, video_path):

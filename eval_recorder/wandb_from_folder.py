@@ -43,7 +43,8 @@ def manifest_table(folder: Path, run_id: str) -> tuple[list[str], list[list], in
     """(columns, rows, step) of run ``run_id``'s manifest as a table, one row per video
     still in ``folder`` with the video last (iteration, env steps, episode, return,
     completion, length, checkpoint); step: the latest iteration. None without videos."""
-    records = [r for r in read_manifest(folder) if r.get("run_id") == run_id and (folder / r["file"]).exists()]
+    records = [r for r in read_manifest(folder) if r.get("run_id") == run_id and isinstance(r.get("file"), str)
+               and (folder / r["file"]).exists()]
     if not records:
         return None
     rows = [[r.get(c) for c in TABLE_COLUMNS[:-1]] + [folder / r["file"]] for r in records]

@@ -18,6 +18,10 @@ episode was dropped and why (the eval runner sends it to the driver, which warns
 Every reset gets a concrete seed, kept with the video so the episode can be replayed:
 the seed the caller passes, else the next one drawn from a generator seeded by the last
 seed passed (or ``seed``). The same first seed therefore gives the same episodes.
+Each episode's replay record is captured as it runs (the frame source's own capture, e.g.
+Flatland's trajectory, else ``episode_record.EpisodeCapture`` with that seed and the reset
+options: a few appends per step) and travels with the finished episode
+(``RecordedEpisode.record``); a capture that fails costs the record only, never the video.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from eval_recorder.encoding import start_encoder_process
+from eval_recorder.episode_record import EpisodeCapture
 from eval_recorder.errors import EncoderFailed, RecordingError
 from eval_recorder.frames import DEFAULT_MAX_SIDE, FrameSource, env_name, find_frame_source
 from eval_recorder.naming import env_label
@@ -80,6 +85,8 @@ class _RecordingWrapper:
         self._scenario: str | None = None
         self._steps = 0
         self._returns: dict[Any, float] = {}
+        self._capture = None  # the episode's replay record, as it runs
+        self._record: tuple[bytes, str] | None = None  # the finished episode's (record, kind)
         self._finished: list[RecordedEpisode] = []
         self._dropped: list[DroppedEpisode] = []
         self.problem: str | None = None
@@ -150,6 +157,8 @@ class _RecordingWrapper:
             self._scenario = scenario[0]
         result = self.env.reset(seed=seed, options=options)
         self._steps, self._returns = 0, {}
+        self._record = None
+        self._capture = None if probing or self.problem is not None else self._new_capture(seed, options)
         if self.problem is None:
             try:
                 self._video.start(env_seed=self._seed)
@@ -162,6 +171,35 @@ class _RecordingWrapper:
                     self.problem = _cause(error)
         return result
 
+    def _new_capture(self, seed: int, options: dict | None):
+        """The replay capture of the episode just reset (None if it cannot be kept: said in the log)."""
+        try:
+            capture = self.frame_source.replay_capture()
+            return (capture, self.frame_source.record_kind) if capture is not None else \
+                (EpisodeCapture(seed=seed, options=options), "episode")
+        except Exception as error:  # the record is lost, never the episode or its video
+            logger.info("no replay record of the episode (seed %s): %s", seed, error)
+            return None
+
+    def _capture_step(self, multi: bool, *args) -> None:
+        if self._capture is None:
+            return
+        try:
+            capture = self._capture[0]
+            (capture.step_multi if multi else capture.step)(*args)
+        except Exception as error:
+            logger.info("no replay record of the episode (seed %s): step %d: %s", self._seed, self._steps + 1, error)
+            self._capture = None
+
+    def _finish_capture(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is None:
+            return
+        try:
+            self._record = (capture[0].finish().to_bytes(), capture[1])
+        except Exception as error:
+            logger.info("no replay record of the episode (seed %s): %s", self._seed, error)
+
     def _label_text(self) -> str:
         extra = self.frame_source.label_extra()
         if extra is None:
@@ -172,6 +210,8 @@ class _RecordingWrapper:
         self._steps += 1
         for agent, reward in rewards.items():
             self._returns[agent] = self._returns.get(agent, 0.0) + float(reward)
+        if done:
+            self._finish_capture()
         if not self._video.recording:
             return
         try:
@@ -194,7 +234,9 @@ class _RecordingWrapper:
             facts["scenario"] = self._scenario
         if multi_agent and "num_agents" not in facts:
             facts["num_agents"] = len(self._returns)
-        self._finished.append(dataclasses.replace(episode, facts=facts))
+        record, kind = self._record or (None, None)
+        self._record = None
+        self._finished.append(dataclasses.replace(episode, facts=facts, record=record, record_kind=kind))
 
     def _drop(self, error: BaseException) -> None:
         """This episode's video is lost (``error``); the env steps on, the next episode records."""
@@ -235,6 +277,7 @@ class RecordEpisodes(_RecordingWrapper, gym.Wrapper):
 
     def step(self, action):
         observation, reward, terminated, truncated, info = self.env.step(action)
+        self._capture_step(False, action, reward, terminated, truncated)
         self._step_done({None: reward}, done=bool(terminated or truncated))
         return observation, reward, terminated, truncated, info
 
@@ -255,6 +298,7 @@ class RecordMultiAgentEpisodes(_RecordingWrapper, MultiAgentEnv):
 
     def step(self, action_dict):
         observations, rewards, terminateds, truncateds, infos = self.env.step(action_dict)
+        self._capture_step(True, action_dict, rewards, terminateds, truncateds)
         done = bool(terminateds.get("__all__", False) or truncateds.get("__all__", False))
         self._step_done(rewards, done=done)
         return observations, rewards, terminateds, truncateds, infos

@@ -330,7 +330,7 @@ def _kill_runner_mid_episode(tmp_path: Path, jobs, job_tmp: Path) -> None:
     # (and the run's own files), the scratch folder (and the temp folder itself) no mp4 at all.
     expected_files = {MANIFEST, GALLERY, TRAINING, ".eval_recorder-owner.json", ".eval_recorder.lock"}
     for record in manifest:
-        expected_files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"]}
+        expected_files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"], record["record"]}
     assert {p.name for p in videos.iterdir()} == expected_files
     assert not partial.exists(), f"{partial.name} of the killed runner was left behind"
     assert sorted(scratch.glob("*.mp4")) == [] and sorted(job_tmp.glob("*.mp4")) == []

@@ -58,7 +58,7 @@ def test_eval_runner_killed_after_its_first_episode_of_a_round(tmp_path, jobs):
     # Nothing else in the folder (the lost episode left no file); wandb got each video once.
     files = {MANIFEST, GALLERY, TRAINING, OWNER_FILE, LOCK_FILE}
     for record in manifest:
-        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"]}
+        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"], record["record"]}
     assert {path.name for path in videos.iterdir()} == files
     (wandb_run,) = wandb_runs(job.run_dir, run_id)
     assert wandb_exit_codes(wandb_run) == [0]

@@ -48,7 +48,7 @@ def _check_stopped_run(job, videos: Path, run_id: str, code: int) -> list[dict]:
     assert job.last_error_line == _hint(job, len(manifest), videos, run_id)
     files = {MANIFEST, GALLERY, OWNER_FILE, LOCK_FILE} | ({TRAINING} if (videos / TRAINING).is_file() else set())
     for record in manifest:
-        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"]}
+        files |= {record["file"], record["file"].removesuffix(".mp4") + ".json", record["poster"], record["record"]}
     assert {path.name for path in videos.iterdir()} == files
     gallery = (videos / GALLERY).read_text()
     assert all(record["file"] in gallery for record in manifest)

@@ -126,6 +126,7 @@ def recording_options(cfg, *, output_dir: Path, **overrides):
         max_side=cfg.recording.max_side,
         frame_every=cfg.recording.frame_every,
         overlay=cfg.recording.overlay,
+        select=cfg.recording.select,
         wandb_mode=str(getattr(cfg.wandb.mode, "value", cfg.wandb.mode)),
         wandb_project=cfg.wandb.project,
         wandb_entity=cfg.wandb.entity,

@@ -149,6 +149,8 @@ class RecordingConfig:
     """Record every k-th env step (plus the reset frame and the last step); k > 1 gives shorter, cheaper videos."""
     overlay: bool = True
     """Burn a small label into each frame: training iteration, env step of the episode, agents arrived / total."""
+    select: str = "all"
+    """Which episodes of a round become videos, chosen when the round ends: all, or e.g. worst:1,best:1 (also failed:N, first:N; worst/best by completion, then return); every episode keeps its replay record."""
     resume: bool = False
     """Continue the run wandb.run_id in its own video folder (appends, never overwrites)."""
 

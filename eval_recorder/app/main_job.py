@@ -185,12 +185,13 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
         session.on_video = lambda video: bar.describe(postfix=f"evaluating: {_round_count(session)}/{episodes} episodes")
         try:
             while algo.iteration < total:
-                before = len(session.videos)
+                before, kept = len(session.videos), len(session.episodes)
                 bar.describe(postfix="")
                 result = algo.train()
                 iteration = result["training_iteration"]
                 bar.update(1)
-                _say(_iteration_line(result, new_videos=session.videos[before:], total=total))
+                _say(_iteration_line(result, new_videos=session.videos[before:], new_episodes=session.episodes[kept:],
+                                     total=total))
                 update_runs_index(checkpoints.parent)
                 every = cfg.training.checkpoint_every
                 if (every and iteration % every == 0) or iteration == total:
@@ -198,10 +199,10 @@ def _train(cfg, checkpoints: Path, session: RecordingSession, resume_from, choic
             if _final_round(cfg) and algo.iteration > start:
                 # Parallel evaluation in call N shows the weights of N-1: the final weights
                 # get their own round, tagged with the final iteration.
-                before = len(session.videos)
+                before, kept = len(session.videos), len(session.episodes)
                 bar.describe(desc="evaluating the final weights", postfix="")
                 algo.evaluate()
-                _say(_final_line(new_videos=session.videos[before:]))
+                _say(_final_line(new_videos=session.videos[before:], new_episodes=session.episodes[kept:]))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: store what finished, close, then stop Ray
             session.on_video = None
             bar.close()
@@ -274,23 +275,23 @@ def _why_nothing(cfg, start: int, rounds: int) -> str:
             f"see the warnings above and the log")
 
 
-def _weights_part(new_videos: list) -> list[str]:
+def _weights_part(new_episodes: list[dict]) -> list[str]:
     """``evaluated weights of iteration N: completion 0.50`` (or the mean return for envs
-    without completion), for the videos written in one train() call or round."""
-    if not new_videos:
+    without completion), over the episodes kept (with a video or not) in one train() call or round."""
+    if not new_episodes:
         return []
-    iterations = sorted({v.metadata["training_iteration"] for v in new_videos})
+    iterations = sorted({m["training_iteration"] for m in new_episodes})
     which = ", ".join(str(i) for i in iterations)
-    completions = [v.metadata.get("completion") for v in new_videos]
+    completions = [m.get("completion") for m in new_episodes]
     if all(c is not None for c in completions):
         value = f"completion {sum(completions) / len(completions):.2f}"
     else:
-        returns = [v.metadata["episode_return"] for v in new_videos]
+        returns = [m["episode_return"] for m in new_episodes]
         value = f"return {sum(returns) / len(returns):.2f}"
     return [f"evaluated weights of iteration {which}: {value}"]
 
 
-def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:
+def _iteration_line(result: dict, *, new_videos: list, new_episodes: list[dict], total: int) -> str:
     runners = result.get("env_runners", {})
     parts = [
         f"iteration {result['training_iteration']}/{total}",
@@ -298,13 +299,13 @@ def _iteration_line(result: dict, *, new_videos: list, total: int) -> str:
     ]
     if runners.get("episode_return_mean") is not None:
         parts.append(f"train return {runners['episode_return_mean']:.2f}")
-    parts += _weights_part(new_videos)
+    parts += _weights_part(new_episodes)
     parts.append(f"videos written {len(new_videos)}")
     return " | ".join(parts)
 
 
-def _final_line(*, new_videos: list) -> str:
-    return " | ".join(["final evaluation", *_weights_part(new_videos), f"videos written {len(new_videos)}"])
+def _final_line(*, new_videos: list, new_episodes: list[dict]) -> str:
+    return " | ".join(["final evaluation", *_weights_part(new_episodes), f"videos written {len(new_videos)}"])
 
 
 def _plain(cfg) -> dict:

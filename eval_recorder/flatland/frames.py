@@ -93,6 +93,22 @@ class FlatlandFrames(FrameSource):
         agents, done = self.rail_env.get_num_agents(), arrived(self.rail_env)
         return {"num_agents": agents, "agents_arrived": done, "completion": done / agents if agents else 0.0}
 
+    record_kind = "flatland"
+
+    def replay_capture(self) -> "_TrajectoryRecord":
+        return _TrajectoryRecord(self.rail_env)
+
+    @classmethod
+    def publish_record(cls, data: bytes, folder, stem: str) -> str | None:
+        from eval_recorder.flatland.trajectory import FlatlandEpisode, publish_trajectory
+
+        written = publish_trajectory(FlatlandEpisode.from_bytes(data), folder, cls.record_name(stem))
+        return None if written is None else written.name
+
+    @classmethod
+    def record_name(cls, stem: str) -> str:
+        return stem  # a flatland Trajectory folder, its episode id the video's stem
+
     @classmethod
     def is_scenario(cls, name: str) -> bool:
         return name.endswith(SCENARIO_SUFFIXES)
@@ -110,6 +126,24 @@ class FlatlandFrames(FrameSource):
                               obs_builder=self.rail_env.obs_builder)
         _refresh_wrappers(self._env, self.rail_env)
         return {"regenerate_rail": False, "regenerate_schedule": False}
+
+
+class _TrajectoryRecord:
+    """The RailEnv's TrajectoryCapture, stepped as the recording wrapper steps any capture."""
+
+    def __init__(self, rail_env) -> None:
+        from eval_recorder.flatland.trajectory import TrajectoryCapture
+
+        self._capture = TrajectoryCapture(rail_env)
+
+    def step_multi(self, actions, rewards, terminateds, truncateds) -> None:
+        self._capture.step(actions)
+
+    def step(self, action, reward, terminated, truncated) -> None:
+        self._capture.step(action)
+
+    def finish(self):
+        return self._capture.finish()
 
 
 def load_scenario_dict(name: str, data: bytes) -> dict:

@@ -137,13 +137,18 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
 
 def check_folder_is_consistent(videos: Path) -> list[dict]:
     """Every file under a final .mp4 name decodes fully; every manifest line names an
-    existing file whose sha256 matches; returns the manifest."""
+    existing file whose sha256 matches, and an existing replay record if it names one;
+    returns the manifest."""
     import av
 
     from eval_recorder.video_index import read_manifest
 
     manifest = read_manifest(videos)
     for record in manifest:
+        if record.get("record") is not None:
+            assert os.path.lexists(videos / record["record"]), record["record"]
+        if "file" not in record:  # an episode recording.select kept without a video
+            continue
         data = (videos / record["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == record["sha256"]
     frames = {record["file"]: record["frames"] for record in manifest}
