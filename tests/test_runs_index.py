@@ -129,6 +129,30 @@ def test_the_page_lists_runs_and_sweep_jobs_newest_first_with_working_links(tmp_
     assert rows[1]["images"] == []
 
 
+def test_episodes_kept_without_a_video_count_in_the_last_evaluation_but_not_as_videos(tmp_path):
+    """With recording.select, some episodes of a round keep only their replay record and
+    a manifest line without a video: the round's completion is over all of them."""
+    from eval_recorder.episode_record import EpisodeCapture
+
+    run = make_run(tmp_path, "2026-12-02/10-00-00", "sel00000", rounds=((2, (0.0,)),), trained=(1, 2))
+    capture = EpisodeCapture(seed=5)
+    capture.step(0, 1.0, True, False)
+    claim = claim_folder(run / "videos", run_id="sel00000", resume=True)
+    try:
+        VideoStore(claim.path, run_id="sel00000").store_record(
+            episode=episode(record=capture.finish().to_bytes(), record_kind="episode", facts={"completion": 1.0}),
+            stem="flatland-it000002-ev0001-ep001-sel00000", tag=TrainingTag(2, 200), evaluation_round=1,
+            episode_index=1, checkpoint=None)
+    finally:
+        claim.release()
+    lines = read_manifest(run / "videos")
+    assert [("file" in r, r.get("record"), r["completion"]) for r in lines] == [
+        (True, None, 0.0), (False, "flatland-it000002-ev0001-ep001-sel00000.episode.npz", 1.0)]
+    row = run_row(run, tmp_path)
+    assert (row.videos, row.last_outcome) == (1, "completion 0.50")
+    assert row.poster == "2026-12-02/10-00-00/videos/flatland-it000002-ev0001-ep000-sel00000.jpg"
+
+
 def test_a_live_run_is_marked_running(tmp_path):
     run = make_run(tmp_path, "2026-12-02/10-00-00", "live0000")
     claim = claim_folder(run / "videos", run_id="live0000", resume=True)

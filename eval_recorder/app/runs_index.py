@@ -136,7 +136,7 @@ def _int(value) -> int | None:
 
 
 def _latest_outcome(records: list[dict]) -> str | None:
-    """Mean completion (else return) of the videos of the newest evaluation round."""
+    """Mean completion (else return) of the episodes of the newest evaluation round."""
     rounds = [r for r in records if _int(r.get("training_iteration")) is not None]
     if not rounds:
         return None
@@ -161,12 +161,15 @@ def run_row(folder: str | os.PathLike, root: str | os.PathLike) -> RunRow:
     except FolderRefused:  # a damaged owner record: the run is listed, without what it would say
         owner = {}
     run_id = owner.get("run_id") or _section(config, "wandb").get("run_id")
-    records = [r for r in read_manifest(videos_dir) if isinstance(r.get("file"), str)] if owner else []
+    # Every episode's line (with recording.select, some have a replay record but no video).
+    episodes = [r for r in read_manifest(videos_dir) if isinstance(r.get("file"), str)
+                or isinstance(r.get("record"), str)] if owner else []
     if run_id:
-        records = [r for r in records if r.get("run_id", run_id) == run_id]
+        episodes = [r for r in episodes if r.get("run_id", run_id) == run_id]
+    records = [r for r in episodes if isinstance(r.get("file"), str)]  # the videos
     standalone = config.get("checkpoint") is not None
     trained = [_int(r.get("training_iteration")) for r in read_training(videos_dir) if r.get("run_id") == run_id]
-    evaluated = [_int(r.get("training_iteration")) for r in records]
+    evaluated = [_int(r.get("training_iteration")) for r in episodes]
     # A training run's videos show weights it trained, so they count even without their train() line.
     iterations = [i for i in (evaluated if standalone else trained + evaluated) if i is not None]
     poster = None
@@ -176,10 +179,10 @@ def run_row(folder: str | os.PathLike, root: str | os.PathLike) -> RunRow:
             poster = _relative(videos_dir / name, root)
             break
     gallery = videos_dir / GALLERY
-    checkpoint = next((r["checkpoint"] for r in reversed(records) if isinstance(r.get("checkpoint"), str)), None)
+    checkpoint = next((r["checkpoint"] for r in reversed(episodes) if isinstance(r.get("checkpoint"), str)), None)
     if checkpoint is not None and Path(checkpoint).is_relative_to(root.absolute()):
         checkpoint = _relative(Path(checkpoint), root.absolute())
-    env = next((r["env"] for r in reversed(records) if isinstance(r.get("env"), str)), None) if standalone \
+    env = next((r["env"] for r in reversed(episodes) if isinstance(r.get("env"), str)), None) if standalone \
         else _section(config, "env").get("name")
     try:
         running = bool(owner) and in_use_refusal(videos_dir) is not None
@@ -196,7 +199,7 @@ def run_row(folder: str | os.PathLike, root: str | os.PathLike) -> RunRow:
         iterations=max(iterations) if iterations else None,
         target_iterations=None if standalone else _int(_section(config, "training").get("iterations")),
         videos=len({r["file"] for r in records}),
-        last_outcome=_latest_outcome(records),
+        last_outcome=_latest_outcome(episodes),
         poster=poster,
         gallery=_relative(gallery, root) if gallery.is_file() else None,
         running=running,
