@@ -48,7 +48,7 @@ import numpy as np
 
 from eval_recorder.errors import ReplayDiverged
 
-__all__ = ["EpisodeCapture", "EpisodeRecord", "diverged", "replay"]
+__all__ = ["EpisodeCapture", "EpisodeRecord", "diverged", "npz_bytes", "npz_read", "replay"]
 
 FORMAT = "eval_recorder.episode_record"
 VERSION = 1
@@ -139,21 +139,11 @@ class EpisodeRecord:
         arrays = dict(self.arrays)
         if isinstance(actions, list):
             arrays["actions"] = np.frombuffer(pickle.dumps(actions, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        return buffer.getvalue()
+        return npz_bytes(meta, arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "EpisodeRecord":
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-            meta = json.loads(arrays.pop("meta").tobytes().decode())
-        except (ValueError, OSError, KeyError, UnicodeDecodeError) as error:
-            raise ValueError(f"these {len(data)} bytes are not an episode replay record ({error}).") from None
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"these bytes hold {meta.get('format')!r} version {meta.get('version')!r}, "
-                             f"not {FORMAT} version {VERSION}; read them with the eval_recorder that wrote them.")
+        meta, arrays = npz_read(data, format=FORMAT, version=VERSION, what="an episode replay record")
         if meta["actions_pickled"]:
             arrays["actions"] = pickle.loads(arrays["actions"].tobytes())
         return cls(seed=meta["seed"], options=meta["options"], multi_agent=meta["multi_agent"], steps=meta["steps"],
@@ -189,6 +179,29 @@ class EpisodeRecord:
         actions = self.arrays["actions"]
         agents = self.arrays[f"{prefix}_agent"]
         return [(agents[row], actions[row]) for row in range(start, stop)]
+
+
+def npz_bytes(meta: dict, arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A record's bytes: its ``meta`` (JSON, with its ``format`` and ``version``) and its
+    arrays in one compressed ``.npz``, readable with numpy alone (``npz_read``)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def npz_read(data: bytes, *, format: str, version: int, what: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of bytes ``npz_bytes`` made of a record of ``format`` ``version``
+    (nothing is unpickled); ValueError naming ``what`` they should have been otherwise."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (ValueError, OSError, KeyError, UnicodeDecodeError) as error:
+        raise ValueError(f"these {len(data)} bytes are not {what} ({error}).") from None
+    if meta.get("format") != format or meta.get("version") != version:
+        raise ValueError(f"these bytes hold {meta.get('format')!r} version {meta.get('version')!r}, "
+                         f"not {format} version {version}; read them with the eval_recorder that wrote them.")
+    return meta, arrays
 
 
 def replay(env_factory: Callable[[], Any], record: EpisodeRecord) -> Any:

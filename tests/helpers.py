@@ -61,3 +61,12 @@ def episode(**overrides) -> RecordedEpisode:
     )
     fields.update(overrides)
     return RecordedEpisode(**fields)
+
+
+def play_episode(env, seed: int, action=1) -> None:
+    """Play one episode of gymnasium env ``env`` from ``seed``, always taking ``action``."""
+    env.reset(seed=seed)
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(action)
+        done = terminated or truncated

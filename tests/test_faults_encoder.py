@@ -19,6 +19,7 @@ from eval_recorder.encoding import HELPER_REPLY_SECONDS, StreamingEncoder, encod
 from eval_recorder.errors import EncoderFailed
 from eval_recorder.scratch import scratch_dir
 from eval_recorder.video_index import read_manifest
+from helpers import play_episode
 from support.faulty_envs import make
 from support.jobs import TESTS, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401 (jobs: a fixture)
 from test_encoding import decode, frames
@@ -62,19 +63,12 @@ def test_a_stopped_helper_is_killed_after_its_deadline_and_every_open_encoder_fa
     assert len(decode(tmp_path / "fresh.mp4")) == 5
 
 
-def play_one(env, seed):
-    env.reset(seed=seed)
-    done = False
-    while not done:
-        _, _, terminated, truncated, _ = env.step(1)
-        done = terminated or truncated
-
 
 @pytest.mark.parametrize("number", [signal.SIGKILL, signal.SIGSTOP])
 def test_a_helper_killed_or_stopped_mid_episode_costs_that_episode_and_the_next_is_recorded(number, monkeypatch):
     monkeypatch.setattr(encoding, "HELPER_REPLY_SECONDS", 0.5)
     env = RecordEpisodes(make({}), overlay=False)
-    play_one(env, seed=2)  # the helper has answered (PyAV loaded): the short deadline holds from here
+    play_episode(env, seed=2)  # the helper has answered (PyAV loaded): the short deadline holds from here
     env.pop_finished()
     env.reset(seed=4)
     for _ in range(2):
@@ -92,7 +86,7 @@ def test_a_helper_killed_or_stopped_mid_episode_costs_that_episode_and_the_next_
     assert env.pop_finished() == [] and not env.recording
     (new_helper,) = encoder_process_ids()  # started as soon as the old one was found gone
     assert new_helper != helper and not alive(helper)
-    play_one(env, seed=8)
+    play_episode(env, seed=8)
     (episode,) = env.pop_finished()
     assert episode.env_seed == 8 and episode.frames == episode.episode_length + 1
     assert env.pop_dropped() == []

@@ -18,6 +18,7 @@ from conftest import ROOT, TINY
 from eval_recorder import RecordEpisodes
 from eval_recorder.publisher import dropped_message
 from eval_recorder.scratch import SCRATCH_CHECK_BYTES, check_scratch
+from helpers import play_episode
 from support.faulty_envs import make
 from support.filesystems import fill, read_only, small_tmpfs
 
@@ -42,13 +43,6 @@ def temp(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
 
-
-def play(env, seed):
-    env.reset(seed=seed)
-    done = False
-    while not done:
-        _, _, terminated, truncated, _ = env.step(1)
-        done = terminated or truncated
 
 
 def test_a_full_scratch_folder_is_refused_by_the_probe_in_one_sentence(temp):
@@ -75,14 +69,14 @@ def test_a_scratch_folder_that_fills_up_mid_run_costs_that_episode_and_recording
         env = RecordEpisodes(make({"size": 256}), overlay=False)
         assert env.probe(seed=1) is None
         filler = fill(scratch, 0)  # no room for a video
-        play(env, seed=2)
-        play(env, seed=3)
+        play_episode(env, seed=2)
+        play_episode(env, seed=3)
         assert env.pop_finished() == []
         first, second = env.pop_dropped()
         assert first.cause == second.cause == full_sentence(scratch)  # one cause: said once on the driver
         assert dropped_message(first).endswith(f"the others are recorded: {full_sentence(scratch)}")
         filler.unlink()  # room again: the next episode is recorded
-        play(env, seed=4)
+        play_episode(env, seed=4)
         (episode,) = env.pop_finished()
         assert episode.env_seed == 4 and episode.frames == episode.episode_length + 1
         assert sorted(path.name for path in scratch.iterdir()) == []  # no partial file left

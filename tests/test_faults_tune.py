@@ -15,7 +15,7 @@ import pytest
 
 from eval_recorder.folder_guard import claim_folder
 from eval_recorder.video_index import read_manifest
-from support.jobs import SUPPORT, check_folder_is_consistent, session_processes, wait_for, wandb_exit_codes, \
+from support.jobs import SUPPORT, check_folder_is_consistent, kill_session, session_processes, wait_for, wandb_exit_codes, \
     wandb_video_logs
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,6 @@ def _trial_videos(tmp_path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for pid in session_processes(proc.pid):
-        try:
-            import os
-
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
 
 
 def _check_trial(videos: Path, code: int) -> list[dict]:
@@ -69,7 +60,7 @@ def test_sigterm_to_a_tune_trial_process_finishes_its_wandb_run_with_143(tmp_pat
         took = time.monotonic() - sent
         assert proc.wait(timeout=120) == 0
     finally:
-        _stop(proc)
+        kill_session(proc)
     output = (tmp_path / "tune.out").read_text()
     assert "trial errors: 1" in output
     assert "trial process got SIGTERM: storing the finished episodes, finishing the wandb run" in output
@@ -82,7 +73,7 @@ def test_a_tune_trial_whose_training_raises_finishes_its_wandb_run_with_1(tmp_pa
     try:
         assert proc.wait(timeout=600) == 0
     finally:
-        _stop(proc)
+        kill_session(proc)
     assert "trial errors: 1" in (tmp_path / "tune.out").read_text()
     manifest = _check_trial(_trial_videos(tmp_path), 1)
     assert [(r["training_iteration"], r["episode_index"]) for r in manifest] == [(1, 0), (1, 1), (2, 0), (2, 1)]

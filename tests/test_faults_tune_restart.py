@@ -16,7 +16,7 @@ import pytest
 from eval_recorder.eval_runner import inbox_name
 from eval_recorder.folder_guard import claim_folder
 from eval_recorder.video_index import read_manifest
-from support.jobs import SUPPORT, check_folder_is_consistent, session_processes, wait_for, wandb_exit_codes, \
+from support.jobs import SUPPORT, check_folder_is_consistent, kill_session, wait_for, wandb_exit_codes, \
     wandb_video_logs
 
 LOST = "no driver inbox is known on this eval runner"
@@ -76,12 +76,7 @@ def test_a_tune_trials_eval_runner_killed_mid_round_keeps_that_rounds_other_epis
         os.kill(runner, signal.SIGKILL)
         assert proc.wait(timeout=600) == 0
     finally:
-        for pid in session_processes(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        kill_session(proc)
     output = (tmp_path / "tune.out").read_text()
     assert "trial errors: 0" in output, output[-3000:]
     assert LOST not in output

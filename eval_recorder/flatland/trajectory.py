@@ -41,8 +41,6 @@ renderer (eval_recorder.flatland.rendering) draws the frame of that step from th
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import pickle
@@ -55,6 +53,7 @@ from typing import Mapping
 import numpy as np
 
 from eval_recorder.atomic_files import fsync_dir
+from eval_recorder.episode_record import npz_bytes, npz_read
 
 __all__ = ["FlatlandEpisode", "TrajectoryCapture", "check_replay", "pose", "publish_trajectory", "rail_env_at"]
 
@@ -172,22 +171,11 @@ class FlatlandEpisode:
     def to_bytes(self) -> bytes:
         meta = {"format": FORMAT, "version": VERSION, "n_agents": self.n_agents, "steps": self.steps,
                 "ended": self.ended, "success_rate": self.success_rate, "normalized_reward": self.normalized_reward}
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                            initial_state=np.frombuffer(self.initial_state, dtype=np.uint8), **self.arrays)
-        return buffer.getvalue()
+        return npz_bytes(meta, {"initial_state": np.frombuffer(self.initial_state, dtype=np.uint8), **self.arrays})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FlatlandEpisode":
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-            meta = json.loads(arrays.pop("meta").tobytes().decode())
-        except (ValueError, OSError, KeyError, UnicodeDecodeError) as error:
-            raise ValueError(f"these {len(data)} bytes are not a Flatland episode record ({error}).") from None
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"these bytes hold {meta.get('format')!r} version {meta.get('version')!r}, "
-                             f"not {FORMAT} version {VERSION}; read them with the eval_recorder that wrote them.")
+        meta, arrays = npz_read(data, format=FORMAT, version=VERSION, what="a Flatland episode record")
         initial_state = arrays.pop("initial_state").tobytes()
         return cls(initial_state=initial_state, n_agents=meta["n_agents"], steps=meta["steps"], ended=meta["ended"],
                    success_rate=meta["success_rate"], normalized_reward=meta["normalized_reward"], arrays=arrays)

@@ -13,6 +13,7 @@ Holds:
   wandb_runs() / wandb_exit_codes() / wandb_video_logs()   the offline wandb runs of a
                     job and what they recorded.
   session_processes() / ray_workers()   the live processes of a job's session, by name.
+  kill_session()    kills a process started in its own session, with everything it started.
 """
 
 from __future__ import annotations
@@ -209,6 +210,17 @@ def session_processes(sid: int) -> dict[int, Proc]:
         if int(session) == sid and state not in "ZX":
             found[int(entry)] = Proc(int(entry), int(ppid), comm)
     return found
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of ``proc``'s session (it was started with
+    ``start_new_session=True``: its Ray processes too), then reap ``proc``."""
+    for pid in session_processes(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def ray_workers(job: Job, prefix: str) -> list[int]:
