@@ -338,26 +338,29 @@ def _kill_runner_mid_episode(tmp_path: Path, jobs, job_tmp: Path) -> None:
 
 
 def test_on_a_cluster_an_eval_runner_that_cannot_record_is_refused_before_the_folder_is_claimed(
-    tmp_path, two_node_cluster, jobs
+    tmp_path, two_node_cluster, jobs, trained_run
 ):
     """The eval runner on the worker node has a read-only scratch folder; the driver's is
-    fine, so only the runner's own answer can tell: the run is refused in its sentence
-    (exit 2) and nothing was claimed or written: no video folder, no wandb run."""
+    fine, so only the runner's own answer can tell: the training job and a standalone
+    evaluation are refused in its sentence (exit 2) and nothing was claimed or written: no
+    video folder, no run folder (nor a wandb run in it)."""
     from support.filesystems import read_only
     from test_faults_scratch import read_only_sentence
 
     cluster = two_node_cluster
     scratch = cluster.worker.tmpdir / "eval_recorder-scratch"
     scratch.mkdir()
-    videos = tmp_path / "videos"
+    on_the_worker = ("evaluation.num_env_runners=1", "+evaluation.runner_resources={eval_node:1}",
+                     f"ray.address={cluster.address}")
     with read_only(scratch):
-        job = jobs(tmp_path, "refused", "training.iterations=1", "training.num_env_runners=0",
-                   "evaluation.num_env_runners=1", "+evaluation.runner_resources={eval_node:1}",
-                   f"ray.address={cluster.address}", "wandb.run_id=refused1", f"recording.video_dir={videos}",
-                   env=cluster.client_env)
-        code = job.wait(timeout=300)
-    assert code == 2, job.stderr[-3000:]
-    assert job.stderr.strip().splitlines()[-1] == f"error: {read_only_sentence(scratch)}"
-    assert f"joined the Ray cluster at {cluster.address}" in job.stdout  # refused only once the runner answered
-    assert not videos.exists()
-    assert not job.run_dir.exists()  # a refused run leaves no run folder (nor a wandb run in it)
+        for name, options in (("training", ("training.iterations=1", "training.num_env_runners=0")),
+                              ("standalone", (f"checkpoint={trained_run / 'checkpoints' / 'it000002'}",))):
+            videos = tmp_path / f"{name}-videos"
+            job = jobs(tmp_path, name, *options, *on_the_worker, f"wandb.run_id={name}1",
+                       f"recording.video_dir={videos}", env=cluster.client_env)
+            code = job.wait(timeout=300)
+            assert code == 2, job.stderr[-3000:]
+            assert job.stderr.strip().splitlines()[-1] == f"error: {read_only_sentence(scratch)}"
+            assert f"joined the Ray cluster at {cluster.address}" in job.stdout  # refused once the runner answered
+            assert not videos.exists()
+            assert not job.run_dir.exists()

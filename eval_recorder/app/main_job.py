@@ -32,7 +32,7 @@ from eval_recorder.app.checkpoints import checkpoint_path, latest_checkpoint
 from eval_recorder.app.envs import env_choice, probe_env, run_setup
 from eval_recorder.app.resume import continue_command
 from eval_recorder.app.runs_index import update_runs_index
-from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
+from eval_recorder.app.stopping import StartUp, claims_later, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.errors import FolderRefused, RunnerRefused, UserError
 from eval_recorder.folder_guard import folder_owner
 from eval_recorder.session import RecordingSession
@@ -79,7 +79,7 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
         facts = probe_env(choice, max_side=cfg.recording.max_side, seed=cfg.evaluation.seed,
                           scenarios=session.scenarios(), timeout_s=cfg.env.build_timeout)
         run_id = options.run_id
-        if _claims_later(cfg):
+        if claims_later(cfg):
             session.check()  # what can be told now is refused before Ray starts; the callback claims
         else:
             session.open()  # refuses a folder in use before Ray starts
@@ -114,15 +114,6 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
     if code != 2:  # (a refused run left nothing to show)
         update_runs_index(run_folder)  # the index shows how the run ended
     return code
-
-
-def _claims_later(cfg) -> bool:
-    """On a Ray cluster (``ray.address``) eval runners sit on other machines, with their own
-    scratch folders and envs: the folder is claimed only once every one of them answered
-    that it can record (the callback does it when the Algorithm is built, as in the
-    library). On one machine they share the driver's, which checked both before Ray starts,
-    so the folder is claimed then (a run racing for it is refused before Ray starts)."""
-    return cfg.ray.address is not None
 
 
 def _trained_already(cfg, options) -> int | None:

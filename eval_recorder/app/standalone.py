@@ -29,10 +29,10 @@ from eval_recorder.app import console
 from eval_recorder.app.algorithms import build_algorithm, check_config, evaluation_settings, recording_options
 from eval_recorder.app.checkpoints import CheckpointInfo, find_checkpoints
 from eval_recorder.app.runs_index import update_runs_index
-from eval_recorder.app.stopping import StartUp, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
+from eval_recorder.app.stopping import StartUp, claims_later, run_and_close, start_ray_shielded, stop_cleanly, stop_ray
 from eval_recorder.app.envs import EnvChoice, check_fits, checkpoint_env_choice, env_choice, probe_env, run_setup
 from eval_recorder.app.resume import continue_command
-from eval_recorder.errors import UserError
+from eval_recorder.errors import FolderRefused, RunnerRefused, UserError
 from eval_recorder.stopping import StopSignals
 from eval_recorder.video_index import read_manifest
 
@@ -108,21 +108,30 @@ def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: 
             check_fits(probed[key], info, choice)
             choices.append(choice)
         run_id = options.run_id
-        session.open()
+        if claims_later(cfg):
+            session.check()  # what can be told now is refused before Ray starts; the callback claims
+        else:
+            session.open()
     if start.exit_code is not None:
         return start.exit_code
     console.say(f"run {run_id}: evaluating {len(infos)} checkpoint(s), videos go to {console.shown(session.video_dir)}")
-    update_runs_index(output_dir)  # the index of outputs/ lists this evaluation from its start
+    if session.is_open:
+        update_runs_index(output_dir)  # the index of outputs/ lists this evaluation from its start
 
-    def work() -> None:
-        _evaluate(cfg, infos, choices, session, stop, farewell=farewell)
+    def work() -> int | None:
+        try:
+            _evaluate(cfg, infos, choices, session, stop, farewell=farewell)
+        except (RunnerRefused, FolderRefused) as refused:  # the eval runners' check, or the claim
+            console.error(str(refused))
+            return 2
         _print_table(session)
 
     def farewell() -> str:
         return _interrupted(session, output_dir, overrides)
 
     code = run_and_close(session, stop, work, farewell=farewell)
-    update_runs_index(output_dir)  # the index shows how the evaluation ended
+    if code != 2:  # (a refused evaluation left nothing to show)
+        update_runs_index(output_dir)  # the index shows how the evaluation ended
     return code
 
 

@@ -81,6 +81,17 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(error).__name__
 
 
+def claims_later(cfg) -> bool:
+    """Whether a job claims its video folder only when the Algorithm is built, once every
+    eval runner answered that it can record (the callback does it, as in the library): on
+    a Ray cluster (``ray.address``), where eval runners sit on other machines with their
+    own scratch folders and envs; before Ray starts the job refuses what the folder tells
+    (``RecordingSession.check``). On one machine the runners share the driver's, which
+    checked both, so the folder is claimed before Ray starts (a run racing for it is
+    refused before Ray starts)."""
+    return cfg.ray.address is not None
+
+
 def start_ray_shielded(cfg) -> str:
     """``start_ray(cfg)`` (a local Ray, or joining a cluster) with SIGTERM blocked in every
     process it starts; what it says."""
