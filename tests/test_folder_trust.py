@@ -386,14 +386,16 @@ def test_a_real_run_keeps_its_id_and_its_resume_names_a_video_cut_short(tmp_path
     videos = tmp_path / run_folder / "videos"
     assert len(read_manifest(videos)) == 2
 
-    before = snapshot(tmp_path)
-    again = subprocess.run(run_eval_command(*TINY, "training.iterations=1", "wandb.run_id=real1"),
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert again.returncode == 2, again.stderr[-3000:]
-    assert again.stderr.splitlines()[-1] == (
-        f"error: run id real1 already belongs to the run in {run_folder}; continue that run with "
-        f"recording.resume=true wandb.run_id=real1, {ADVICE}")
-    assert snapshot(tmp_path) == before and len(list((tmp_path / "outputs").glob("*/*"))) == 1
+    def new_run_refused(sentence: str) -> None:  # a new run with the id: refused, nothing written
+        before = snapshot(tmp_path)
+        again = subprocess.run(run_eval_command(*TINY, "training.iterations=1", "wandb.run_id=real1"),
+                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert again.returncode == 2, again.stderr[-3000:]
+        assert again.stderr.splitlines()[-1] == f"error: run id real1 already belongs to {sentence}"
+        assert snapshot(tmp_path) == before and len(list((tmp_path / "outputs").glob("*/*"))) == 1
+
+    new_run_refused(f"the run in {run_folder}; continue that run with recording.resume=true wandb.run_id=real1, "
+                    f"{ADVICE}")
 
     first_video = read_manifest(videos)[0]["file"]
     whole = (videos / first_video).read_bytes()
@@ -417,11 +419,5 @@ def test_a_real_run_keeps_its_id_and_its_resume_names_a_video_cut_short(tmp_path
     wandb_runs = sorted((tmp_path / run_folder / "wandb").glob("offline-run-*-real1"))
     assert len(wandb_runs) == 2  # one per process, one run id
     videos.rename(tmp_path / "moved-videos")
-    before = snapshot(tmp_path)
-    again = subprocess.run(run_eval_command(*TINY, "training.iterations=1", "wandb.run_id=real1"),
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert again.returncode == 2, again.stderr[-3000:]
-    assert again.stderr.splitlines()[-1] == (
-        f"error: run id real1 already belongs to wandb run {wandb_runs[0].relative_to(tmp_path)}; continue that run "
-        f"with recording.resume=true wandb.run_id=real1, {ADVICE}")
-    assert snapshot(tmp_path) == before and len(list((tmp_path / "outputs").glob("*/*"))) == 1
+    new_run_refused(f"wandb run {wandb_runs[0].relative_to(tmp_path)}; continue that run with recording.resume=true "
+                    f"wandb.run_id=real1, {ADVICE}")

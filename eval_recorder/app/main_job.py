@@ -110,10 +110,7 @@ def _run(cfg, output_dir: Path, stop: StopSignals, overrides: list[str]) -> int:
     def farewell() -> str:
         return _resume_hint(session, run_folder, overrides)
 
-    code = run_and_close(session, stop, work, farewell=farewell)
-    if code != 2:  # (a refused run left nothing to show)
-        update_runs_index(run_folder)  # the index shows how the run ended
-    return code
+    return run_and_close(session, stop, work, farewell=farewell, run_folder=run_folder)
 
 
 def _trained_already(cfg, options) -> int | None:

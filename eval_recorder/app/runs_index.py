@@ -34,7 +34,7 @@ from urllib.parse import quote
 from eval_recorder.app.resume import RUNS_ROOT, run_folders as _folders
 from eval_recorder.atomic_files import open_regular, replace_file
 from eval_recorder.errors import FolderRefused, UserError
-from eval_recorder.folder_guard import folder_owner, in_use_refusal
+from eval_recorder.folder_guard import folder_owner, live_holder
 from eval_recorder.gallery import GALLERY
 from eval_recorder.poster import poster_name
 from eval_recorder.training_record import read_training
@@ -184,10 +184,7 @@ def run_row(folder: str | os.PathLike, root: str | os.PathLike) -> RunRow:
         checkpoint = _relative(Path(checkpoint), root.absolute())
     env = next((r["env"] for r in reversed(episodes) if isinstance(r.get("env"), str)), None) if standalone \
         else _section(config, "env").get("name")
-    try:
-        running = bool(owner) and in_use_refusal(videos_dir) is not None
-    except FolderRefused:
-        running = False
+    running = bool(owner) and live_holder(videos_dir) is not None
     return RunRow(
         folder=_relative(folder, root) or str(folder),
         run_id=run_id if isinstance(run_id, str) else None,

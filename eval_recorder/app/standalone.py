@@ -129,10 +129,7 @@ def _run(cfg, output_dir: Path, checkpoint: str, *, env_overridden: bool, stop: 
     def farewell() -> str:
         return _interrupted(session, output_dir, overrides)
 
-    code = run_and_close(session, stop, work, farewell=farewell)
-    if code != 2:  # (a refused evaluation left nothing to show)
-        update_runs_index(output_dir)  # the index shows how the evaluation ended
-    return code
+    return run_and_close(session, stop, work, farewell=farewell, run_folder=output_dir)
 
 
 def _interrupted(session, run_folder: Path, overrides: list[str]) -> str:

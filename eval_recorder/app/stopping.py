@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from eval_recorder.app import console
 from eval_recorder.app.algorithms import start_ray
+from eval_recorder.app.runs_index import update_runs_index
 from eval_recorder.errors import FolderRefused, UserError
 from eval_recorder.session import RecordingSession
 from eval_recorder.stopping import StopSignals, children_shielded
@@ -118,11 +119,13 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
-def run_and_close(session: RecordingSession, stop: StopSignals, work, *, farewell) -> int:
+def run_and_close(session: RecordingSession, stop: StopSignals, work, *, farewell, run_folder: Path) -> int:
     """Run ``work()`` (returns the run's exit code, None for 0) holding the claimed
     ``session``; the exit code the wandb run and the process get: ``work``'s, the stop
     signal's (130 SIGINT, 143 SIGTERM) after a clean stop, 1 after a crash (re-raised).
-    ``farewell()`` is what a stopped run prints last (how to resume)."""
+    ``farewell()`` is what a stopped run prints last (how to resume). Then the index of
+    runs shows how run folder ``run_folder`` ended (not after a refusal, exit 2: a refused
+    run leaves nothing to show)."""
     with session:  # leaving it closes the session: with 1 after a crash
         try:
             code = work() or 0
@@ -132,6 +135,8 @@ def run_and_close(session: RecordingSession, stop: StopSignals, work, *, farewel
         session.close(exit_code=code)
     if code in (130, 143):
         console.say(farewell(), err=True)
+    if code != 2:
+        update_runs_index(run_folder)
     return code
 
 
