@@ -70,3 +70,17 @@ def play_episode(env, seed: int, action=1) -> None:
     while not done:
         _, _, terminated, truncated, _ = env.step(action)
         done = terminated or truncated
+
+
+def evaluate_trajectory(videos: Path, record: dict):
+    """Replay the episode's stored flatland Trajectory with flatland's own TrajectoryEvaluator
+    (it checks every step's positions, rewards, dones and infos; raises if one differs); the
+    RailEnv at its end, and the Trajectory's per-step malfunction counters (the event log)."""
+    from flatland.evaluators.trajectory_evaluator import TrajectoryEvaluator
+    from flatland.trajectories.trajectories import Trajectory
+
+    name = record["record"]
+    trajectory = Trajectory.load_existing(videos / name, name)
+    env = TrajectoryEvaluator(trajectory).evaluate(tqdm_kwargs={"disable": True})
+    malfunctions = [info["malfunction"] for info in trajectory.trains_rewards_dones_infos["info"]]
+    return env, malfunctions

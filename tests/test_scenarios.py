@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, run_eval_command
+from helpers import evaluate_trajectory
 from eval_recorder.video_index import read_manifest
 from wandb_offline import history_rows
 
@@ -94,6 +95,11 @@ def test_standalone_evaluation_plays_the_scenarios_too(scenarios, trained_run, t
     assert [(m["training_iteration"], m["scenario"]) for m in manifest] == [(2, name) for name in NAMES]
     for record in manifest:
         assert closest(first_frame(videos / record["file"]), firsts) == record["scenario"]
+        # its trajectory starts in the saved scenario, and flatland's own evaluator replays it
+        assert (videos / record["record"] / "serialised_state" / f"{record['record']}.pkl").is_file()
+        env, _ = evaluate_trajectory(videos, record)
+        assert (env.width, env.height, env.get_num_agents()) == (30, 30, record["num_agents"])
+        assert sum(agent.state == 6 for agent in env.agents) == record["agents_arrived"]  # TrainState.DONE
 
 
 def test_scenarios_need_a_flatland_env(scenarios, tmp_path):
