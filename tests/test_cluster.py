@@ -38,6 +38,7 @@ from eval_recorder.gallery import GALLERY
 from eval_recorder.video_index import MANIFEST, read_manifest
 from eval_recorder.training_record import TRAINING
 from support.jobs import Proc, check_folder_is_consistent, jobs, session_processes, wait_for  # noqa: F401  (jobs: a fixture)
+from helpers import evaluate_trajectory
 
 pytestmark = pytest.mark.slow  # real Ray / RLlib runs
 
@@ -242,6 +243,12 @@ def test_two_node_cluster_eval_runner_on_the_worker_node_driver_writes_every_vid
         assert record["env_steps"] == printed[record["training_iteration"]][0]
         assert record["checkpoint"] is None and record["run_id"] == "cluster1"
     assert [videos_written for _, videos_written in printed.values()] == [2, 2]
+    # Each episode's replay record came through Ray with its video: the driver wrote it, and
+    # flatland's own evaluator replays it to the arrivals the worker node saw.
+    for record in manifest:
+        assert record["record"] == record["file"].removesuffix(".mp4")
+        env, _ = evaluate_trajectory(videos, record)
+        assert sum(agent.state == 6 for agent in env.agents) == record["agents_arrived"]  # TrainState.DONE
 
     # Encoded on the worker node: by one of its processes, a descendant of its raylet,
     # into scratch files under the worker node's own TMPDIR.
