@@ -19,13 +19,17 @@ class LearnerVersions(RLlibCallback):
         LearnerVersions.versions[result["training_iteration"]] = int(next(iter(versions)).get())
 
 
-def train(config, iterations: int) -> list[dict]:
-    """Build, train ``iterations`` times, close the recording session, stop; the results."""
+def train(config, iterations: int, *, until=None, at_most: int | None = None) -> list[dict]:
+    """Build, train ``iterations`` times (then, with ``until``, on until ``until()`` holds or
+    ``at_most`` iterations ran), close the recording session, stop; the results."""
     LearnerVersions.versions = {0: 0}  # a new learner starts at version 0
     with recording_session(config):
         algo = config.build_algo()
         try:
-            return [algo.train() for _ in range(iterations)]
+            results = [algo.train() for _ in range(iterations)]
+            while until is not None and not until() and len(results) < at_most:
+                results.append(algo.train())
+            return results
         finally:
             algo.stop()
 
