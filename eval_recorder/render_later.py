@@ -105,6 +105,8 @@ def render_records(path: str | os.PathLike, *, fps: int = 10, max_side: int = DE
     settings = RenderSettings(fps=fps, max_side=max_side, overlay=overlay, frame_every=frame_every)
     settings.check()
     folder, episodes = find_episodes(path)
+    if not episodes:
+        return []
     refusal = untrusted_file_refusal(folder) or in_use_refusal(folder)
     if refusal is not None:
         raise refusal
@@ -116,8 +118,6 @@ def render_records(path: str | os.PathLike, *, fps: int = 10, max_side: int = DE
     for episode in episodes:  # every replay checked before anything is written
         for _ in _frames(episode, settings, make_env, steps=[]):
             pass
-    if not episodes:
-        return []
     claim = claim_folder(folder, run_id=run_id, resume=True)
     stored = []
     try:
