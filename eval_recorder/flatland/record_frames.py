@@ -88,7 +88,8 @@ def record_frames(folder: Path, *, max_side: int, steps: Iterable[int]) -> Itera
     reset) of the episode stored in the flatland Trajectory folder ``folder``, drawn as the
     live recording draws them; the replay is checked first (``ReplayDiverged``), so nothing
     is yielded for an episode that does not replay. No ``steps``: only the check."""
-    from eval_recorder.flatland.frames import arrived
+    from flatland.envs.step_utils.states import TrainState
+
     from eval_recorder.flatland.rendering import FrameRenderer
     from eval_recorder.flatland.trajectory import check_replay, pose, rail_env_at
 
@@ -104,4 +105,5 @@ def record_frames(folder: Path, *, max_side: int, steps: Iterable[int]) -> Itera
         if not 0 <= step <= episode.steps:
             raise ValueError(f"step {step} is not in the episode of {episode.steps} steps stored in {folder}")
         pose(env, episode, step)
-        yield YUV420P, renderer.render_yuv420p(), f"arrived {arrived(env)}/{env.get_num_agents()}"
+        arrived = sum(agent.state == TrainState.DONE for agent in env.agents)  # as FlatlandFrames.label_extra
+        yield YUV420P, renderer.render_yuv420p(), f"arrived {arrived}/{env.get_num_agents()}"
