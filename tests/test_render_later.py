@@ -358,3 +358,67 @@ def test_a_folder_without_episodes_to_render_gives_nothing(tmp_path):
     assert render_records(tmp_path) == []
     with pytest.raises(UserError, match=r"^render=.* is not the replay record of an episode listed in "):
         find_episodes(tmp_path / MANIFEST)
+
+
+# ---- the gallery: episodes without a video, and the command that renders one ---------------
+
+
+def kept_items(gallery: str) -> list[tuple[str, str]]:
+    """(caption, command) of each episode the gallery lists without a video, as a browser shows them."""
+    import html
+    import re
+
+    return [(html.unescape(caption), html.unescape(command)) for caption, command in re.findall(
+        r'<li><span class="caption">(.*?)</span><code>(.*?)</code></li>', gallery)]
+
+
+@pytest.mark.slow
+def test_the_gallery_lists_the_episodes_without_a_video_and_its_command_renders_one(flatland_videos, tmp_path):
+    import shlex
+
+    videos = copy_of(flatland_videos, tmp_path / "my videos, kept")  # a space and a comma: quoted for sh and Hydra
+    (tmp_path / "my videos, kept" / "copy" / "videos" / "index.html").unlink()
+    from eval_recorder.gallery import write_gallery
+
+    write_gallery(videos)
+    gallery = (videos / "index.html").read_text()
+    waiting = without_video(videos)
+    items = kept_items(gallery)
+    assert [caption for caption, _ in items] == [
+        f"episode {line['episode_index']} · completion {line['completion']:.2f} · "
+        f"{line['agents_arrived']}/{line['num_agents']} arrived · return {line['episode_return']:.2f}"
+        for line in waiting]
+    assert "2 videos of 1 training iteration, newest first · 2 episodes without a video · run rendfl" in gallery
+    for line in with_video(videos):
+        assert f" · chosen: {line['chosen']}</span>" in gallery  # each video says why it was chosen
+
+    command = items[0][1]
+    assert command.startswith("python run_eval.py ") and shlex.split(command)[2] != command.split(" ", 2)[2]
+    # run exactly as printed, by a shell, from a folder where `python run_eval.py` names the project's
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "run_eval.py").symlink_to(Path(__file__).resolve().parents[1] / "run_eval.py")
+    (cwd / "conf").symlink_to(Path(__file__).resolve().parents[1] / "conf")
+    env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == f"videos rendered 1 | gallery {videos / 'index.html'}"
+
+    gallery = (videos / "index.html").read_text()
+    assert [caption for caption, _ in kept_items(gallery)] == [items[1][0]]
+    assert f'src="{waiting[0]["record"]}.mp4"' in gallery
+    assert '<span class="rendered">rendered later from its replay record</span>' in gallery
+
+
+def test_the_render_command_is_quoted_for_the_shell_and_for_hydra():
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from eval_recorder.gallery_records import render_command
+
+    for path in ("/data/videos/flatland-it000001-ev0001-ep000-a", "/my videos/x", "/a,b/it's [1]/x=y", "/$HOME/x"):
+        words = shlex.split(render_command(path))
+        assert words[:2] == ["python", "run_eval.py"]
+        (override,) = OverridesParser.create().parse_overrides(words[2:])
+        assert (override.key_or_group, override.value()) == ("render", path)

@@ -20,16 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from eval_recorder.app import console
 from eval_recorder.errors import FolderRefused, ReplayDiverged, UserError
 
-__all__ = ["render_command", "render_stored"]
+__all__ = ["render_stored"]
 
 logger = logging.getLogger(__name__)
-
-
-def render_command(record: str | Path) -> str:
-    """The command that renders one stored episode's record, quoted for a POSIX shell."""
-    import shlex
-
-    return f"python run_eval.py render={shlex.quote(str(record))}"
 
 
 def render_stored(cfg, path: str, *, env_overridden: bool) -> int:
