@@ -328,6 +328,27 @@ def test_a_render_killed_in_the_middle_leaves_the_folder_consistent_and_complete
     assert not [name for name in os.listdir(videos) if ".render-" in name]
 
 
+@pytest.mark.slow
+def test_a_video_a_killed_render_left_without_its_index_is_completed_not_duplicated(flatland_videos, tmp_path):
+    """The window between a video's final name and its sidecar: the next render finds the
+    same bytes under that name, writes its sidecar and manifest line, and stores no -2."""
+    from eval_recorder.atomic_files import publish_file
+    from eval_recorder.render_later import _episode, rendered_mp4
+
+    videos = copy_of(flatland_videos, tmp_path)
+    first, second = without_video(videos)
+    mp4, _ = rendered_mp4(_episode(videos, first), RenderSettings(), None, tmp_path / "scratch.mp4")
+    assert publish_file(videos, mp4, videos / f"{first['record']}.mp4")  # as the killed render left it
+
+    render(videos, tmp_path, check=True)
+
+    lines = check_folder_is_consistent(videos)
+    assert [line.get("file") for line in lines if line["record"] in (first["record"], second["record"])] == [
+        f"{first['record']}.mp4", f"{second['record']}.mp4"]
+    assert (videos / f"{first['record']}.mp4").read_bytes() == mp4
+    assert not list(videos.glob("*-2.*"))
+
+
 # ---- pure parts ---------------------------------------------------------------------------
 
 
