@@ -23,6 +23,7 @@ from helpers import in_use_message, snapshot
 from support.jobs import check_folder_is_consistent, kill_session
 from support.videos import rgb_frames
 from eval_recorder.errors import UserError
+from eval_recorder.flatland.record_frames import read_trajectory
 from eval_recorder.frames import scaled_size
 from eval_recorder.render_later import RENDERED, RenderSettings, find_episodes, frame_steps, render_records
 from eval_recorder.video_index import MANIFEST, append_record, read_manifest
@@ -114,27 +115,28 @@ def tree(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_flatland_episode_rendered_later_has_the_frames_of_its_live_video(flatland_videos, tmp_path):
-    for line in with_video(flatland_videos):
-        kept = kept_without_video(flatland_videos, line, tmp_path / line["record"])
-        proc = render(kept / line["record"], tmp_path / line["record"], check=True)
+    line = with_video(flatland_videos)[0]  # one: each render= starts a process
+    kept = kept_without_video(flatland_videos, line, tmp_path)
+    proc = render(kept / line["record"], tmp_path, check=True)
 
-        video = kept / line["file"]
-        assert proc.stdout.splitlines() == [
-            f"rendered {video} (iteration 1, {line['frames']} frames)",
-            f"videos rendered 1 | gallery {kept / 'index.html'}"]
-        assert_same_frames(video, flatland_videos / line["file"])  # the label burned in too
-        assert video.read_bytes() == (flatland_videos / line["file"]).read_bytes()  # same encoder, same settings
+    video = kept / line["file"]
+    assert proc.stdout.splitlines() == [
+        f"rendered {video} (iteration 1, {line['frames']} frames)",
+        f"videos rendered 1 | gallery {kept / 'index.html'}"]
+    assert_same_frames(video, flatland_videos / line["file"])  # the label burned in too
+    assert (read_trajectory(kept / line["record"]).arrays["malfunction"] > 0).any()  # trains broke down
+    assert video.read_bytes() == (flatland_videos / line["file"]).read_bytes()  # same encoder, same settings
 
-        (stored,) = read_manifest(kept)
-        assert stored == json.loads(video.with_suffix(".json").read_text())
-        assert stored["rendered"] == RENDERED and stored["render_settings"] == DEFAULTS
-        for key in ("training_iteration", "env_steps", "evaluation_round", "episode_index", "env_seed",
-                    "episode_length", "episode_return", "completion", "run_id", "weights_seq_no", "record", "file",
-                    "frames", "width", "height", "sha256", "bytes"):
-            assert stored[key] == line[key], key
-        assert stored["poster"] == line["poster"]
-        assert (kept / stored["poster"]).read_bytes() == (flatland_videos / line["poster"]).read_bytes()
-        assert f'src="{line["file"]}"' in (kept / "index.html").read_text()
+    (stored,) = read_manifest(kept)
+    assert stored == json.loads(video.with_suffix(".json").read_text())
+    assert stored["rendered"] == RENDERED and stored["render_settings"] == DEFAULTS
+    for key in ("training_iteration", "env_steps", "evaluation_round", "episode_index", "env_seed",
+                "episode_length", "episode_return", "completion", "run_id", "weights_seq_no", "record", "file",
+                "frames", "width", "height", "sha256", "bytes"):
+        assert stored[key] == line[key], key
+    assert stored["poster"] == line["poster"]
+    assert (kept / stored["poster"]).read_bytes() == (flatland_videos / line["poster"]).read_bytes()
+    assert f'src="{line["file"]}"' in (kept / "index.html").read_text()
 
 
 @pytest.mark.slow
@@ -186,12 +188,12 @@ def test_other_settings_give_other_frames_and_say_so(flatland_videos, tmp_path):
 @pytest.mark.slow
 def test_a_gymnasium_episode_rendered_later_has_the_frames_of_its_live_video(cartpole_videos, tmp_path):
     (waiting,) = without_video(cartpole_videos)
-    for line in with_video(cartpole_videos):
-        # the env comes from the config of the run that made the folder (its owner record names the run folder)
-        kept = kept_without_video(cartpole_videos, line, tmp_path / line["record"])
-        render(kept / line["record"], tmp_path / line["record"], check=True)
-        assert_same_frames(kept / line["file"], cartpole_videos / line["file"])
-        assert (kept / line["file"]).read_bytes() == (cartpole_videos / line["file"]).read_bytes()
+    line = with_video(cartpole_videos)[0]
+    # the env comes from the config of the run that made the folder (its owner record names the run folder)
+    kept = kept_without_video(cartpole_videos, line, tmp_path / "kept")
+    render(kept / line["record"], tmp_path / "kept", check=True)
+    assert_same_frames(kept / line["file"], cartpole_videos / line["file"])
+    assert (kept / line["file"]).read_bytes() == (cartpole_videos / line["file"]).read_bytes()
 
     videos = copy_of(cartpole_videos, tmp_path)
     render(videos / waiting["record"], tmp_path, check=True)
@@ -443,3 +445,52 @@ def test_the_render_command_is_quoted_for_the_shell_and_for_hydra():
         assert words[:2] == ["python", "run_eval.py"]
         (override,) = OverridesParser.create().parse_overrides(words[2:])
         assert (override.key_or_group, override.value()) == ("render", path)
+
+
+def test_a_stored_trajectory_reads_back_as_the_episode_and_draws_its_live_frames(tmp_path):
+    """flatland/record_frames: the Trajectory folder publish_trajectory wrote is read back
+    (nothing written into it) to the episode that was captured, and its frames and label
+    extras are those the live renderer drew of the stepping env."""
+    from eval_recorder.flatland.frames import FlatlandFrames
+    from eval_recorder.flatland.rendering import FrameRenderer
+    from eval_recorder.flatland.trajectory import FlatlandEpisode, TrajectoryCapture, publish_trajectory
+    from eval_recorder.frames import YUV420P
+    from test_flatland_trajectory import malfunctioning_env
+
+    env = malfunctioning_env(seed=9)
+    renderer, live, extras = FrameRenderer(env, max_side=300), [], []
+    source = FlatlandFrames(env, env, max_side=300)
+
+    def keep() -> None:
+        live.append(renderer.render_yuv420p())
+        extras.append(source.label_extra())
+
+    renderer.new_episode()
+    keep()
+    capture, rng = TrajectoryCapture(env), np.random.default_rng(3)
+    while True:
+        actions = {handle: int(rng.integers(0, 5)) for handle in range(env.get_num_agents())}
+        _, _, dones, _ = env.step(actions)
+        capture.step(actions)
+        keep()
+        if dones["__all__"]:
+            break
+    episode = capture.finish()
+    folder = publish_trajectory(FlatlandEpisode.from_bytes(episode.to_bytes()), tmp_path, "ep")
+    before = tree(folder)
+
+    again = read_trajectory(folder)
+    assert (again.n_agents, again.steps, again.ended, again.initial_state) == (
+        episode.n_agents, episode.steps, episode.ended, episode.initial_state)
+    assert again.success_rate == pytest.approx(episode.success_rate)
+    for name, array in episode.arrays.items():
+        assert np.array_equal(again.arrays[name], array) and again.arrays[name].dtype == array.dtype, name
+    assert (episode.arrays["malfunction"] > 0).any()
+
+    steps = frame_steps(episode.steps, 3)
+    drawn = list(FlatlandFrames.render_record(folder, max_side=300, steps=steps))
+    assert [extra for _, _, extra in drawn] == [extras[step] for step in steps]
+    for step, (pixel_format, frame, _) in zip(steps, drawn):
+        assert pixel_format == YUV420P and np.array_equal(frame, live[step]), f"frame of step {step} differs"
+    assert list(FlatlandFrames.render_record(folder, max_side=300, steps=[])) == []  # the check alone
+    assert tree(folder) == before

@@ -30,6 +30,9 @@ def render_stored(cfg, path: str, *, env_overridden: bool) -> int:
     from eval_recorder.render_later import find_episodes, render_records
 
     try:
+        if cfg.checkpoint is not None:
+            raise UserError(f"render={path} and checkpoint={cfg.checkpoint} were both given; render stored episodes "
+                            "or evaluate a checkpoint, one command each.")
         recording = cfg.recording
         folder, episodes = find_episodes(path)
         if not episodes:
