@@ -199,7 +199,10 @@ def _frames(episode: _Episode, settings: RenderSettings, make_env, *, steps: lis
     """(pixel format, frame, label extra) of ``steps`` of ``episode``, after its replay was checked."""
     if episode.kind != EPISODE:
         source = next(source for source in plugin_sources() if source.record_kind == episode.kind)
-        yield from source.render_record(episode.record, max_side=settings.max_side, steps=steps)
+        try:
+            yield from source.render_record(episode.record, max_side=settings.max_side, steps=steps)
+        except ValueError as error:  # a damaged or foreign record (what is wrong, in its sentence)
+            raise UserError(f"{str(error).rstrip('.')}; the episode cannot be rendered from this record.") from None
         return
     if make_env is None:
         raise UserError(f"the episode of {episode.record.name} is replayed in its env, which was not given; pass the "

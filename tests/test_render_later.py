@@ -494,3 +494,19 @@ def test_a_stored_trajectory_reads_back_as_the_episode_and_draws_its_live_frames
         assert pixel_format == YUV420P and np.array_equal(frame, live[step]), f"frame of step {step} differs"
     assert list(FlatlandFrames.render_record(folder, max_side=300, steps=[])) == []  # the check alone
     assert tree(folder) == before
+
+
+def test_a_damaged_record_is_refused_in_one_sentence_and_nothing_is_written(tmp_path):
+    from eval_recorder.folder_guard import claim_folder
+
+    claim_folder(tmp_path, run_id="r", resume=False).release()  # a video folder of run r
+    (tmp_path / "flatland-it000001-ev0001-ep000-r").mkdir()  # its trajectory lost its files
+    append_record(tmp_path / MANIFEST, {"record": "flatland-it000001-ev0001-ep000-r", "run_id": "r",
+                                        "training_iteration": 1, "episode_index": 0, "episode_length": 3})
+    before = tree(tmp_path)
+    state = tmp_path / "flatland-it000001-ev0001-ep000-r" / "serialised_state" / "flatland-it000001-ev0001-ep000-r.pkl"
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'flatland-it000001-ev0001-ep000-r'} is not a flatland trajectory "
+                                        rf"of episode flatland-it000001-ev0001-ep000-r \({state} cannot be read: No such "
+                                        r"file or directory\); the episode cannot be rendered from this record\.$"):
+        render_records(tmp_path)
+    assert tree(tmp_path) == before
