@@ -3,6 +3,7 @@
     python run_eval.py                      # defaults: small env, PPO, 3 iterations, wandb offline
     python run_eval.py training.iterations=10 env=medium algorithm=appo
     python run_eval.py checkpoint=PATH      # evaluate and record a saved checkpoint (or a run folder of them)
+    python run_eval.py render=PATH          # render stored episodes (a video folder, or one record in it) into videos
     python run_eval.py --help               # every option with its documentation
 
 Options are documented in eval_recorder/app/config.py (the schema) and in README.md.
@@ -47,7 +48,11 @@ def main(cfg) -> None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task)  # as typed: a ${...} in one stays as it is
     with Console(output_dir / LOG_NAME, verbose=cfg.verbose):
-        if cfg.checkpoint is None:
+        if cfg.render is not None:
+            from eval_recorder.app.render import render_stored
+
+            code = render_stored(cfg, cfg.render, env_overridden=any(_names_env(override) for override in overrides))
+        elif cfg.checkpoint is None:
             from eval_recorder.app.main_job import train_with_recording
 
             code = train_with_recording(cfg, output_dir, overrides=overrides)

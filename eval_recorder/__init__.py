@@ -6,6 +6,7 @@ pins it): ``add_recording(config, options)`` gives a copy of an RLlib AlgorithmC
 evaluation episodes are recorded; ``with recording_session(config):`` holds its driver
 session (folder claim, video store, wandb run); ``RecordEpisodes`` /
 ``RecordMultiAgentEpisodes`` / ``record_episodes`` are the recording wrappers;
+``render_records(path)`` draws stored episodes (their replay records) into videos later;
 ``FrameSource`` / ``RenderFrames`` say where frames come from (plug-ins: the
 ``eval_recorder.frame_sources`` entry point group); the errors a user meets all derive
 from ``RecordingError`` (``eval_recorder.errors``).
@@ -28,6 +29,8 @@ _WHERE = {
     "RecordedEpisode": "eval_recorder.recorder",
     "RecordingOptions": "eval_recorder.options",
     "RecordingSession": "eval_recorder.session",
+    "ReplayDiverged": "eval_recorder.errors",
+    "render_records": "eval_recorder.render_later",
     "RecordEpisodes": "eval_recorder.wrapper",
     "RecordMultiAgentEpisodes": "eval_recorder.wrapper",
     "record_episodes": "eval_recorder.wrapper",
@@ -58,7 +61,9 @@ __all__ = [
     "RecordingOptions",
     "RecordingSession",
     "RenderFrames",
+    "ReplayDiverged",
     "add_recording",
     "record_episodes",
     "recording_session",
+    "render_records",
 ]

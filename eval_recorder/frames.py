@@ -101,6 +101,15 @@ class FrameSource:
         """The name ``publish_record`` gives a record of ``stem``."""
         raise NotImplementedError
 
+    @classmethod
+    def render_record(cls, path: Path, *, max_side: int, steps) -> Any:
+        """On the driver, later: ``(pixel format, frame, label extra)`` of each of ``steps``
+        (ascending env steps, 0: after the reset) of the episode whose ``record_kind`` record
+        is stored at ``path``, drawn as ``frame()`` / ``label_extra()`` drew them live; it first
+        checks that the record replays (``ReplayDiverged``, naming the first step that differs,
+        before any frame). No ``steps``: only that check."""
+        raise NotImplementedError(f"{cls.__name__} cannot draw its stored episodes again")
+
     def close(self) -> None:
         """Release what the source holds."""
 

@@ -2,7 +2,8 @@
 videos, opened straight from disk. ``write_gallery`` replaces it atomically with the page
 ``render_gallery`` makes of the folder's manifest: the plots (``gallery_charts``), the same
 situation played across iterations side by side, then every video, newest iteration first,
-with its caption. Each video shows its poster (its last frame, ``poster``) until it plays, so
+with its caption (why ``recording.select`` chose it, if it did), and under each iteration its
+episodes kept without a video, with the command that renders one. Each video shows its poster (its last frame, ``poster``) until it plays, so
 the page reads at a glance. A video found altered after it was stored (``video_index.find_altered``)
 keeps its box, marked so. The page fetches nothing, and plays every video also without
 JavaScript. Only regular files are shown: a symlink in the folder is never followed.
@@ -21,7 +22,8 @@ from urllib.parse import quote
 from eval_recorder.atomic_files import replace_file
 from eval_recorder.gallery_charts import plots
 from eval_recorder.gallery_records import (
-    Situation, int_or_zero, is_int, outcome, showable, situations, video_caption, video_count,
+    Situation, int_or_zero, is_int, kept_caption, kept_without_video, outcome, render_command, showable, situations,
+    video_caption, video_count,
 )
 from eval_recorder.poster import poster_name
 from eval_recorder.training_record import read_training, train_returns
@@ -65,6 +67,8 @@ figcaption { margin-top: .4em; }
 figcaption span, figcaption a { display: block; overflow-wrap: anywhere; }
 .checkpoint, .file { color: #666; font-size: .9em; }
 .altered { color: #b00020; font-weight: 600; }
+.kept li { margin: .3em 0; }
+.kept code { display: block; color: #444; font-size: .9em; overflow-wrap: anywhere; user-select: all; }
 figure.altered { border-color: #b00020; }
 """
 
@@ -119,7 +123,8 @@ _SCRIPT = """\
 
 
 def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = frozenset(),
-                   training: list[tuple[int, float]] = (), altered: dict[str, str] | None = None) -> str:
+                   training: list[tuple[int, float]] = (), altered: dict[str, str] | None = None,
+                   kept: list[dict] = (), folder: str | None = None) -> str:
     """The gallery page showing ``records`` (manifest records; videos next to the page).
 
     Records without a plain file name or without the caption's fields (unless recovered
@@ -127,19 +132,30 @@ def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = 
     whose ``poster_name`` is among them shows it); ``training``: (iteration, mean training
     return) points, drawn beside the evaluation return (``gallery_charts.plots``);
     ``altered``: {file name: how it differs} of the videos changed after they were stored,
-    each marked in its box.
+    each marked in its box; ``kept``: manifest lines of episodes kept without a video, listed
+    under their iteration with how they went and the command that renders each (its record
+    in ``folder``, the video folder's absolute path).
     """
     altered = altered or {}
     shown = [record for record in records if showable(record)]
+    waiting: dict[int, list[dict]] = {}
+    for record in sorted((record for record in kept if kept_without_video(record)),
+                         key=lambda r: (int_or_zero(r.get("evaluation_round")), r["episode_index"])):
+        waiting.setdefault(record["training_iteration"], []).append(record)
     # Newest iteration first; within one, by round and episode (ties: manifest order).
     shown.sort(key=lambda record: (int_or_zero(record.get("evaluation_round")),
                                    int_or_zero(record.get("episode_index"))))
     shown.sort(key=lambda record: record["training_iteration"], reverse=True)
     groups = [(iteration, list(group)) for iteration, group in groupby(shown, key=lambda r: r["training_iteration"])]
+    groups += [(iteration, []) for iteration in waiting if iteration not in dict(groups)]
+    groups.sort(key=lambda group: group[0], reverse=True)
     run_ids = list(dict.fromkeys(str(record["run_id"]) for record in shown if record.get("run_id")))
 
     summary = f"{len(shown)} video{'s' if len(shown) != 1 else ''} of {len(groups)} training iteration"
     summary += f"{'s' if len(groups) != 1 else ''}, newest first"
+    if waiting:
+        count = sum(len(group) for group in waiting.values())
+        summary += f" · {count} episode{'s' if count != 1 else ''} without a video"
     if run_ids:
         summary += f" · run {', '.join(run_ids)}"
     parts = [
@@ -167,6 +183,7 @@ def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = 
         parts.append('<div class="videos">')
         parts.extend(_figure(record, posters, altered.get(record["file"])) for record in group)
         parts.append("</div>")
+        parts.extend(_kept(waiting.get(iteration, []), folder))
         parts.append("</section>")
     parts.append(f"<script>\n{_SCRIPT}</script>")
     parts.append("</body>")
@@ -175,7 +192,8 @@ def render_gallery(records: list[dict], *, posters: frozenset[str] | set[str] = 
 
 
 def write_gallery(folder: Path) -> Path:
-    """Replace ``folder``'s gallery with one of every video its manifest lists; its path.
+    """Replace ``folder``'s gallery with one of every video its manifest lists (and of every
+    episode it keeps without a video, with the command that renders it); its path.
 
     Records whose mp4 is not in the folder (as a regular file) are left out; a video shows
     its poster if the poster is in the folder, and is marked if the manifest marks it altered
@@ -194,7 +212,9 @@ def write_gallery(folder: Path) -> Path:
     training = train_returns(read_training(folder), run_ids={record.get("run_id") for record in present})
     altered = {name: str(mark.get("why") or "changed") for name, mark in read_marks(folder).items()
                if not mark.get("restored")}
-    data = render_gallery(present, posters=posters, training=training, altered=altered).encode()
+    kept = [record for record in records if kept_without_video(record) and os.path.lexists(folder / record["record"])]
+    data = render_gallery(present, posters=posters, training=training, altered=altered, kept=kept,
+                          folder=os.path.abspath(folder)).encode()
     return replace_file(folder, data, folder / GALLERY)
 
 
@@ -250,6 +270,19 @@ def _comparison(found: list[Situation], posters, altered: dict[str, str]) -> lis
     return parts
 
 
+def _kept(records: list[dict], folder: str | None) -> list[str]:
+    """The iteration's episodes kept without a video: how each went, and the command that renders it."""
+    if not records:
+        return []
+    parts = ['<div class="kept">', f"<h3>Episodes without a video ({len(records)})</h3>", "<ul>"]
+    for record in records:
+        path = record["record"] if folder is None else os.path.join(folder, record["record"])
+        parts.append(f'<li><span class="caption">{_text(kept_caption(record))}</span>'
+                     f"<code>{_text(render_command(path))}</code></li>")
+    parts += ["</ul>", "</div>"]
+    return parts
+
+
 def _video(record: dict, posters) -> str:
     src = _text(quote(record["file"]))
     poster = poster_name(record["file"])
@@ -265,6 +298,8 @@ def _figure(record: dict, posters, altered: str | None = None) -> str:
     lines = [f'<span class="caption">{_text(video_caption(record))}</span>']
     if altered is not None:
         lines.append(f'<span class="altered">altered after it was stored: {_text(altered)}</span>')
+    if record.get("rendered") == "later":
+        lines.append('<span class="rendered">rendered later from its replay record</span>')
     if record.get("checkpoint") is not None:
         lines.append(f'<span class="checkpoint">checkpoint {_text(str(record["checkpoint"]))}</span>')
     lines.append(f'<a class="file" href="{src}">{_text(record["file"])}</a>')

@@ -8,6 +8,8 @@ and each function uses what it knows.
 from __future__ import annotations
 
 import math
+import re
+import shlex
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -19,8 +21,11 @@ __all__ = [
     "int_or_zero",
     "is_int",
     "iteration_summary",
+    "kept_caption",
+    "kept_without_video",
     "outcome",
     "record_env",
+    "render_command",
     "showable",
     "situations",
     "video_caption",
@@ -135,6 +140,36 @@ def showable(record) -> bool:
     except (KeyError, TypeError, ValueError):
         return False
     return True
+
+
+def kept_without_video(record) -> bool:
+    """A manifest line of an episode kept without a video (``recording.select`` did not choose
+    it): a plain replay record name, no ``file``, a known iteration and episode index."""
+    if not isinstance(record, dict) or "file" in record:
+        return False
+    name = record.get("record")
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and is_int(record.get("training_iteration")) and is_int(record.get("episode_index")))
+
+
+def kept_caption(record: dict) -> str:
+    """``episode 2 · completion 0.50 · 1/2 arrived · return -89.00``: an episode kept without a video."""
+    parts = [f"episode {record['episode_index']}"]
+    if _number(record.get("completion")) is not None:
+        parts.append(f"completion {float(record['completion']):.2f}")
+    return " · ".join(parts + outcome(record))
+
+
+_HYDRA_PLAIN = re.compile(r"[\w./ +@:~%-]+")
+
+
+def render_command(record_path: str) -> str:
+    """The command that renders the episode whose replay record is at ``record_path``, as a
+    POSIX shell takes it (``shlex``), its value quoted for Hydra too where Hydra would read it
+    otherwise (a comma, a bracket, a quote ...)."""
+    value = record_path if _HYDRA_PLAIN.fullmatch(record_path) else \
+        "'" + record_path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"python run_eval.py {shlex.quote(f'render={value}')}"
 
 
 def outcome(record: dict) -> list[str]:

@@ -39,8 +39,22 @@ def read_manifest(folder: str | os.PathLike) -> list[dict]:
     """Every episode record of ``folder``'s manifest, in the order written (complete lines
     only; the marks of altered videos, ``read_marks``, are none): a video's has ``file``, an
     episode kept without a video (``recording.select``) has only ``record``. [] if there is
-    no manifest; OSError if it is a symlink (never followed) or not a regular file."""
-    return [record for record in _manifest_lines(folder) if ALTERED not in record]
+    no manifest; OSError if it is a symlink (never followed) or not a regular file.
+
+    An episode rendered later (``render_later``) has its video's line appended after its line
+    without a video: the video's line takes that line's place (same run id and ``record``)."""
+    records = [record for record in _manifest_lines(folder) if ALTERED not in record]
+    waiting = {(record.get("run_id"), record["record"]): index for index, record in enumerate(records)
+               if "file" not in record and isinstance(record.get("record"), str)}
+    if not waiting:
+        return records
+    out: list[dict | None] = list(records)
+    for index, record in enumerate(records):
+        key = (record.get("run_id"), record.get("record"))
+        if isinstance(record.get("file"), str) and waiting.get(key, index) < index:
+            out[waiting.pop(key)] = record
+            out[index] = None
+    return [record for record in out if record is not None]
 
 
 def read_marks(folder: str | os.PathLike) -> dict[str, dict]:

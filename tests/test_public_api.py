@@ -20,9 +20,11 @@ PUBLIC = [
     "RecordingOptions",
     "RecordingSession",
     "RenderFrames",
+    "ReplayDiverged",
     "add_recording",
     "record_episodes",
     "recording_session",
+    "render_records",
 ]
 
 

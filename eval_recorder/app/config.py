@@ -195,6 +195,8 @@ class MainConfig:
 
     checkpoint: Optional[str] = None
     """Evaluate this saved RLlib checkpoint (or every checkpoint in this run folder) instead of training."""
+    render: Optional[str] = None
+    """Render stored episodes into videos instead of training: a video folder (its episodes without a video) or one episode's replay record in it; recording.fps, max_side, overlay and frame_every apply."""
     verbose: bool = False
     """Also show Ray's, RLlib's and wandb's own output on the console (by default it goes only to run_eval.log in the run folder)."""
     trackers: list[str] = field(default_factory=lambda: ["wandb"])

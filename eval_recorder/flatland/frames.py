@@ -106,6 +106,10 @@ class FlatlandFrames(FrameSource):
         return None if written is None else written.name
 
     @classmethod
+    def render_record(cls, path, *, max_side: int, steps):
+        from eval_recorder.flatland.record_frames import record_frames; return record_frames(path, max_side=max_side, steps=steps)  # noqa: E702
+
+    @classmethod
     def record_name(cls, stem: str) -> str:
         return stem  # a flatland Trajectory folder, its episode id the video's stem
 
