@@ -175,6 +175,10 @@ def find_episodes(path: str | os.PathLike) -> tuple[Path, list[_Episode]]:
 
 def _episode(folder: Path, line: dict) -> _Episode:
     name = line["record"]
+    if not name or "/" in name or name in (".", "..") or (folder / name).is_symlink():
+        raise UserError(f"the replay record {name!r} listed in {folder / MANIFEST} is not an entry of that folder "
+                        "(a symbolic link, or a path elsewhere), and nothing planted is read; put back the record "
+                        "eval_recorder wrote there.")
     if name.endswith(EPISODE_SUFFIX):
         return _Episode(line, folder / name, EPISODE, name.removesuffix(EPISODE_SUFFIX))
     for source in plugin_sources():

@@ -282,6 +282,18 @@ def test_refusals_are_one_sentence_and_write_nothing(flatland_videos, tmp_path):
         assert not (tmp_path / str(number) / "render-run").exists()
     assert tree(videos) == before
 
+    planted = copy_of(flatland_videos, tmp_path / "planted")  # a record swapped for a link to a copy elsewhere
+    record = planted / waiting["record"]
+    shutil.move(record, tmp_path / "elsewhere")
+    record.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    planted_before = tree(planted)
+    proc = render(record, tmp_path / "planted-run")
+    assert (proc.returncode, proc.stderr.splitlines()) == (2, [
+        f"error: the replay record {waiting['record']!r} listed in {planted / MANIFEST} is not an entry of that "
+        "folder (a symbolic link, or a path elsewhere), and nothing planted is read; put back the record "
+        "eval_recorder wrote there."])
+    assert tree(planted) == planted_before
+
     claim = claim_folder(videos, run_id="rendfl", resume=True)  # a live run holds the folder
     try:
         held = tree(videos)
