@@ -21,7 +21,8 @@ import socket
 import struct
 import sys
 
-__all__ = ["FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "PIXEL_FORMATS", "pack_open", "serve", "unpack_open"]
+__all__ = ["FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "NO_LABEL", "PIXEL_FORMATS", "STATE", "pack_open", "serve",
+           "unpack_open"]
 
 # H.264 colour tags (FFmpeg's AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic
 # SMPTE 170M = BT.601; AVColorRange MPEG = limited): what PyAV's rgb24 conversion and
@@ -55,8 +56,9 @@ _NO_HUGE_PAGES_FROM_PIXELS = 640 * 640
 _PR_SET_THP_DISABLE = 41
 
 # Messages on the socket (SOCK_SEQPACKET: one send is one message), all little-endian.
-#   to the helper:   O id sizes preset path (+ the slots' fd)  open an encoder (pack_open)
+#   to the helper:   O id sizes preset path [drawing] (+ the slots' fd)  open an encoder (pack_open)
 #                    F id slot format          encode the frame in that slot
+#                    P id label-length label state   draw the state (an encoder with a drawing), encode it
 #                    C id                      flush and finish the mp4
 #                    A id                      drop the encoder, file as it is
 #   from the helper: S id slot                 the slot is free again
@@ -66,21 +68,28 @@ _PR_SET_THP_DISABLE = 41
 FRAME = struct.Struct("<cIIc")
 ID = struct.Struct("<cI")
 ID_NUMBER = struct.Struct("<cII")
+STATE = struct.Struct("<cIH")  # P id label-length, then the label (UTF-8) and the state
+NO_LABEL = 0xFFFF  # label-length of a frame without a label
 MESSAGE_BYTES = 1 << 16
-_OPEN = struct.Struct("<cIIIIIII")  # O id width height fps crf threads slot_bytes, then preset \0 path
-_OPEN_FIELDS = ("id", "width", "height", "fps", "crf", "threads", "slot_bytes")
+# O id width height fps crf threads slot_bytes scene_bytes, then preset \0 path [\0 drawing]
+_OPEN = struct.Struct("<cIIIIIIII")
+_OPEN_FIELDS = ("id", "width", "height", "fps", "crf", "threads", "slot_bytes", "scene_bytes")
 
 
 def pack_open(settings: dict) -> bytes:
-    """The message that opens an encoder with ``settings`` (_OPEN_FIELDS, ``preset``, ``path``)."""
+    """The message that opens an encoder with ``settings`` (_OPEN_FIELDS, ``preset``, ``path``
+    and, for an encoder that draws its frames, ``drawing``: "module:Class")."""
     numbers = _OPEN.pack(b"O", *(settings[field] for field in _OPEN_FIELDS))
-    return numbers + settings["preset"].encode() + b"\0" + os.fsencode(settings["path"])
+    drawing = settings.get("drawing")
+    return (numbers + settings["preset"].encode() + b"\0" + os.fsencode(settings["path"])
+            + (b"\0" + drawing.encode() if drawing else b""))
 
 
 def unpack_open(message: bytes) -> dict:
     settings = dict(zip(_OPEN_FIELDS, _OPEN.unpack_from(message)[1:]))
-    preset, path = message[_OPEN.size :].split(b"\0", 1)
-    return dict(settings, preset=preset.decode(), path=os.fsdecode(path))
+    preset, path, *drawing = message[_OPEN.size :].split(b"\0", 2)
+    return dict(settings, preset=preset.decode(), path=os.fsdecode(path),
+                drawing=drawing[0].decode() if drawing else None)
 
 
 def _import_pyav():
@@ -142,6 +151,7 @@ class _Encoding:
         self._frame = av.video.frame.VideoFrame(self.width, self.height, "yuv420p")
         self._rows = _plane_rows(self._frame, [(self.width, self.height)] + [(self.width // 2, self.height // 2)] * 2)
         self._bands: _RgbBands | None = None
+        self._drawing = _drawing(settings, fd) if settings.get("drawing") else None
         self.container = av.container.open(settings["path"], mode="w", format="mp4", options={"movflags": "+faststart"})
         try:
             self.stream = self.container.add_stream("libx264", rate=Fraction(settings["fps"], 1))
@@ -171,6 +181,19 @@ class _Encoding:
             if self._bands is None:
                 self._bands = _RgbBands(self._av, self.width, self.height)
             self._bands.convert(self.fd, offset, self._frame)
+        return self._frame
+
+    def draw(self, state: bytes, label: str | None):
+        """The frame the drawing makes of ``state``, with ``label`` burned in, as the frame to encode."""
+        frame = self._drawing.frame(state)
+        if label is not None:
+            from eval_recorder.overlay import burn_label_in_place
+
+            burn_label_in_place(frame, label, pixel_format="yuv420p")
+        data, at = memoryview(frame).cast("B"), 0
+        for view in self._rows:
+            view[:] = data[at : at + len(view)]
+            at += len(view)
         return self._frame
 
     def encode(self, frame) -> None:
@@ -223,6 +246,19 @@ class _RgbBands:
             for plane, (source, destination) in enumerate(zip(converted.planes, target.planes)):
                 shift = 0 if plane == 0 else 1  # chroma planes: half the rows and columns
                 _copy_rows(source, destination, (top - start) >> shift, top >> shift, rows >> shift, self.width >> shift)
+
+
+def _drawing(settings: dict, fd: int):
+    """The drawing an encoder draws its frames with: ``module:Class`` of ``settings["drawing"]``
+    made from the scene (``scene_bytes`` bytes of ``fd``). Its modules (numpy, PIL, the env's
+    renderer) load in the helper only when the first such encoder opens."""
+    import importlib
+
+    module, _, name = settings["drawing"].partition(":")
+    scene = os.pread(fd, settings["scene_bytes"], 0)
+    if len(scene) != settings["scene_bytes"]:
+        raise EOFError(f"the scene ended early ({len(scene)} of {settings['scene_bytes']} bytes)")
+    return getattr(importlib.import_module(module), name)(scene)
 
 
 def _plane_rows(frame, layout: list[tuple[int, int]]) -> list[memoryview]:
@@ -317,6 +353,17 @@ def serve(connection: socket.socket) -> None:
                 frame = encoding.read(slot, PIXEL_FORMATS[pixel_format])
                 reply(b"S", number, slot)  # the slot is free while its frame is encoded
                 encoding.encode(frame)
+            except Exception as error:  # noqa: BLE001
+                fail(number, error)
+        elif kind == b"P":
+            _, number, label_length = STATE.unpack_from(message)
+            encoding = encodings.get(number)
+            if encoding is None:  # failed already: nothing to draw into
+                continue
+            at = STATE.size
+            label = None if label_length == NO_LABEL else message[at : at + label_length].decode()
+            try:
+                encoding.encode(encoding.draw(message[at + (label_length if label is not None else 0) :], label))
             except Exception as error:  # noqa: BLE001
                 fail(number, error)
         elif kind == b"C":

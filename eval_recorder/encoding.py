@@ -50,7 +50,7 @@ import numpy as np
 
 from eval_recorder import encoder_process
 from eval_recorder.errors import EncoderFailed
-from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, pack_open
+from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, NO_LABEL, STATE, pack_open
 
 __all__ = [
     "HELPER_FIRST_REPLY_SECONDS", "HELPER_REPLY_SECONDS", "StreamingEncoder", "encoder_process_ids",
@@ -119,6 +119,7 @@ class StreamingEncoder:
         crf: int = 16,
         preset: str = "veryfast",
         threads: int = 1,
+        drawing: tuple[str, bytes] | None = None,
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"H.264 with yuv420p needs even frame sides, got {width}x{height}")
@@ -126,10 +127,15 @@ class StreamingEncoder:
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
         slot_bytes = width * height * 3  # an RGB frame; a yuv420p frame uses the first half
-        slots = 2 if slot_bytes <= _TWO_SLOTS_MAX_BYTES else 1
-        memory = _shared_memory(slot_bytes * slots)
+        # An encoder with a drawing ("module:Class", scene) has no frame slots: its shared
+        # memory holds the scene, which the helper reads once, and its frames are states.
+        slots = 0 if drawing is not None else 2 if slot_bytes <= _TWO_SLOTS_MAX_BYTES else 1
+        size = len(drawing[1]) if drawing is not None else slot_bytes * slots
+        memory = _shared_memory(max(size, 1))
         try:
-            self._slots = mmap.mmap(memory.fileno(), slot_bytes * slots)
+            self._slots = mmap.mmap(memory.fileno(), max(size, 1))
+            if drawing is not None:
+                self._slots[:size] = drawing[1]
         except BaseException:
             memory.close()
             raise
@@ -140,7 +146,8 @@ class StreamingEncoder:
         self._yuv = [view.reshape(-1)[: slot_bytes // 2].reshape(height * 3 // 2, width) for view in self._rgb]
         settings = dict(
             path=str(self.path), width=width, height=height, fps=fps, crf=crf, preset=preset, threads=threads,
-            slot_bytes=slot_bytes,
+            slot_bytes=slot_bytes, scene_bytes=size if drawing is not None else 0,
+            drawing=drawing[0] if drawing is not None else None,
         )  # fmt: skip
         self._service = _service()
         try:
@@ -178,6 +185,21 @@ class StreamingEncoder:
 
             burn_label_in_place(target, label, pixel_format="yuv420p")
         self._service.encode(self._id, slot, b"Y")
+        self.frames += 1
+
+    def add_state(self, state: bytes, *, label: str | None = None) -> None:
+        """Queue one frame of an encoder with a drawing: the helper draws ``state`` (bytes of the
+        source's ``state()``), burns ``label`` in if given and encodes it. Returns at once: it
+        waits only while the helper is that far behind that the socket to it is full."""
+        if self._done:
+            raise RuntimeError(f"encoding {self.path.name}: frame added after close() or abort()")
+        text = b"" if label is None else label.encode()
+        if len(text) >= NO_LABEL or STATE.size + len(text) + len(state) > MESSAGE_BYTES:
+            raise ValueError(f"a state of {len(state)} bytes with a label of {len(text)} is more than a message "
+                             f"to the encoder helper holds ({MESSAGE_BYTES} bytes)")
+        message = STATE.pack(b"P", self._id, NO_LABEL if label is None else len(text)) + text + state
+        self._service.check(self._id, self.path.name)
+        self._service.encode_state(message)
         self.frames += 1
 
     def close(self) -> int:
@@ -293,6 +315,16 @@ class _EncoderService:
     def encode(self, number: int, slot: int, pixel_format: bytes) -> None:
         with self._lock:
             self._send(FRAME.pack(b"F", number, slot, pixel_format))
+
+    def check(self, number: int, name: str) -> None:
+        """Take in the replies there are; raise encoder ``number``'s failure, if it failed."""
+        with self._lock:
+            self._take_replies(block=False)
+            _raise_failure(self._states[number], name)
+
+    def encode_state(self, message: bytes) -> None:
+        with self._lock:
+            self._send(message)
 
     def finish(self, number: int, name: str) -> None:
         with self._lock:

@@ -69,6 +69,25 @@ class FrameSource:
         even sides, at most ``max_side`` on the longest side."""
         raise NotImplementedError
 
+    drawn_beside: str | None = None
+    """``"module:Class"`` of this source's drawing beside the env, else None (``frame()`` draws
+    on the stepping thread). When set, recording asks for ``frame_size()`` and ``scene()``
+    after each reset and ``state()`` for each recorded frame, and the encoder helper process
+    imports the class and draws there: ``Class(scene)``, then ``.frame(state)`` returns the
+    yuv420p frame ``frame()`` would have given. The stepping thread only packs a few bytes."""
+
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of this episode's frames (a source with ``drawn_beside``)."""
+        raise NotImplementedError
+
+    def scene(self) -> bytes:
+        """What stays fixed during the episode just reset, packed (a source with ``drawn_beside``)."""
+        raise NotImplementedError
+
+    def state(self) -> bytes:
+        """The env's current state as the drawing needs it, packed (a source with ``drawn_beside``)."""
+        raise NotImplementedError
+
     def label_extra(self) -> str | None:
         """Extra text of the burned-in label (e.g. ``arrived 1/3``), or None."""
         return None

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from eval_recorder.encoding import StreamingEncoder, start_encoder_process
 from eval_recorder.errors import EncoderFailed, NoFrames
-from eval_recorder.frames import RGB, FrameSource
+from eval_recorder.frames import RGB, YUV420P, FrameSource
 from eval_recorder.scratch import new_episode_file, remove_orphans, scratch_failure
 
 __all__ = ["DroppedEpisode", "RecordedEpisode", "VideoRecorder"]
@@ -127,14 +127,20 @@ class VideoRecorder:
         """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
         self.discard()
         self.source.new_episode()
-        pixel_format, frame = self.source.frame()
-        if pixel_format == RGB:
-            height, width = frame.shape[:2]
+        drawing = self.source.drawn_beside
+        if drawing is not None:  # drawn by the encoder helper: its size and scene, no frame here
+            pixel_format, frame = YUV420P, None
+            width, height = self.source.frame_size()
+            drawing = (drawing, self.source.scene())
         else:
-            height, width = frame.shape[0] * 2 // 3, frame.shape[1]
+            pixel_format, frame = self.source.frame()
+            if pixel_format == RGB:
+                height, width = frame.shape[:2]
+            else:
+                height, width = frame.shape[0] * 2 // 3, frame.shape[1]
         path = new_episode_file()
         try:
-            self._encoder = StreamingEncoder(path, width=width, height=height, fps=self._fps)
+            self._encoder = StreamingEncoder(path, width=width, height=height, fps=self._fps, drawing=drawing)
         except BaseException:
             _remove(path)
             raise
@@ -154,6 +160,8 @@ class VideoRecorder:
             self._send(self._next_frame())
 
     def _next_frame(self):
+        if self.source.drawn_beside is not None:
+            return None  # the encoder helper draws it (_send)
         pixel_format, frame = self.source.frame()
         if pixel_format != self._pixel_format or frame.shape != self._shape:
             raise NoFrames(
@@ -170,11 +178,14 @@ class VideoRecorder:
         return (encoder.height * 3 // 2, encoder.width)
 
     def _send(self, frame) -> None:
-        """Hand ``frame`` to the encoder, which burns the label (if set) into its copy."""
+        """Hand ``frame`` to the encoder, which burns the label (if set) into its copy; no
+        ``frame``: the source's state, which the encoder helper draws (``drawn_beside``)."""
         label = None if self._label is None else self._label()
         with _scratch_errors():
             try:
-                if self._pixel_format == RGB:
+                if frame is None:
+                    self._encoder.add_state(self.source.state(), label=label)
+                elif self._pixel_format == RGB:
                     self._encoder.add(frame, label=label)
                 else:
                     self._encoder.add_yuv420p(frame, label=label)
@@ -220,6 +231,18 @@ class VideoRecorder:
             runner_env=self._runner_env,
             frame_every=self._frame_every,
         )
+
+    def verify(self) -> None:
+        """Finish the recording in progress and keep nothing, raising what its encoder raises
+        (e.g. a drawing that fails in the encoder helper): a probe's check."""
+        encoder, self._encoder = self._encoder, None
+        if encoder is None:
+            return
+        try:
+            with _scratch_errors():
+                encoder.close()
+        finally:
+            _remove(encoder.path)
 
     def discard(self) -> None:
         """Drop an unfinished recording (the episode was cut off); nothing is kept."""

@@ -162,8 +162,10 @@ class _RecordingWrapper:
         if self.problem is None:
             try:
                 self._video.start(env_seed=self._seed)
-                if probing:
+                if probing and self.frame_source.drawn_beside is None:
                     self.frame_source.frame()  # a second frame of the same state: the same size
+                elif probing:
+                    self._video.verify()  # the encoder helper drew the frame (or says why not)
             except (RecordingError, OSError) as error:
                 if not probing:
                     self._drop(error)

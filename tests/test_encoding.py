@@ -239,11 +239,14 @@ def test_the_helper_falls_back_to_import_av_for_a_pyav_laid_out_otherwise(tmp_pa
 
 @pytest.mark.parametrize("path", ["/tmp/a b/clip.mp4", "/tmp/\udcff-not-utf-8/é.mp4"])
 def test_open_message_carries_settings_and_any_path(path):
-    settings = dict(id=7, width=800, height=600, fps=10, crf=16, threads=1, slot_bytes=1440000, preset="veryfast")
+    settings = dict(id=7, width=800, height=600, fps=10, crf=16, threads=1, slot_bytes=1440000, scene_bytes=0,
+                    preset="veryfast", drawing=None)
     settings["path"] = path
     message = encoder_process.pack_open(settings)
     assert message[:1] == b"O"
     assert encoder_process.unpack_open(message) == settings
+    drawn = dict(settings, scene_bytes=2345, drawing="eval_recorder.flatland.scene:SceneDrawing")
+    assert encoder_process.unpack_open(encoder_process.pack_open(drawn)) == drawn
 
 
 @pytest.mark.parametrize("width, height", [(800, 800), (524, 524), (640, 482), (320, 210), (802, 208), (64, 48), (2, 2)])

@@ -151,14 +151,16 @@ def test_an_eval_runner_labels_with_the_iteration_of_the_weights_it_holds():
 
 
 def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered(monkeypatch):
-    """The recorder hands the encoder the renderer's frame and the label text; the encoder
-    burns the label into its copy (tests/test_encoding.py: the same mp4 bytes as burning first)."""
+    """The recorder hands the encoder the trains' state and the label text; the encoder helper
+    draws the renderer's frame of that state and burns the label into it (tests/test_encoding.py:
+    the same mp4 bytes as burning first; tests/test_offthread_drawing.py: as drawing here)."""
     from eval_recorder.encoding import StreamingEncoder
+    from eval_recorder.flatland.scene import SceneDrawing, scene_of
 
     given = []
-    encode = StreamingEncoder.add_yuv420p
-    monkeypatch.setattr(StreamingEncoder, "add_yuv420p", lambda self, frame, *, label=None: (
-        given.append((frame.copy(), label)), encode(self, frame, label=label)))
+    encode = StreamingEncoder.add_state
+    monkeypatch.setattr(StreamingEncoder, "add_state", lambda self, state, *, label=None: (
+        given.append((state, label)), encode(self, state, label=label)))
     this_process().start(None)
     for overlay in (False, True):
         env = record_episodes(make_env(SMALL), overlay=overlay)
@@ -170,8 +172,9 @@ def test_recorded_frames_carry_the_label_and_overlay_off_leaves_them_as_rendered
     env = make_env(SMALL)
     env.reset(seed=5)
     plain = FrameRenderer(env.wrap()).render_yuv420p()
-    assert np.array_equal(off, plain) and no_label is None  # overlay off: pixel-identical to the renderer's frame
-    assert np.array_equal(on, plain) and label == "iteration ? | step 0 | arrived 0/2"
+    drawing = SceneDrawing(scene_of(env.wrap(), max_side=800))
+    assert np.array_equal(drawing.frame(off), plain) and no_label is None  # overlay off: the renderer's frame
+    assert on == off and label == "iteration ? | step 0 | arrived 0/2"
 
 
 @pytest.mark.parametrize("count, runners, shares", [

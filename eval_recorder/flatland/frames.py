@@ -4,7 +4,8 @@
 recognises a flatland ``RailEnv`` inside an env — flatland-rl's RLlib wrappers, gymnasium
 wrappers, or a bare RailEnv — whatever its observation builder, generators, malfunctions
 and speed profiles, draws it with ``FrameRenderer`` (flatland's PILSVG picture, pixel for
-pixel), reports trains, trains arrived and completion, and plays saved scenarios
+pixel) beside the env — the stepping thread packs each recorded step's train state, the
+encoder helper process draws it (``drawn_beside``, ``eval_recorder.flatland.scene``) — reports trains, trains arrived and completion, and plays saved scenarios
 (``RailEnvPersister`` files).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from eval_recorder.flatland.scene import state_of
 from eval_recorder.frames import YUV420P, FrameSource, count_frame
 
 __all__ = ["FlatlandFrames", "arrived", "find_rail_env"]
@@ -66,12 +68,13 @@ class FlatlandFrames(FrameSource):
     plays_scenarios = True
     scenario_files = "saved Flatland scenarios (.pkl or .mpk files of RailEnvPersister)"
 
-    def __init__(self, env: Any, rail_env, *, max_side: int) -> None:
-        from eval_recorder.flatland.rendering import FrameRenderer
+    drawn_beside = "eval_recorder.flatland.scene:SceneDrawing"
 
+    def __init__(self, env: Any, rail_env, *, max_side: int) -> None:
         self._env = env
         self.rail_env = rail_env
-        self._renderer = FrameRenderer(rail_env, max_side=max_side)
+        self._max_side = max_side
+        self._renderer = None  # made by the first frame() drawn here (recording draws beside: scene.py)
 
     @classmethod
     def find(cls, env: Any, *, max_side: int) -> "FlatlandFrames | None":
@@ -79,12 +82,31 @@ class FlatlandFrames(FrameSource):
         return None if rail_env is None else cls(env, rail_env, max_side=max_side)
 
     def new_episode(self) -> None:
-        self._renderer.new_episode()
+        if self._renderer is not None:
+            self._renderer.new_episode()
 
     def frame(self) -> tuple[str, np.ndarray]:
+        if self._renderer is None:
+            from eval_recorder.flatland.rendering import FrameRenderer
+
+            self._renderer = FrameRenderer(self.rail_env, max_side=self._max_side)
         frame = self._renderer.render_yuv420p()
         count_frame()
         return YUV420P, frame
+
+    def frame_size(self) -> tuple[int, int]:
+        from eval_recorder.flatland.rendering import frame_size
+
+        return frame_size(self.rail_env, max_side=self._max_side)
+
+    def scene(self) -> bytes:
+        from eval_recorder.flatland.scene import scene_of
+
+        return scene_of(self.rail_env, max_side=self._max_side)
+
+    def state(self) -> bytes:
+        count_frame()
+        return state_of(self.rail_env)
 
     def label_extra(self) -> str:
         return f"arrived {arrived(self.rail_env)}/{self.rail_env.get_num_agents()}"

@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 from eval_recorder.frames import DEFAULT_MAX_SIDE, scaled_size
 from eval_recorder.yuv import even_size, planes, rgb_to_yuv420p
 
-__all__ = ["FrameRenderer"]
+__all__ = ["FrameRenderer", "frame_size"]
 
 
 class FrameRenderer:
@@ -88,6 +88,12 @@ class FrameRenderer:
         if self._scene is None:
             self.new_episode()
         return self._scene
+
+
+def frame_size(rail_env, *, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) of the frames ``FrameRenderer(rail_env, max_side=max_side)`` draws, without drawing."""
+    geometry = _Geometry.of(rail_env)
+    return scaled_size(*even_size(geometry.width_px, geometry.height_px), max_side)
 
 
 # ---- geometry and tiles, as flatland's PILGL / PILSVG make them ------------------------

@@ -1,0 +1,105 @@
+"""Flatland frames are drawn beside the env, not on its stepping thread: the stepping thread
+packs each recorded step's train state (``flatland.scene.state_of``), the encoder helper
+process draws it with the renderer the stepping thread used before and encodes it. The
+videos are the same mp4 bytes as drawing on the stepping thread (which tests/test_rendering.py
+pins to flatland's RenderTool pixel for pixel), with malfunctions, trains of several speeds,
+trains that arrive and leave the map, the label, ``frame_every`` and scaled-down frames.
+A drawing that fails in the helper costs that episode's video only, with its cause.
+Real envs, real helper processes, real mp4 files (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval_recorder import record_episodes
+from eval_recorder.flatland.envs import make_env
+from eval_recorder.flatland.frames import FlatlandFrames
+from eval_recorder.flatland.rendering import FrameRenderer
+from eval_recorder.flatland.scene import SceneDrawing, scene_of, state_of
+from eval_recorder.runner_round import this_process
+
+BROKEN_DOWN = {"n_agents": 5, "x_dim": 30, "y_dim": 30, "n_cities": 2, "max_rail_pairs_in_city": 2,
+               "max_rails_between_cities": 2, "malfunction_interval": 6, "seed": 4}
+
+
+def play(env, seed: int, steps: int | None = None) -> int:
+    """One episode of the multi-agent ``env`` from ``seed``, seeded random actions; its steps."""
+    observations, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    count = 0
+    while steps is None or count < steps:
+        observations, _, terminated, truncated, _ = env.step({agent: int(rng.integers(5)) for agent in observations})
+        count += 1
+        if terminated.get("__all__") or truncated.get("__all__"):
+            break
+    return count
+
+
+def recorded(monkeypatch, *, beside: bool, seed: int, **options):
+    """The RecordedEpisode of one episode from ``seed``, drawn beside the env or on its stepping thread."""
+    monkeypatch.setattr(FlatlandFrames, "drawn_beside", FlatlandFrames.drawn_beside if beside else None)
+    this_process().start(None)
+    env = record_episodes(make_env(BROKEN_DOWN), **options)
+    play(env, seed)
+    (episode,) = env.pop_finished()
+    assert env.pop_dropped() == []
+    return episode, env.frame_source
+
+
+@pytest.mark.parametrize("options", [dict(), dict(frame_every=3, overlay=False), dict(max_side=120)],
+                         ids=["label-every-step", "every-3rd-no-label", "scaled-down"])
+def test_videos_drawn_beside_the_env_are_the_bytes_drawn_on_its_stepping_thread(monkeypatch, options):
+    beside, source = recorded(monkeypatch, beside=True, seed=11, **options)
+    assert source._renderer is None  # nothing was drawn in this process
+    assert beside.facts["num_agents"] == 5
+    inline, _ = recorded(monkeypatch, beside=False, seed=11, **options)
+    assert (beside.frames, beside.width, beside.height) == (inline.frames, inline.width, inline.height)
+    assert beside.mp4 == inline.mp4
+
+
+def test_the_episode_had_what_the_drawing_must_carry_over():
+    """The episode above breaks trains down, runs several speeds and takes trains on and off
+    the map; each state the stepping thread packs poses a scene whose frame is the renderer's."""
+    env = make_env(BROKEN_DOWN)
+    env.reset(seed=11)
+    rail_env = env.wrap()
+    drawing = SceneDrawing(scene_of(rail_env, max_side=800))
+    renderer = FrameRenderer(rail_env)
+    renderer.new_episode()
+    rng = np.random.default_rng(11)
+    broken, speeds, on_map = 0, set(), set()
+    for _ in range(200):
+        _, _, terminated, _, _ = env.step({agent: int(rng.integers(5)) for agent in env.get_agent_ids()})
+        agents = rail_env.agents
+        broken += sum(agent.malfunction_handler.malfunction_down_counter > 0 for agent in agents)
+        speeds |= {agent.speed_counter.speed for agent in agents}
+        on_map.add(sum((agent.current_configuration or (None,))[0] is not None for agent in agents))
+        assert np.array_equal(drawing.frame(state_of(rail_env)), renderer.render_yuv420p())
+        if terminated["__all__"]:
+            break
+    assert broken > 0 and len(speeds) > 1 and len(on_map) > 2
+
+
+def test_a_drawing_that_fails_in_the_helper_costs_that_episode_s_video_only(monkeypatch):
+    this_process().start(None)
+    env = record_episodes(make_env(BROKEN_DOWN))
+    state = FlatlandFrames.state
+    monkeypatch.setattr(FlatlandFrames, "state", lambda self: state(self)[:14])  # one train of five
+    play(env, 3)
+    (dropped,) = env.pop_dropped()  # said by the helper, seen with a later frame or at the end
+    assert dropped.cause == "its video could not be encoded: ValueError: a state of 1 trains for a scene of 5."
+    assert env.pop_finished() == []
+    monkeypatch.setattr(FlatlandFrames, "state", state)
+    steps = play(env, 4)
+    (episode,) = env.pop_finished()  # the next episode records again
+    assert episode.episode_length == steps and episode.frames == steps + 1
+
+
+def test_a_probe_says_why_the_helper_cannot_draw(monkeypatch):
+    monkeypatch.setattr(FlatlandFrames, "drawn_beside", "eval_recorder.flatland.no_such_module:Drawing")
+    this_process().start(None)
+    env = record_episodes(make_env(BROKEN_DOWN))
+    problem = env.probe(seed=1)
+    assert problem == ("its video could not be encoded: ModuleNotFoundError: "
+                       "No module named 'eval_recorder.flatland.no_such_module'.")
