@@ -8,6 +8,12 @@ and what it imports), and of PyAV only the container and video modules
 (``_import_pyav``), not the package's ``__init__``, which also loads its audio, filter,
 device and resampling modules.
 
+An encoder may also draw its frames (``O`` with a drawing, ``"module:Class"``, e.g. Flatland's
+``eval_recorder.flatland.scene.SceneDrawing``): its shared memory holds the episode's scene,
+each ``P`` message carries one frame's state and label, and the helper draws the frame
+(``Class(scene).frame(state)``, yuv420p), burns the label in and encodes it, off the env's
+stepping thread. Those modules (numpy, PIL, the renderer) load only when such an encoder opens.
+
 Large frames take two more savings, with the same H.264 bytes: RGB frames are read and
 converted to yuv420p a band of rows at a time (``_RgbBands``), not as a whole RGB copy, and
 the helper turns transparent huge pages off for itself before x264 allocates frames that

@@ -23,6 +23,10 @@ and not a pipe: a pipe write copies the frame into the kernel, the helper copies
 and again into FFmpeg's frame, in pieces of the pipe's size, each a wake-up of the other
 side; a slot is one copy here and one read there.
 
+An encoder made with ``drawing=("module:Class", scene)`` has no slots: ``add_state(state,
+label=...)`` sends the frame's state (a few bytes per frame) and the helper draws the frame
+itself (``encoder_process``), so the stepping thread neither draws nor copies frames.
+
 The helper is a fault domain of its own: every wait for it has a deadline
 (``HELPER_FIRST_REPLY_SECONDS``, then ``HELPER_REPLY_SECONDS``), a helper that dies or says
 nothing that long (killed, stopped, stuck) is taken as gone (a silent one is killed), and

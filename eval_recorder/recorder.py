@@ -2,7 +2,8 @@
 
 ``VideoRecorder`` asks its frame source for the reset frame and a frame every
 ``frame_every`` steps (the last step's frame always), burns the label in and streams them
-to an encoder; at the episode's end it returns a ``RecordedEpisode``: the complete mp4
+to an encoder (a source that draws beside the env, ``FrameSource.drawn_beside``, gives the
+frame's state instead, and the encoder helper process draws it); at the episode's end it returns a ``RecordedEpisode``: the complete mp4
 bytes and the episode's facts, which travel to the driver through Ray, never through a
 shared path. The encoder writes into a private temporary file on the runner's own machine
 (not the video folder, which only the driver writes), so memory stays flat during the episode.
