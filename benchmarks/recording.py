@@ -7,6 +7,11 @@ Usage (from the repo root, with the ``bench`` extra installed: ``pip install -e 
     python benchmarks/recording.py --repeats 1      # a quicker look (~7 min)
     python benchmarks/recording.py --cases small any800 --memory-steps --many-repeats 0   # a subset
     python benchmarks/recording.py --no-label       # ours without the burned-in label
+    python benchmarks/recording.py --cases --memory-steps --many-repeats 0 --round-cases small   # one round case only
+
+The last part runs benchmarks/round_wall.py's evaluation rounds (issue 19: stepping-thread
+cost per step, round wall of select=all and select=worst:1 of 10 episodes, side by side with
+env-only and RecordVideo); --round-cases with no names skips it.
 
 Cases (the label is burned into every frame, as run_eval.py does by default):
 
@@ -106,6 +111,7 @@ MEMORY_GOAL_MB = 64.0
 FLAT_MB = 8.0  # "flat in episode length": from the shortest to the longest episode, within this
 PSNR_GOAL_DB = 40.0
 MANY_HELPER_RATIO_GOAL = 2.0
+ROUND_CASES = ("small", "between", "medium", "large", "any800")  # round_wall.CASES
 
 
 # ---- child: one mode, one episode ------------------------------------------------------
@@ -742,6 +748,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-repeats", type=int, default=1, help="repeats per mode in the memory sweep")
     parser.add_argument("--many-repeats", type=int, default=1, help="repeats of the 4-env case (0: skip it)")
     parser.add_argument("--no-label", action="store_true", help="ours without the burned-in label")
+    parser.add_argument("--round-cases", nargs="*", default=None, choices=list(ROUND_CASES),
+                        help="cases of the evaluation-round part (benchmarks/round_wall.py; default: all; "
+                             "none: skip it)")  # fmt: skip
+    parser.add_argument("--round-repeats", type=int, default=1, help="repeats per mode of the round part")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -774,6 +784,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"running memory {name} {steps} steps ...", file=sys.stderr, flush=True)
                 per_steps[steps] = measure(name, steps, args.memory_repeats, ("env", "ours"), label_on, quality=False)
             report_memory(name, per_steps, goals)
+    if args.round_cases is None or args.round_cases:
+        import round_wall
+
+        round_wall.run(args.round_cases or list(round_wall.CASES), args.round_repeats, goals)
     failed = [text for met, text in goals.lines if not met]
     print(f"\n{'ALL GOALS PASS' if not failed else f'{len(failed)} GOAL(S) FAIL'} "
           f"({len(goals.lines)} checks; load average at the end: {_load()})")  # fmt: skip

@@ -1,0 +1,425 @@
+"""What recording costs a whole evaluation round: env-only vs. recording every episode vs.
+keeping only the worst one, with PASS/FAIL against issue 19's goals (point 6; goals of point 4).
+
+Usage (from the repo root, with the ``bench`` extra installed)::
+
+    python benchmarks/round_wall.py                                # every case, 1 repeat (~4 min)
+    python benchmarks/round_wall.py --repeats 3 --cases small any800
+
+benchmarks/recording.py runs it too (``--round-cases``, ``--round-repeats``).
+
+A round = 10 episodes played back to back on one env in one process, as one eval runner
+plays them, each to its end, with seeded random actions (the same in every mode; an agent
+gets an action while it gets observations, as RLlib gives them). Each mode runs in its own
+fresh subprocess; modes alternate within each repeat (the order rotates); medians are reported.
+
+Flatland cases (flatland-rl's ``RayMultiAgentWrapper`` around the RailEnv, as the recorder
+sees it in real runs; every episode on the same rails and timetable, reset with seed
+seed+episode; an episode ends when every train is done or at its cap of steps, which keeps
+a run short): small 10 trains on 40x40 (200 steps), between 20 on 50x50 (150), medium 30 on
+60x60 (120), large 50 on 100x100 (80).
+
+  env      the wrapped env only (the baseline).
+  all      ``record_episodes(env, fps=10, max_side=800, overlay=True)``; at the round's end the
+           driver's part: every episode's video and replay record into a fresh folder
+           (``VideoStore.store``: mp4, poster, record, sidecar, manifest line).
+  worst1   the same recording on the runner (choosing is the driver's); the driver stores the
+           video of the worst episode only (``selection.choose("worst:1")``: lowest completion,
+           then return) and the other 9 episodes' replay records (``VideoStore.store_record``).
+  anchor   (small) gymnasium's RecordVideo (moviepy) over flatland's RenderTool: a reference.
+
+any800: benchmarks/shapes_env.py's env (800x800 ``rgb_array`` frames, ~6 ms a step and frame),
+10 episodes of 150 steps (gymnasium's TimeLimit ends them). INFO only:
+
+  env            step only.
+  all            record_episodes: every episode rendered and encoded live on the stepping thread.
+  worst1-live    the same; the driver stores the worst episode's video, the others' records.
+  worst1-replay  what a recorder that skips frames could do: the bare env steps while an
+                 ``EpisodeCapture`` keeps each episode's seed and actions; after the round the
+                 worst episode is replayed from its record in the same process, rendered and
+                 encoded (``StreamingEncoder``), and stored like worst1-live's.
+
+Figures per mode: round wall (from before the first reset to the end of the driver's part;
+the wrapper is made before it, as a runner makes its env once), of it the driver's part,
+env steps; stepping-thread cost = time inside the recording wrapper's reset / step /
+pop_finished calls minus the time inside the wrapped env's reset / step (timed by a shim
+around them), per env step (worst1-replay: the capture's calls); added MB = the process's
+high-water mark (VmHWM, reset before the wrapper is made) plus its helper processes' (the
+encoder process; moviepy's ffmpeg), minus env-only's: what recording adds to an eval runner.
+
+Goals (Flatland cases), each printed as PASS or FAIL with its figures: stepping-thread cost
+of all <= 0.2 ms per step; round wall all / env <= 1.10 and worst1 / env <= 1.03; memory added
+<= 64 MB (hard limit 96 MB: up to it counts as met, the figure is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recording, shapes_env, as a script or a child
+
+import recording  # noqa: E402
+from recording import (  # noqa: E402
+    Goals, RenderToolEnv, _actions, _descendants, _import_everything, _load, _make_rail_env, _median, _peak_rss_mb,
+    _reset_peak_rss, _Timer,
+)  # fmt: skip
+
+EPISODES = 10
+FPS = 10
+MAX_SIDE = 800
+RUN_ID = "bench"
+KEEP_RAILS = {"regenerate_rail": False, "regenerate_schedule": False}
+CASES = {
+    "small": dict(kind="flatland", agents=10, size=40, steps=200),
+    "between": dict(kind="flatland", agents=20, size=50, steps=150),
+    "medium": dict(kind="flatland", agents=30, size=60, steps=120),
+    "large": dict(kind="flatland", agents=50, size=100, steps=80),
+    "any800": dict(kind="shapes", size=800, field=640, steps=150),
+}
+MODES = {"flatland": ("env", "all", "worst1"), "shapes": ("env", "all", "worst1-live", "worst1-replay")}
+ANCHOR_CASES = ("small",)
+SELECT = {"all": "all", "worst1": "worst:1", "worst1-live": "worst:1", "worst1-replay": "worst:1"}
+STEP_MS_GOAL = 0.2
+ALL_RATIO_GOAL = 1.10
+WORST_RATIO_GOAL = 1.03
+MEMORY_GOAL_MB = 64.0
+MEMORY_LIMIT_MB = 96.0
+
+
+# ---- child: one mode, one round ---------------------------------------------------------
+
+
+class _Helpers(recording._Helpers):
+    """recording.py's sampler of helper processes, whose peak here is the most their high-water
+    marks sum to among helpers alive together: the anchor starts one ffmpeg per episode, one
+    after the other, which recording.py's sum over every helper seen would add up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._together = 0.0
+
+    @property
+    def peak_mb(self) -> float:
+        return self._together
+
+    def _sample(self) -> None:
+        super()._sample()
+        alive = set(_descendants(os.getpid()))
+        self._together = max(self._together, sum(peak for pid, peak in self._peaks.items() if pid in alive))
+
+
+class _Shim:
+    """Adds up the time spent inside ``env``'s reset and step (instance attributes shadow
+    the methods, so whoever holds ``env`` calls through the shim)."""
+
+    def __init__(self, env) -> None:
+        self.seconds = 0.0
+        for name in ("reset", "step"):
+            setattr(env, name, self._timed(getattr(env, name)))
+
+    def _timed(self, method):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def _make(case: dict, mode: str, seed: int, folder: Path):
+    """(the env the round steps, the shim around the env it wraps, reset options, action rows
+    per episode), all made outside the measurements."""
+    from gymnasium.wrappers import RecordVideo, TimeLimit
+
+    from eval_recorder.wrapper import record_episodes
+
+    steps = case["steps"]
+    if case["kind"] == "shapes":
+        from shapes_env import ShapesEnv
+
+        inner = TimeLimit(ShapesEnv(size=case["size"], field=case["field"]), max_episode_steps=steps)
+        rows = [[int(a) for a in np.random.default_rng(seed + episode).integers(0, 5, size=steps)] for episode in range(EPISODES)]
+        shim = _Shim(inner)
+        recorded = mode in ("all", "worst1-live")
+        return (record_episodes(inner, fps=FPS, max_side=MAX_SIDE, overlay=True) if recorded else inner), shim, None, rows
+    from flatland.ml.ray.ray_multi_agent_rail_env import RayMultiAgentWrapper
+
+    rail_env = _make_rail_env(case["agents"], case["size"], seed)
+    rail_env.reset(random_seed=seed)  # the rails and timetable of every episode
+    rail_env._max_episode_steps = min(rail_env._max_episode_steps, steps)  # kept by resets that keep the timetable
+    key = int if mode == "anchor" else str  # RailEnv's train handles, RayMultiAgentWrapper's agent ids
+    rows = [[{key(i): a for i, a in row.items()} for row in _actions(rail_env.get_num_agents(), steps, seed + episode)]
+            for episode in range(EPISODES)]  # fmt: skip
+    if mode == "anchor":
+        shim = _Shim(rail_env)
+        recorder = RecordVideo(RenderToolEnv(rail_env), video_folder=str(folder), name_prefix="anchor",
+                               episode_trigger=lambda episode: True, fps=FPS, disable_logger=True)  # fmt: skip
+        return recorder, shim, None, rows
+    inner = RayMultiAgentWrapper(rail_env)
+    shim = _Shim(inner)
+    return (inner if mode == "env" else record_episodes(inner, fps=FPS, max_side=MAX_SIDE, overlay=True)), shim, \
+        KEEP_RAILS, rows
+
+
+def _done(terminated, truncated) -> bool:
+    if isinstance(terminated, dict):
+        return bool(terminated.get("__all__") or truncated.get("__all__"))
+    return bool(terminated or truncated)
+
+
+def _play(env, rows, seed: int, options, timer: _Timer, recorded: bool, captures: list | None = None):
+    """Play the round's episodes on ``env`` (its calls timed by ``timer``); (env steps, the
+    recorded episodes popped after each episode). ``captures``: keep each episode's replay
+    record (an EpisodeCapture's, its calls timed by ``timer`` too), return and steps in it."""
+    from eval_recorder.episode_record import EpisodeCapture
+
+    steps, finished = 0, []
+    for episode, actions in enumerate(rows):
+        with timer:
+            observations, _ = env.reset(seed=seed + episode, options=options)
+            capture = EpisodeCapture(seed=seed + episode) if captures is not None else None
+        episode_return, episode_steps = 0.0, 0
+        for row in actions:
+            action = {agent: row[agent] for agent in observations} if isinstance(row, dict) else row
+            with timer:
+                observations, reward, terminated, truncated, _ = env.step(action)
+            episode_steps += 1
+            if capture is not None:
+                episode_return += reward
+                with timer:
+                    capture.step(action, reward, terminated, truncated)
+            if _done(terminated, truncated):
+                break
+        steps += episode_steps
+        if recorded:
+            with timer:
+                finished += env.pop_finished()
+        if capture is not None:
+            with timer:
+                captures.append((capture.finish().to_bytes(), episode_return, episode_steps))
+    return steps, finished
+
+
+def _replay_worst(env, captures: list, folder: Path) -> tuple[list, float]:
+    """worst1-replay's runner part: the round's episodes as RecordedEpisodes (records, no
+    video), the worst one's video made by replaying it from its record; and the replay's seconds."""
+    from eval_recorder.encoding import StreamingEncoder
+    from eval_recorder.episode_record import EpisodeRecord
+    from eval_recorder.naming import env_label
+    from eval_recorder.overlay import label_text
+    from eval_recorder.recorder import RecordedEpisode
+    from eval_recorder.selection import EpisodeFacts, choose
+
+    start = time.perf_counter()
+    episodes = []
+    for index, (record, episode_return, steps) in enumerate(captures):
+        episodes.append(RecordedEpisode(
+            mp4=b"", env_label=env_label("ShapesEnv"), env_seed=EpisodeRecord.from_bytes(record).seed,
+            episode_length=steps, episode_return=episode_return, frames=0, fps=FPS, width=0, height=0,
+            runner_index=0, runner_host=socket.gethostname(), runner_pid=os.getpid(), runner_sequence=index,
+            record=record, record_kind="episode",
+        ))  # fmt: skip
+    facts = [EpisodeFacts(index=i, episode_return=e.episode_return) for i, e in enumerate(episodes)]
+    (worst,) = choose("worst:1", facts)
+    record = EpisodeRecord.from_bytes(episodes[worst.index].record)
+    env.reset(seed=record.seed, options=record.options)
+    frame, episode_return = env.render(), 0.0
+    height, width = frame.shape[:2]
+    encoder = StreamingEncoder(folder / "replay.mp4", width=width, height=height, fps=FPS)
+    encoder.add(frame, label=label_text(training_iteration=None, step=0, extra=f"return {episode_return:.1f}"))
+    for step in range(1, record.steps + 1):
+        episode_return += env.step(record.actions_at(step))[1]
+        encoder.add(env.render(), label=label_text(training_iteration=None, step=step,
+                                                   extra=f"return {episode_return:.1f}"))  # fmt: skip
+    frames = encoder.close()
+    episodes[worst.index] = dataclasses.replace(episodes[worst.index], mp4=encoder.path.read_bytes(), frames=frames,
+                                                width=width, height=height)  # fmt: skip
+    return episodes, time.perf_counter() - start
+
+
+def _store_round(episodes: list, select: str, folder: Path) -> int:
+    """The driver's part of the round: the chosen episodes' videos (with their records) and the
+    others' records into ``folder``, as the session stores them; how many videos."""
+    from eval_recorder.naming import video_stem
+    from eval_recorder.selection import EpisodeFacts, choose
+    from eval_recorder.tags import TrainingTag
+    from eval_recorder.video_store import VideoStore
+
+    store, tag = VideoStore(folder, run_id=RUN_ID), TrainingTag(training_iteration=1, env_steps=0)
+    facts = [EpisodeFacts(index=index, episode_return=episode.episode_return,
+                          completion=episode.facts.get("completion"), agents_arrived=episode.facts.get("agents_arrived"),
+                          num_agents=episode.facts.get("num_agents")) for index, episode in enumerate(episodes)]  # fmt: skip
+    chosen = {found.index: found.reason for found in choose(select, facts)}
+    for index, episode in enumerate(episodes):
+        where = dict(episode=episode, tag=tag, evaluation_round=1, episode_index=index, checkpoint=None,
+                     stem=video_stem(env=episode.env_label, training_iteration=1, evaluation_round=1,
+                                     episode_index=index, run_id=RUN_ID))  # fmt: skip
+        if index in chosen:
+            store.store(**where, chosen=None if select == "all" else chosen[index])
+        else:
+            store.store_record(**where)
+    return len(chosen)
+
+
+def run_child(case_name: str, mode: str, seed: int) -> dict:
+    """Play one round of ``mode`` in this process; its measurements as a dict."""
+    _import_everything()
+    import flatland.ml.ray.ray_multi_agent_rail_env  # noqa: F401
+
+    import eval_recorder.video_store  # noqa: F401
+    import eval_recorder.wrapper  # noqa: F401
+
+    case = CASES[case_name]
+    with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+        folder, scratch = Path(tmp) / "videos", Path(tmp) / "scratch"
+        folder.mkdir(), scratch.mkdir()
+        gc.collect()
+        peak_reset = _reset_peak_rss()
+        with _Helpers() as helpers:
+            env, shim, options, rows = _make(case, mode, seed, scratch)
+            timer, captures = _Timer(), ([] if mode == "worst1-replay" else None)
+            start = time.perf_counter()
+            steps, finished = _play(env, rows, seed, options, timer, mode in SELECT and captures is None, captures)
+            if mode == "anchor":
+                with timer:
+                    env.close()  # RecordVideo writes the last episode's video
+            inner_s, driver, replay_s = shim.seconds, time.perf_counter(), 0.0
+            if captures is not None:
+                finished, replay_s = _replay_worst(env, captures, scratch)
+            videos = _store_round(finished, SELECT[mode], folder) if mode in SELECT else 0
+            end = time.perf_counter()
+        peak = _peak_rss_mb()
+        videos += len(list(scratch.glob("anchor*.mp4")))
+    return dict(mode=mode, wall_s=end - start, driver_s=end - driver - replay_s, replay_s=replay_s, steps=steps,
+                stepping_s=timer.seconds - inner_s, inner_s=inner_s, videos=videos,
+                process_peak_mb=peak, helper_peak_mb=helpers.peak_mb, peak_rss_mb=peak + helpers.peak_mb,
+                peak_reset=peak_reset)  # fmt: skip
+
+
+# ---- parent: alternate modes in subprocesses, report -------------------------------------
+
+
+def _spawn(case: str, mode: str, seed: int) -> dict:
+    command = [sys.executable, __file__, "--child", mode, "--case", case, "--seed", str(seed)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"round {case} {mode} child failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _modes(case: str) -> tuple[str, ...]:
+    return MODES[CASES[case]["kind"]] + (("anchor",) if case in ANCHOR_CASES else ())
+
+
+def measure(case: str, repeats: int, seed: int = 1) -> dict[str, list[dict]]:
+    """{mode: [result per repeat]}; repeat r plays the same round (seed+r) in every mode."""
+    modes = _modes(case)
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for repeat in range(repeats):
+        for mode in modes[repeat % len(modes) :] + modes[: repeat % len(modes)]:
+            result = _spawn(case, mode, seed + repeat)
+            results[mode].append(result)
+            print(f"  round {case}, repeat {repeat} {mode:13s} wall {result['wall_s']:6.2f} s, {result['steps']} "
+                  f"steps, peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
+    return results
+
+
+def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None:
+    case, env = CASES[name], results["env"]
+    env_wall = _median(env, "wall_s")
+    what = f"{case['agents']} trains, {case['size']}x{case['size']}" if case["kind"] == "flatland" else \
+        f"generic rgb_array env, {case['size']}x{case['size']} frames"
+    print(f"\n## round {name}: {what}, {EPISODES} episodes of at most {case['steps']} steps, {len(env)} repeats "
+          "(medians; added = minus env-only on the same round)")  # fmt: skip
+    print("| mode | steps | round wall s | ratio to env | of it driver s | stepping-thread ms per step "
+          "| added MB (process + helpers) | videos |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    figures = {}
+    for mode, rows in results.items():
+        ratio = statistics.median(r["wall_s"] / e["wall_s"] for r, e in zip(rows, env))
+        step_ms = statistics.median(r["stepping_s"] / r["steps"] * 1000 for r in rows)
+        added = [r["peak_rss_mb"] - e["peak_rss_mb"] for r, e in zip(rows, env)]
+        process = statistics.median(r["process_peak_mb"] - e["process_peak_mb"] for r, e in zip(rows, env))
+        figures[mode] = dict(ratio=ratio, step_ms=step_ms, added_mb=statistics.median(added), process_mb=process,
+                             helper_mb=_median(rows, "helper_peak_mb"), wall=_median(rows, "wall_s"),
+                             driver=_median(rows, "driver_s"), replay=_median(rows, "replay_s"))  # fmt: skip
+        f = figures[mode]
+        cells = ("-", "-", "-") if mode == "env" else \
+            (f"{ratio:.3f}", f"{step_ms:.3f}", f"{f['added_mb']:.0f} ({process:+.0f} + {f['helper_mb']:.0f})")
+        driver = f"{f['driver']:.2f}" + (f" (+ replay {f['replay']:.2f})" if mode == "worst1-replay" else "")
+        print(f"| {mode} | {int(_median(rows, 'steps'))} | {f['wall']:.2f} | {cells[0]} | {driver} | {cells[1]} "
+              f"| {cells[2]} | {int(_median(rows, 'videos'))} |")  # fmt: skip
+    env_ms = _median(env, "inner_s") / _median(env, "steps") * 1000
+    print(f"env-only: {env_ms:.2f} ms per step inside the env's reset/step; {env_wall:.2f} s per round")
+    if case["kind"] == "shapes":
+        live, replay = figures["worst1-live"], figures["worst1-replay"]
+        better = "live" if live["ratio"] < replay["ratio"] else "replay"
+        print(f"INFO {name}: narrower select: live {live['ratio']:.3f} vs replay {replay['ratio']:.3f} (round wall "
+              f"over env-only: {live['wall']:.2f} s vs {replay['wall']:.2f} s, env-only {env_wall:.2f} s; the "
+              f"replay of the worst episode took {replay['replay']:.2f} s after the round; stepping thread "
+              f"{live['step_ms']:.3f} vs {replay['step_ms']:.3f} ms per step), better: {better}")  # fmt: skip
+        return
+    size = f"[round {name}]"
+    every, worst = figures["all"], figures["worst1"]
+    goals.check(every["step_ms"] <= STEP_MS_GOAL,
+                f"stepping thread {size}: all spends {every['step_ms']:.3f} ms per step inside the recording "
+                f"wrapper beyond the env's own reset/step ({env_ms:.2f} ms per step) (goal <= {STEP_MS_GOAL} ms)")  # fmt: skip
+    goals.check(every["ratio"] <= ALL_RATIO_GOAL,
+                f"round wall {size}: all / env = {every['ratio']:.3f} ({every['wall']:.2f} s, of it driver "
+                f"{every['driver']:.2f} s, vs {env_wall:.2f} s) (goal <= {ALL_RATIO_GOAL:.2f})")  # fmt: skip
+    goals.check(worst["ratio"] <= WORST_RATIO_GOAL,
+                f"round wall {size}: worst1 / env = {worst['ratio']:.3f} ({worst['wall']:.2f} s, of it driver "
+                f"{worst['driver']:.2f} s, vs {env_wall:.2f} s) (goal <= {WORST_RATIO_GOAL:.2f})")  # fmt: skip
+    most = max(("all", "worst1"), key=lambda mode: figures[mode]["added_mb"])
+    top = figures[most]
+    goals.check(top["added_mb"] <= MEMORY_LIMIT_MB,
+                f"memory {size}: recording adds {top['added_mb']:.0f} MB per eval runner (process + helpers: "
+                f"{top['process_mb']:+.0f} + {top['helper_mb']:.0f}, mode {most}; all {every['added_mb']:.0f}, "
+                f"worst1 {worst['added_mb']:.0f}) (goal <= {MEMORY_GOAL_MB:.0f} MB; hard limit "
+                f"{MEMORY_LIMIT_MB:.0f} MB)")  # fmt: skip
+
+
+def run(cases, repeats: int, goals: Goals) -> None:
+    """Measure and report ``cases`` (their checks go into ``goals``)."""
+    for name in cases:
+        print(f"running round {name} ...", file=sys.stderr, flush=True)
+        report_case(name, measure(name, repeats), goals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES), help="round cases to run")
+    parser.add_argument("--repeats", type=int, default=1, help="repeats per mode (medians are reported)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args.case, args.child, args.seed)))
+        return 0
+    print(f"# round-wall benchmark ({os.cpu_count()} CPUs, python {sys.version.split()[0]}, load average {_load()})")
+    goals = Goals()
+    run(args.cases, args.repeats, goals)
+    failed = [text for met, text in goals.lines if not met]
+    print(f"\n{'ALL GOALS PASS' if not failed else f'{len(failed)} GOAL(S) FAIL'} "
+          f"({len(goals.lines)} checks; load average at the end: {_load()})")  # fmt: skip
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
