@@ -609,6 +609,13 @@ class Goals:
         self.lines.append((met, text))
         print(f"{'PASS' if met else 'FAIL'}  {text}")
 
+    def summary(self) -> int:
+        """Print how many goals passed; the exit code (1 if any failed)."""
+        failed = [text for met, text in self.lines if not met]
+        print(f"\n{'ALL GOALS PASS' if not failed else f'{len(failed)} GOAL(S) FAIL'} "
+              f"({len(self.lines)} checks; load average at the end: {_load()})")  # fmt: skip
+        return 0 if not failed else 1
+
 
 def _describe(name: str, steps: int | None = None) -> str:
     case = CASES[name]
@@ -788,10 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         import round_wall
 
         round_wall.run(args.round_cases or list(round_wall.CASES), args.round_repeats, goals)
-    failed = [text for met, text in goals.lines if not met]
-    print(f"\n{'ALL GOALS PASS' if not failed else f'{len(failed)} GOAL(S) FAIL'} "
-          f"({len(goals.lines)} checks; load average at the end: {_load()})")  # fmt: skip
-    return 0 if not failed else 1
+    return goals.summary()
 
 
 if __name__ == "__main__":

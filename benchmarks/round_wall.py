@@ -415,10 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# round-wall benchmark ({os.cpu_count()} CPUs, python {sys.version.split()[0]}, load average {_load()})")
     goals = Goals()
     run(args.cases, args.repeats, goals)
-    failed = [text for met, text in goals.lines if not met]
-    print(f"\n{'ALL GOALS PASS' if not failed else f'{len(failed)} GOAL(S) FAIL'} "
-          f"({len(goals.lines)} checks; load average at the end: {_load()})")  # fmt: skip
-    return 0 if not failed else 1
+    return goals.summary()
 
 
 if __name__ == "__main__":
