@@ -5,7 +5,8 @@ recognises a flatland ``RailEnv`` inside an env — flatland-rl's RLlib wrappers
 wrappers, or a bare RailEnv — whatever its observation builder, generators, malfunctions
 and speed profiles, draws it with ``FrameRenderer`` (flatland's PILSVG picture, pixel for
 pixel) beside the env — the stepping thread packs each recorded step's train state, the
-encoder helper process draws it (``drawn_beside``, ``eval_recorder.flatland.scene``) — reports trains, trains arrived and completion, and plays saved scenarios
+encoder helper process draws it (``drawn_beside``, ``eval_recorder.flatland.scene``) —
+reports trains, trains arrived and completion, and plays saved scenarios
 (``RailEnvPersister`` files).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from eval_recorder.flatland.scene import state_of
+from eval_recorder.flatland.scene import scene_of, state_of
 from eval_recorder.frames import YUV420P, FrameSource, count_frame
 
 __all__ = ["FlatlandFrames", "arrived", "find_rail_env"]
@@ -100,8 +101,6 @@ class FlatlandFrames(FrameSource):
         return frame_size(self.rail_env, max_side=self._max_side)
 
     def scene(self) -> bytes:
-        from eval_recorder.flatland.scene import scene_of
-
         return scene_of(self.rail_env, max_side=self._max_side)
 
     def state(self) -> bytes:
