@@ -23,7 +23,11 @@ a run short): small 10 trains on 40x40 (200 steps), between 20 on 50x50 (150), m
   all      ``record_episodes(env, fps=10, max_side=800, overlay=True)``; at the round's end the
            driver's part: every episode's video and replay record into a fresh folder
            (``VideoStore.store``: mp4, poster, record, sidecar, manifest line).
-  worst1   the same recording on the runner (choosing is the driver's); the driver stores the
+  worst1   the same with ``select="worst:1"``, as an eval runner records in a round with
+           ``recording.select=worst:1``: the runner keeps each episode's train states and has
+           the encoder helper draw, after the episode, only the episodes worst:1 may still choose
+           (worse than every earlier one; the others carry their record only), waiting at the
+           round's end (``pop_finished()``) for those still being drawn; the driver stores the
            video of the worst episode only (``selection.choose("worst:1")``: lowest completion,
            then return) and the other 9 episodes' replay records (``VideoStore.store_record``).
   anchor   (small) gymnasium's RecordVideo (moviepy) over flatland's RenderTool: a reference.
@@ -44,8 +48,10 @@ the wrapper is made before it, as a runner makes its env once), of it the driver
 env steps; stepping-thread cost = time inside the recording wrapper's reset / step /
 pop_finished calls minus the time inside the wrapped env's reset / step (timed by a shim
 around them), per env step (worst1-replay: the capture's calls); added MB = the process's
-high-water mark (VmHWM, reset before the wrapper is made) plus its helper processes' (the
-encoder process; moviepy's ffmpeg), minus env-only's: what recording adds to an eval runner.
+high-water mark (VmHWM, reset before the wrapper is made, read when the episodes are
+played, before the driver's part, which runs on the driver in a real run) plus its helper
+processes' (the encoder process; moviepy's ffmpeg), minus env-only's: what recording adds to
+an eval runner.
 
 Goals (Flatland cases), each printed as PASS or FAIL with its figures: stepping-thread cost
 of all <= 0.2 ms per step; round wall all / env <= 1.10 and worst1 / env <= 1.03; memory added
@@ -172,8 +178,9 @@ def _make(case: dict, mode: str, seed: int, folder: Path):
         return recorder, shim, None, rows
     inner = RayMultiAgentWrapper(rail_env)
     shim = _Shim(inner)
-    return (inner if mode == "env" else record_episodes(inner, fps=FPS, max_side=MAX_SIDE, overlay=True)), shim, \
-        KEEP_RAILS, rows
+    select = {"worst1": "worst:1"}.get(mode)  # the runner draws only the episodes worst:1 may choose
+    return (inner if mode == "env" else record_episodes(inner, fps=FPS, max_side=MAX_SIDE, overlay=True,
+                                                        select=select)), shim, KEEP_RAILS, rows
 
 
 def _done(terminated, truncated) -> bool:
@@ -208,10 +215,13 @@ def _play(env, rows, seed: int, options, timer: _Timer, recorded: bool, captures
         steps += episode_steps
         if recorded:
             with timer:
-                finished += env.pop_finished()
+                finished += env.pop_finished(wait=False)  # as the eval runner hands them over
         if capture is not None:
             with timer:
                 captures.append((capture.finish().to_bytes(), episode_return, episode_steps))
+    if recorded:
+        with timer:
+            finished += env.pop_finished()  # the end of the runner's sample(): videos still being drawn
     return steps, finished
 
 
@@ -299,6 +309,7 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
                 with timer:
                     env.close()  # RecordVideo writes the last episode's video
             inner_s, driver, replay_s = shim.seconds, time.perf_counter(), 0.0
+            runner_peak = _peak_rss_mb()  # the eval runner's part ends here; the driver's is below
             if captures is not None:
                 finished, replay_s = _replay_worst(env, captures, scratch)
             videos = _store_round(finished, SELECT[mode], folder) if mode in SELECT else 0
@@ -307,8 +318,8 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
         videos += len(list(scratch.glob("anchor*.mp4")))
     return dict(mode=mode, wall_s=end - start, driver_s=end - driver - replay_s, replay_s=replay_s, steps=steps,
                 stepping_s=timer.seconds - inner_s, inner_s=inner_s, videos=videos,
-                process_peak_mb=peak, helper_peak_mb=helpers.peak_mb, peak_rss_mb=peak + helpers.peak_mb,
-                peak_reset=peak_reset)  # fmt: skip
+                process_peak_mb=runner_peak, helper_peak_mb=helpers.peak_mb, peak_rss_mb=runner_peak + helpers.peak_mb,
+                driver_peak_mb=peak, peak_reset=peak_reset)  # fmt: skip
 
 
 # ---- parent: alternate modes in subprocesses, report -------------------------------------

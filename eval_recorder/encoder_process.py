@@ -13,6 +13,9 @@ An encoder may also draw its frames (``O`` with a drawing, ``"module:Class"``, e
 each ``P`` message carries one frame's state and label, and the helper draws the frame
 (``Class(scene).frame(state)``, yuv420p), burns the label in and encodes it, off the env's
 stepping thread. Those modules (numpy, PIL, the renderer) load only when such an encoder opens.
+An episode drawn after it ended (``B``) has its frames' states and labels in the shared
+memory after the scene (``pack_frames``): one message draws them all, and the helper says
+``G`` every ``PROGRESS_FRAMES`` frames, so a long episode's drawing is not taken for a hung helper.
 
 Large frames take two more savings, with the same H.264 bytes: RGB frames are read and
 converted to yuv420p a band of rows at a time (``_RgbBands``), not as a whole RGB copy, and
@@ -27,8 +30,8 @@ import socket
 import struct
 import sys
 
-__all__ = ["FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "NO_LABEL", "PIXEL_FORMATS", "STATE", "pack_open", "serve",
-           "unpack_open"]
+__all__ = ["BATCH", "FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "NO_LABEL", "PIXEL_FORMATS", "STATE", "pack_frames",
+           "pack_open", "serve", "unpack_frames", "unpack_open"]
 
 # H.264 colour tags (FFmpeg's AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic
 # SMPTE 170M = BT.601; AVColorRange MPEG = limited): what PyAV's rgb24 conversion and
@@ -65,17 +68,22 @@ _PR_SET_THP_DISABLE = 41
 #   to the helper:   O id sizes preset path [drawing] (+ the slots' fd)  open an encoder (pack_open)
 #                    F id slot format          encode the frame in that slot
 #                    P id label-length label state   draw the state (an encoder with a drawing), encode it
+#                    B id offset length        draw and encode every frame packed at offset (pack_frames)
 #                    C id                      flush and finish the mp4
 #                    A id                      drop the encoder, file as it is
 #   from the helper: S id slot                 the slot is free again
 #                    D id frames               the mp4 is finished
 #                    X id text                 the encoder failed (why)
 #                    K id                      the encoder was dropped
+#                    G id frames               frames drawn so far of a B (the helper is alive)
 FRAME = struct.Struct("<cIIc")
 ID = struct.Struct("<cI")
 ID_NUMBER = struct.Struct("<cII")
 STATE = struct.Struct("<cIH")  # P id label-length, then the label (UTF-8) and the state
 NO_LABEL = 0xFFFF  # label-length of a frame without a label
+BATCH = struct.Struct("<cIQQ")  # B id offset length
+_PACKED = struct.Struct("<HI")  # per packed frame: label-length (NO_LABEL: none), state-length
+PROGRESS_FRAMES = 32
 MESSAGE_BYTES = 1 << 16
 # O id width height fps crf threads slot_bytes scene_bytes, then preset \0 path [\0 drawing]
 _OPEN = struct.Struct("<cIIIIIIII")
@@ -89,6 +97,32 @@ def pack_open(settings: dict) -> bytes:
     drawing = settings.get("drawing")
     return (numbers + settings["preset"].encode() + b"\0" + os.fsencode(settings["path"])
             + (b"\0" + drawing.encode() if drawing else b""))
+
+
+def pack_frames(frames) -> bytes:
+    """``(state, label)`` pairs (label None: none) as the helper reads them after a ``B``."""
+    parts = []
+    for state, label in frames:
+        text = b"" if label is None else label.encode()
+        if len(text) >= NO_LABEL:
+            raise ValueError(f"a label of {len(text)} bytes is more than a frame holds ({NO_LABEL - 1})")
+        parts += (_PACKED.pack(NO_LABEL if label is None else len(text), len(state)), text, state)
+    return b"".join(parts)
+
+
+def unpack_frames(data: bytes):
+    """The ``(state, label)`` pairs of ``pack_frames``, one by one."""
+    at = 0
+    while at < len(data):
+        label_length, state_length = _PACKED.unpack_from(data, at)
+        at += _PACKED.size
+        label = None
+        if label_length != NO_LABEL:
+            label, at = data[at : at + label_length].decode(), at + label_length
+        if at + state_length > len(data):
+            raise EOFError(f"the packed frames ended early ({len(data)} bytes)")
+        yield data[at : at + state_length], label
+        at += state_length
 
 
 def unpack_open(message: bytes) -> dict:
@@ -370,6 +404,21 @@ def serve(connection: socket.socket) -> None:
             label = None if label_length == NO_LABEL else message[at : at + label_length].decode()
             try:
                 encoding.encode(encoding.draw(message[at + (label_length if label is not None else 0) :], label))
+            except Exception as error:  # noqa: BLE001
+                fail(number, error)
+        elif kind == b"B":
+            _, number, offset, length = BATCH.unpack(message)
+            encoding = encodings.get(number)
+            if encoding is None:
+                continue
+            try:
+                data = os.pread(encoding.fd, length, offset)
+                if len(data) != length:
+                    raise EOFError(f"the packed frames ended early ({len(data)} of {length} bytes)")
+                for drawn, (state, label) in enumerate(unpack_frames(data), 1):
+                    encoding.encode(encoding.draw(state, label))
+                    if drawn % PROGRESS_FRAMES == 0:
+                        reply(b"G", number, drawn)
             except Exception as error:  # noqa: BLE001
                 fail(number, error)
         elif kind == b"C":

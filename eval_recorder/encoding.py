@@ -26,6 +26,10 @@ side; a slot is one copy here and one read there.
 An encoder made with ``drawing=("module:Class", scene)`` has no slots: ``add_state(state,
 label=...)`` sends the frame's state (a few bytes per frame) and the helper draws the frame
 itself (``encoder_process``), so the stepping thread neither draws nor copies frames.
+With ``frames=[(state, label), ...]`` too (an episode drawn after it ended), they go with the
+scene into its shared memory and one message draws them all; ``finish_later()`` asks for the
+mp4 without waiting, ``done()`` says whether it is finished (or failed) without waiting, and
+``wait()`` waits for it, as ``close()`` does.
 
 The helper is a fault domain of its own: every wait for it has a deadline
 (``HELPER_FIRST_REPLY_SECONDS``, then ``HELPER_REPLY_SECONDS``), a helper that dies or says
@@ -54,7 +58,9 @@ import numpy as np
 
 from eval_recorder import encoder_process
 from eval_recorder.errors import EncoderFailed
-from eval_recorder.encoder_process import FRAME, ID, ID_NUMBER, MESSAGE_BYTES, NO_LABEL, STATE, pack_open
+from eval_recorder.encoder_process import (
+    BATCH, FRAME, ID, ID_NUMBER, MESSAGE_BYTES, NO_LABEL, STATE, pack_frames, pack_open,
+)
 
 __all__ = [
     "HELPER_FIRST_REPLY_SECONDS", "HELPER_REPLY_SECONDS", "StreamingEncoder", "encoder_process_ids",
@@ -124,9 +130,12 @@ class StreamingEncoder:
         preset: str = "veryfast",
         threads: int = 1,
         drawing: tuple[str, bytes] | None = None,
+        frames: list[tuple[bytes, str | None]] | None = None,
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"H.264 with yuv420p needs even frame sides, got {width}x{height}")
+        if frames is not None and drawing is None:
+            raise ValueError("frames= (states to draw) needs drawing=")
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self.frames = 0
@@ -134,12 +143,13 @@ class StreamingEncoder:
         # An encoder with a drawing ("module:Class", scene) has no frame slots: its shared
         # memory holds the scene, which the helper reads once, and its frames are states.
         slots = 0 if drawing is not None else 2 if slot_bytes <= _TWO_SLOTS_MAX_BYTES else 1
-        size = len(drawing[1]) if drawing is not None else slot_bytes * slots
+        packed = pack_frames(frames) if frames is not None else b""
+        size = len(drawing[1]) + len(packed) if drawing is not None else slot_bytes * slots
         memory = _shared_memory(max(size, 1))
         try:
             self._slots = mmap.mmap(memory.fileno(), max(size, 1))
             if drawing is not None:
-                self._slots[:size] = drawing[1]
+                self._slots[:size] = drawing[1] + packed
         except BaseException:
             memory.close()
             raise
@@ -150,7 +160,7 @@ class StreamingEncoder:
         self._yuv = [view.reshape(-1)[: slot_bytes // 2].reshape(height * 3 // 2, width) for view in self._rgb]
         settings = dict(
             path=str(self.path), width=width, height=height, fps=fps, crf=crf, preset=preset, threads=threads,
-            slot_bytes=slot_bytes, scene_bytes=size if drawing is not None else 0,
+            slot_bytes=slot_bytes, scene_bytes=len(drawing[1]) if drawing is not None else 0,
             drawing=drawing[0] if drawing is not None else None,
         )  # fmt: skip
         self._service = _service()
@@ -160,6 +170,9 @@ class StreamingEncoder:
             memory.close()  # the helper has its own descriptor now; the mapping keeps ours alive
         self._done = False
         self._finalizer = weakref.finalize(self, self._service.forget, self._id)
+        if packed:
+            self._service.encode_state(BATCH.pack(b"B", self._id, len(drawing[1]), len(packed)))
+            self.frames = len(frames)
 
     def add(self, frame, *, label: str | None = None) -> None:
         """Queue one RGB uint8 frame of shape (height, width, 3), with ``label`` burned in if given."""
@@ -213,6 +226,27 @@ class StreamingEncoder:
         self._done = True
         try:
             self._service.finish(self._id, self.path.name)
+        finally:
+            self._release()
+        return self.frames
+
+    def finish_later(self) -> None:
+        """Ask for the mp4 to be finished and return at once (``done()``, ``wait()``)."""
+        if self._done:
+            raise RuntimeError(f"encoding {self.path.name}: finish_later() after close() or abort()")
+        self._service.finish_later(self._id, self.path.name)
+
+    def done(self) -> bool:
+        """After ``finish_later()``: whether the mp4 is finished or the encoder failed (no wait)."""
+        return self._service.settled(self._id)
+
+    def wait(self) -> int:
+        """After ``finish_later()``: wait for the mp4 (raising what failed); its number of frames."""
+        if self._done:
+            raise RuntimeError(f"encoding {self.path.name}: wait() after close() or abort()")
+        self._done = True
+        try:
+            self._service.wait_finished(self._id, self.path.name)
         finally:
             self._release()
         return self.frames
@@ -331,11 +365,29 @@ class _EncoderService:
             self._send(message)
 
     def finish(self, number: int, name: str) -> None:
+        try:
+            self.finish_later(number, name)
+        except BaseException:
+            with self._lock:
+                self._states.pop(number, None)
+            raise
+        self.wait_finished(number, name)
+
+    def finish_later(self, number: int, name: str) -> None:
+        with self._lock:
+            _raise_failure(self._states[number], name)
+            self._send(ID.pack(b"C", number))
+
+    def settled(self, number: int) -> bool:
+        with self._lock:
+            self._take_replies(block=False)
+            state = self._states.get(number)
+            return state is None or state.finished or state.failure is not None
+
+    def wait_finished(self, number: int, name: str) -> None:
         with self._lock:
             state = self._states[number]
             try:
-                _raise_failure(state, name)
-                self._send(ID.pack(b"C", number))
                 while not state.finished and state.failure is None:
                     self._take_replies(block=True)
                 _raise_failure(state, name)

@@ -20,7 +20,7 @@ from eval_recorder.runner_round import RunnerRound, scenario_share, this_process
 from eval_recorder.wrapper import recording_wrapper
 
 __all__ = [
-    "RunnerProblem", "deliver_finished", "inbox_name", "know_the_round", "prepare_runner", "probe_runner",
+    "RunnerProblem", "deliver_drawn", "deliver_finished", "inbox_name", "know_the_round", "prepare_runner", "probe_runner",
     "recording_envs", "refuse_recording_in_training",
 ]
 
@@ -131,20 +131,35 @@ def deliver_finished(episode, env_runner, env, env_index: int) -> None:
     if wrapper.problem is not None and id(wrapper) not in state.reported and state.inbox is not None:
         state.reported.add(id(wrapper))
         deliver(state.inbox, RunnerProblem(wrapper.problem, env_runner.worker_index))
+    wrapper.stamp(weights_seq_no=_weights_version(episode, env_runner), evaluation_round=state.evaluation_round)
+    _deliver(wrapper, state, wait=False)
+
+
+def deliver_drawn(env_runner) -> None:
+    """At the end of a runner's ``sample()``: the episodes whose videos were still being
+    drawn (a narrower ``recording.select``) are waited for and handed to the driver's inbox,
+    so a round's episodes are all in when the runners' sampling returns."""
+    if not env_runner.config.in_evaluation:
+        return
+    state = this_process()
+    for wrapper in recording_envs(env_runner):
+        _deliver(wrapper, state, wait=True)
+
+
+def _deliver(wrapper, state, *, wait: bool) -> None:
+    finished = wrapper.pop_finished(wait=wait)  # (a video that failed to draw is dropped: said below)
     for dropped in wrapper.pop_dropped():
         dropped = dataclasses.replace(dropped, evaluation_round=state.evaluation_round)
         if state.inbox is None:
             logger.warning("the video of an episode is dropped: %s", dropped.cause)
         else:
             deliver(state.inbox, dropped)
-    version = _weights_version(episode, env_runner)
-    for finished in wrapper.pop_finished():
-        finished = dataclasses.replace(finished, weights_seq_no=version, evaluation_round=state.evaluation_round)
+    for episode in finished:
         if state.inbox is None:
             logger.error("no driver inbox is known on this eval runner; episode of %d steps is lost",
-                         finished.episode_length)
+                         episode.episode_length)
         else:
-            deliver(state.inbox, finished)
+            deliver(state.inbox, episode)
 
 
 def _weights_version(episode, env_runner) -> int:

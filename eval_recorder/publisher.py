@@ -117,7 +117,7 @@ class RoundPublisher:
         actor = self._inbox.actor
         with critical(), self._lock:
             round_ = RunnerRound(evaluation_round, copy.deepcopy(self._history), self.session.scenarios(),
-                                 group.num_remote_workers())
+                                 group.num_remote_workers(), select=self.session.options.select)
         self._inbox.set_round(round_)
         group.foreach_env_runner(
             lambda runner: prepare_runner(runner, actor, round_),

@@ -8,6 +8,12 @@ bytes and the episode's facts, which travel to the driver through Ray, never thr
 shared path. The encoder writes into a private temporary file on the runner's own machine
 (not the video folder, which only the driver writes), so memory stays flat during the episode.
 
+``start(later=True)`` (a source drawn beside, with a narrower ``recording.select``) opens no
+encoder: each due frame's state and label are only kept (a few bytes), and ``finish`` returns
+the episode without its video, which ``draw_later()`` then hands to the encoder helper as a
+whole (``PendingVideo``) if the episode may be chosen; the helper draws it on its own core
+while the env plays on.
+
 What can go wrong while an episode is recorded costs that episode's video only: ``start``,
 ``capture`` and ``finish`` raise a ``RecordingError`` (``NoFrames``: the frames;
 ``EncoderFailed``: the encoder or its helper process; ``ScratchFailed``: the scratch
@@ -29,7 +35,7 @@ from eval_recorder.errors import EncoderFailed, NoFrames
 from eval_recorder.frames import RGB, YUV420P, FrameSource
 from eval_recorder.scratch import new_episode_file, remove_orphans, scratch_failure
 
-__all__ = ["DroppedEpisode", "RecordedEpisode", "VideoRecorder"]
+__all__ = ["DroppedEpisode", "PendingVideo", "RecordedEpisode", "VideoRecorder"]
 
 _FULL_OR_UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -115,24 +121,33 @@ class VideoRecorder:
         self._sequence = 0
         self._steps = 0
         self._last_step_skipped = False
+        self._later: _Later | None = None  # the episode's frames kept to draw after it ended
+        self.undrawn: _Later | None = None  # the last finished episode's, for draw_later()
 
     @property
     def recording(self) -> bool:
-        return self._encoder is not None
+        return self._encoder is not None or self._later is not None
 
     @property
     def runner_index(self) -> int:
         return self._runner_index
 
-    def start(self, env_seed: int | None) -> None:
-        """Begin a new episode's video (discarding an unfinished one) with the reset frame."""
+    def start(self, env_seed: int | None, *, later: bool = False) -> None:
+        """Begin a new episode's video (discarding an unfinished one) with the reset frame;
+        ``later``: keep its frames' states to draw after it ended (a source drawn beside only)."""
         self.discard()
+        self.undrawn = None
         self.source.new_episode()
         drawing = self.source.drawn_beside
         if drawing is not None:  # drawn by the encoder helper: its size and scene, no frame here
             pixel_format, frame = YUV420P, None
             width, height = self.source.frame_size()
             drawing = (drawing, self.source.scene())
+            if later:
+                self._later = _Later(drawing, width, height, [])
+                self._pixel_format, self._seed, self._steps, self._last_step_skipped = YUV420P, env_seed, 0, False
+                self._send(None)
+                return
         else:
             pixel_format, frame = self.source.frame()
             if pixel_format == RGB:
@@ -153,7 +168,7 @@ class VideoRecorder:
 
     def capture(self) -> None:
         """Called after every env step: adds the frame of the env's current state if it is due."""
-        if self._encoder is None:
+        if not self.recording:
             return
         self._steps += 1
         self._last_step_skipped = self._steps % self._frame_every != 0
@@ -182,6 +197,9 @@ class VideoRecorder:
         """Hand ``frame`` to the encoder, which burns the label (if set) into its copy; no
         ``frame``: the source's state, which the encoder helper draws (``drawn_beside``)."""
         label = None if self._label is None else self._label()
+        if self._later is not None:
+            self._later.frames.append((self.source.state(), label))
+            return
         with _scratch_errors():
             try:
                 if frame is None:
@@ -198,20 +216,27 @@ class VideoRecorder:
         self, *, env_label: str, episode_length: int, episode_return: float,
         agent_returns: dict[str, float] | None = None,
     ) -> RecordedEpisode:
-        """Finish the mp4 of the current episode and return it with the episode's facts."""
-        if self._encoder is None:
+        """Finish the mp4 of the current episode and return it with the episode's facts (kept
+        to draw later: without its mp4, its frames in ``undrawn``)."""
+        if not self.recording:
             raise RuntimeError("finish() without a recording in progress")
         if self._last_step_skipped:
             # The env still shows the last step: a reset would have discarded this recording.
             self._send(self._next_frame())
             self._last_step_skipped = False
         encoder, self._encoder = self._encoder, None
-        try:
-            with _scratch_errors():
-                frames = encoder.close()
-                mp4 = encoder.path.read_bytes()
-        finally:
-            _remove(encoder.path)
+        later, self._later = self._later, None
+        if later is not None:
+            mp4, frames, (width, height) = b"", len(later.frames), (later.width, later.height)
+            self.undrawn = later
+        else:
+            width, height = encoder.width, encoder.height
+            try:
+                with _scratch_errors():
+                    frames = encoder.close()
+                    mp4 = encoder.path.read_bytes()
+            finally:
+                _remove(encoder.path)
         self._sequence += 1
         return RecordedEpisode(
             mp4=mp4,
@@ -223,8 +248,8 @@ class VideoRecorder:
             facts=self.source.facts(),
             frames=frames,
             fps=self._fps,
-            width=encoder.width,
-            height=encoder.height,
+            width=width,
+            height=height,
             runner_index=self._runner_index,
             runner_host=socket.gethostname(),
             runner_pid=os.getpid(),
@@ -232,6 +257,23 @@ class VideoRecorder:
             runner_env=self._runner_env,
             frame_every=self._frame_every,
         )
+
+    def draw_later(self) -> PendingVideo:
+        """Hand the last finished episode's kept frames to the encoder helper, which draws and
+        encodes them while the env plays on; raises a ``RecordingError`` if it cannot start."""
+        later, self.undrawn = self.undrawn, None
+        if later is None:
+            raise RuntimeError("draw_later() without a finished episode kept to draw")
+        path = new_episode_file()
+        try:
+            with _scratch_errors():
+                encoder = StreamingEncoder(path, width=later.width, height=later.height, fps=self._fps,
+                                           drawing=later.drawing, frames=later.frames)
+                encoder.finish_later()
+        except BaseException:
+            _remove(path)
+            raise
+        return PendingVideo(encoder)
 
     def verify(self) -> None:
         """Finish the recording in progress and keep nothing, raising what its encoder raises
@@ -247,10 +289,45 @@ class VideoRecorder:
 
     def discard(self) -> None:
         """Drop an unfinished recording (the episode was cut off); nothing is kept."""
+        self._later = None
         if self._encoder is not None:
             encoder, self._encoder = self._encoder, None
             encoder.abort()
             _remove(encoder.path)
+
+
+@dataclass
+class _Later:
+    """An episode's frames kept to draw after it ended: the drawing, the size, (state, label) per frame."""
+
+    drawing: tuple[str, bytes]
+    width: int
+    height: int
+    frames: list
+
+
+class PendingVideo:
+    """An episode's video the encoder helper is drawing: ``done()`` without waiting, ``result()``
+    waits (raising a ``RecordingError`` if it failed) and returns (mp4 bytes, frames)."""
+
+    def __init__(self, encoder: StreamingEncoder) -> None:
+        self._encoder = encoder
+
+    def done(self) -> bool:
+        return self._encoder.done()
+
+    def result(self) -> tuple[bytes, int]:
+        encoder = self._encoder
+        try:
+            with _scratch_errors():
+                frames = encoder.wait()
+                return encoder.path.read_bytes(), frames
+        finally:
+            _remove(encoder.path)
+
+    def abort(self) -> None:
+        self._encoder.abort()
+        _remove(self._encoder.path)
 
 
 @contextlib.contextmanager

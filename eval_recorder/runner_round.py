@@ -25,6 +25,7 @@ class RunnerRound:
     history: WeightsHistory = field(default_factory=WeightsHistory)  # weights versions -> training iterations
     scenarios: list[tuple[str, bytes]] = field(default_factory=list)  # every saved scenario (name, bytes) of the round
     num_runners: int = 1  # remote eval runners the round's scenarios are shared among
+    select: str = "all"  # recording.select: a runner draws only the episodes it may choose (selection.may_be_chosen)
 
 
 def scenario_share(scenarios: list, worker_index: int, num_runners: int) -> list:
@@ -50,6 +51,14 @@ class RunnerState:
         self._scenarios: list[tuple[str, bytes]] = []
         self._next = 0
         self._lock = threading.Lock()
+        self._played: list = []  # the facts (selection.EpisodeFacts) of this round's episodes played here
+
+    def played(self, facts) -> list:
+        """The facts of the round's episodes played here before this one, which is added to them."""
+        with self._lock:
+            earlier = list(self._played)
+            self._played.append(facts)
+            return earlier
 
     @property
     def evaluation_round(self) -> int | None:
@@ -61,6 +70,7 @@ class RunnerState:
         with self._lock:
             self.round, self.label_iteration, self.inbox = round_, label_iteration, inbox
             self._scenarios, self._next = list(scenarios), 0
+            self._played = []
 
     def next_scenario(self) -> tuple[str, bytes] | None:
         """The next scenario to play in this round (cycling), None without scenarios."""

@@ -13,6 +13,11 @@ returns the episodes to draw, in episode order, each with the reasons it was cho
 of 20"). Ties go to the lower episode index; an episode two rules pick carries both
 reasons; a count larger than the round takes the whole round. ``failed`` takes the failed
 episodes in episode order.
+
+``may_be_chosen(rules, earlier, this)`` is the eval runner's side: whether an episode that
+just ended can be among those chosen, whatever the round's other episodes turn out to be,
+knowing only the ones played before it on the same runner (in order). A runner draws only
+those: an episode of the round's k worst is among the k worst of its own runner.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-__all__ = ["ALL", "Chosen", "EpisodeFacts", "KINDS", "Rule", "choose", "parse_select"]
+__all__ = ["ALL", "Chosen", "EpisodeFacts", "KINDS", "Rule", "choose", "may_be_chosen", "parse_select"]
 
 ALL = "all"
 KINDS = ("worst", "best", "failed", "first")
@@ -124,3 +129,37 @@ def _ordinal(rank: int) -> str:
         return ""
     suffix = "th" if 10 <= rank % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(rank % 10, "th")
     return f"{rank}{suffix} "
+
+
+def may_be_chosen(rules: Sequence[Rule] | str, earlier: Sequence[EpisodeFacts], this: EpisodeFacts) -> bool:
+    """Whether ``rules`` can choose ``this`` episode in a round that holds it and ``earlier``
+    (the episodes played before it on the same eval runner, in order), whatever else the round
+    holds. Ties count for ``this`` (an equal episode may come later in the round's order), and
+    worst/best are checked by completion and by return, whichever the round ranks by."""
+    if isinstance(rules, str):
+        rules = parse_select(rules)
+    for rule in rules:
+        if rule.kind == ALL:
+            return True
+        if rule.kind == "first" and len(earlier) < rule.count:
+            return True
+        if rule.kind == "failed":
+            if this.agents_arrived is None or this.num_agents is None:
+                return True  # the driver says why failed does not apply
+            if this.agents_arrived < this.num_agents and sum(map(_failed, earlier)) < rule.count:
+                return True
+        if rule.kind in ("worst", "best"):
+            sign = 1 if rule.kind == "worst" else -1
+            keys = [lambda episode: (sign * episode.episode_return,)]
+            if this.completion is not None:
+                keys.append(lambda episode: (sign * episode.completion, sign * episode.episode_return))
+            for key in keys:
+                usable = [episode for episode in earlier if key is keys[0] or episode.completion is not None]
+                if sum(key(episode) < key(this) for episode in usable) < rule.count:
+                    return True
+    return False
+
+
+def _failed(episode: EpisodeFacts) -> bool:
+    return episode.agents_arrived is not None and episode.num_agents is not None and \
+        episode.agents_arrived < episode.num_agents

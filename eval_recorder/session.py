@@ -342,6 +342,10 @@ class RecordingSession:
             logger.error("%s No video of evaluation round %d is kept.", error, self.evaluation_round)
             reasons = {}
         for episode, tag, index in held:
+            if index in reasons and not episode.mp4:  # not drawn on its runner (which knew another select)
+                logger.warning("episode %d of evaluation round %d was chosen (%s) but its eval runner drew no video "
+                               "of it; render it from its replay record with render=.", index, self.evaluation_round,
+                               reasons.pop(index))  # fmt: skip
             if index in reasons:
                 video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index, chosen=reasons[index])
                 if video is not None:

@@ -22,6 +22,14 @@ Each episode's replay record is captured as it runs (the frame source's own capt
 Flatland's trajectory, else ``episode_record.EpisodeCapture`` with that seed and the reset
 options: a few appends per step) and travels with the finished episode
 (``RecordedEpisode.record``); a capture that fails costs the record only, never the video.
+
+With a narrower ``recording.select`` (the round's, or ``select=``) and a frame source drawn
+beside the env (Flatland), nothing is drawn while an episode plays: its frames' states are
+kept, and when it ends, only if the rules may choose it (``selection.may_be_chosen``, from the
+episodes played before it in the round on this runner) does the encoder helper draw it, while
+the env plays on; the others go to the driver with their replay record and no video. Their
+order is kept: ``pop_finished(wait=False)`` hands over the episodes up to the first whose
+video is still being drawn, ``pop_finished()`` waits for them.
 """
 
 from __future__ import annotations
@@ -43,9 +51,10 @@ from eval_recorder.errors import EncoderFailed, RecordingError
 from eval_recorder.frames import DEFAULT_MAX_SIDE, FrameSource, env_name, find_frame_source
 from eval_recorder.naming import env_label
 from eval_recorder.overlay import label_text
-from eval_recorder.recorder import DroppedEpisode, RecordedEpisode, VideoRecorder
+from eval_recorder.recorder import DroppedEpisode, PendingVideo, RecordedEpisode, VideoRecorder
 from eval_recorder.runner_round import this_process
 from eval_recorder.scratch import check_scratch
+from eval_recorder.selection import ALL, EpisodeFacts, may_be_chosen, parse_select
 
 __all__ = ["RecordEpisodes", "RecordMultiAgentEpisodes", "record_episodes", "recording_wrapper"]
 
@@ -72,8 +81,10 @@ class _RecordingWrapper:
         runner_index: int = 0,
         seed: int | None = None,
         source: FrameSource | None = None,
+        select: str | None = None,
     ) -> None:
         self._wrap(env)
+        self._select = None if select is None else parse_select(select)  # else the round's
         self.frame_source = source or find_frame_source(env, max_side=max_side, label=label or env_label(env_name(env)))
         self.label = self.frame_source.label
         self._video = VideoRecorder(
@@ -87,7 +98,7 @@ class _RecordingWrapper:
         self._returns: dict[Any, float] = {}
         self._capture = None  # the episode's replay record, as it runs
         self._record: tuple[bytes, str] | None = None  # the finished episode's (record, kind)
-        self._finished: list[RecordedEpisode] = []
+        self._finished: list[RecordedEpisode | tuple[RecordedEpisode, PendingVideo]] = []
         self._dropped: list[DroppedEpisode] = []
         self.problem: str | None = None
         """Why this env cannot record, as ``probe()`` found (it then records nothing), else None."""
@@ -130,10 +141,37 @@ class _RecordingWrapper:
                              f"({type(self.frame_source).__name__}) loads none")
         return self.frame_source.load_scenario(name, data)
 
-    def pop_finished(self) -> list[RecordedEpisode]:
-        """Hand over (and forget) the episodes finished so far."""
-        finished, self._finished = self._finished, []
+    def pop_finished(self, *, wait: bool = True) -> list[RecordedEpisode]:
+        """Hand over (and forget) the episodes finished so far, in order: waiting for the videos
+        still being drawn, or (``wait=False``) up to the first of them. A video that fails to
+        draw is said by ``pop_dropped()``; its episode is not handed over."""
+        finished = []
+        while self._finished:
+            item = self._finished[0]
+            if isinstance(item, tuple):
+                episode, pending = item
+                if not wait and not pending.done():
+                    break
+                try:
+                    mp4, frames = pending.result()
+                except (RecordingError, OSError) as error:
+                    self._dropped.append(self._dropped_episode(error, seed=episode.env_seed,
+                                                               step=episode.episode_length))
+                else:
+                    finished.append(dataclasses.replace(episode, mp4=mp4, frames=frames))
+            else:
+                finished.append(item)
+            self._finished.pop(0)
         return finished
+
+    def stamp(self, **values) -> None:
+        """Stamp ``values`` (weights_seq_no, evaluation_round) on the finished episodes that have
+        no weights version yet, also those whose video is still being drawn."""
+        self._finished = [
+            (dataclasses.replace(item[0], **values), item[1]) if isinstance(item, tuple) and item[0].weights_seq_no is None
+            else dataclasses.replace(item, **values) if not isinstance(item, tuple) and item.weights_seq_no is None
+            else item for item in self._finished
+        ]  # fmt: skip
 
     def pop_dropped(self) -> list[DroppedEpisode]:
         """Hand over (and forget) the episodes whose video was dropped so far, and why."""
@@ -161,7 +199,7 @@ class _RecordingWrapper:
         self._capture = None if probing or self.problem is not None else self._new_capture(seed, options)
         if self.problem is None:
             try:
-                self._video.start(env_seed=self._seed)
+                self._video.start(env_seed=self._seed, later=not probing and self._draws_later())
                 if probing and self.frame_source.drawn_beside is None:
                     self.frame_source.frame()  # a second frame of the same state: the same size
                 elif probing:
@@ -172,6 +210,15 @@ class _RecordingWrapper:
                 else:
                     self.problem = _cause(error)
         return result
+
+    def _rules(self):
+        if self._select is not None:
+            return self._select
+        round_ = this_process().round
+        return parse_select(round_.select) if round_ is not None else parse_select(ALL)
+
+    def _draws_later(self) -> bool:
+        return self.frame_source.drawn_beside is not None and self._rules()[0].kind != ALL
 
     def _new_capture(self, seed: int, options: dict | None):
         """The replay capture of the episode just reset (None if it cannot be kept: said in the log)."""
@@ -238,26 +285,44 @@ class _RecordingWrapper:
             facts["num_agents"] = len(self._returns)
         record, kind = self._record or (None, None)
         self._record = None
-        self._finished.append(dataclasses.replace(episode, facts=facts, record=record, record_kind=kind))
+        episode = dataclasses.replace(episode, facts=facts, record=record, record_kind=kind)
+        if self._video.undrawn is None:
+            self._finished.append(episode)
+            return
+        this = EpisodeFacts(index=0, episode_return=episode.episode_return, completion=facts.get("completion"),
+                            agents_arrived=facts.get("agents_arrived"), num_agents=facts.get("num_agents"))
+        if may_be_chosen(self._rules(), this_process().played(this), this):
+            self._finished.append((episode, self._video.draw_later()))
+        else:
+            self._video.undrawn = None
+            self._finished.append(dataclasses.replace(episode, frames=0))  # its record only: never chosen
 
     def _drop(self, error: BaseException) -> None:
         """This episode's video is lost (``error``); the env steps on, the next episode records."""
         self._video.discard()
+        self._dropped.append(self._dropped_episode(error, seed=self._seed, step=self._steps))
+
+    def _dropped_episode(self, error: BaseException, *, seed: int | None, step: int) -> DroppedEpisode:
         cause = _cause(error)
-        self._dropped.append(DroppedEpisode(
-            cause=cause, env_label=self.label, env_seed=self._seed, step=self._steps,
-            runner_index=self._video.runner_index, runner_host=socket.gethostname(), runner_pid=os.getpid(),
-        ))
         # Said on the driver, once (the eval runner sends it there); here only in the runner's log.
-        logger.info("the video of an episode (seed %s) is dropped at step %d: %s", self._seed, self._steps, cause)
+        logger.info("the video of an episode (seed %s) is dropped at step %d: %s", seed, step, cause)
         if isinstance(error, EncoderFailed):
             try:  # the next episode's helper loads while this episode plays on
                 start_encoder_process()
             except OSError:
                 pass
+        return DroppedEpisode(
+            cause=cause, env_label=self.label, env_seed=seed, step=step,
+            runner_index=self._video.runner_index, runner_host=socket.gethostname(), runner_pid=os.getpid(),
+        )
 
     def _close_recording(self) -> None:
         self._video.discard()
+        for item in self._finished:  # videos still being drawn: the env is going away
+            if isinstance(item, tuple):
+                item[1].abort()
+        self._finished = [dataclasses.replace(item[0], frames=0) if isinstance(item, tuple) else item
+                          for item in self._finished]
         self.frame_source.close()
 
 

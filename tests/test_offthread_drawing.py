@@ -103,3 +103,50 @@ def test_a_probe_says_why_the_helper_cannot_draw(monkeypatch):
     problem = env.probe(seed=1)
     assert problem == ("its video could not be encoded: ModuleNotFoundError: "
                        "No module named 'eval_recorder.flatland.no_such_module'.")
+
+
+def test_with_a_narrower_select_only_the_episodes_it_may_choose_are_drawn_the_same_bytes(monkeypatch):
+    """select=worst:1: the stepping thread only keeps each episode's states; when an episode
+    ends, the helper draws it only if it is worse than every earlier one of the round (ties
+    drawn too). Those videos are the bytes select=all records; the others carry no video,
+    and the order of the episodes is kept."""
+    seeds = (11, 12, 13, 14)
+    this_process().start(None)
+    every = record_episodes(make_env(BROKEN_DOWN))
+    for seed in seeds:
+        play(every, seed)
+    recorded_all = every.pop_finished()
+    this_process().start(None)
+    env = record_episodes(make_env(BROKEN_DOWN), select="worst:1")
+    for seed in seeds:
+        play(env, seed)
+    assert env.frame_source._renderer is None  # nothing was drawn in this process
+    later = env.pop_finished()
+    assert env.pop_dropped() == []
+    assert [episode.env_seed for episode in later] == list(seeds)
+    returns = [episode.episode_return for episode in recorded_all]
+    assert returns == [-416.0, -404.0, -352.0, -541.0]  # completion 0 in all four: by return
+    assert [bool(episode.mp4) for episode in later] == [True, False, False, True]
+    assert [episode.frames for episode in later] == [recorded_all[0].frames, 0, 0, recorded_all[3].frames]
+    assert later[0].mp4 == recorded_all[0].mp4 and later[3].mp4 == recorded_all[3].mp4
+    assert [episode.record == kept.record for episode, kept in zip(later, recorded_all)] == [True] * 4
+
+
+def test_a_video_drawn_after_its_episode_that_fails_is_dropped_with_its_cause(monkeypatch):
+    """The helper fails to draw a kept episode: the wait says why (one sentence), the episodes
+    after it are handed over in order, and the next episode that may be chosen is drawn again."""
+    this_process().start(None)
+    env = record_episodes(make_env(BROKEN_DOWN), select="worst:1")
+    state = FlatlandFrames.state
+    monkeypatch.setattr(FlatlandFrames, "state", lambda self: state(self)[:14])  # one train of five
+    first = play(env, 11)
+    monkeypatch.setattr(FlatlandFrames, "state", state)
+    play(env, 12)  # better than 11: not drawn
+    steps = play(env, 14)  # worse than both: drawn
+    assert env.pop_dropped() == []  # nothing is waited for before pop_finished
+    handed = env.pop_finished()
+    (dropped,) = env.pop_dropped()
+    assert dropped.cause == "its video could not be encoded: ValueError: a state of 1 trains for a scene of 5."
+    assert (dropped.env_seed, dropped.step) == (11, first)
+    assert [(episode.env_seed, bool(episode.mp4)) for episode in handed] == [(12, False), (14, True)]
+    assert handed[1].frames == steps + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval_recorder.selection import ALL, Chosen, EpisodeFacts, Rule, choose, parse_select
+from eval_recorder.selection import ALL, Chosen, EpisodeFacts, Rule, choose, may_be_chosen, parse_select
 
 
 def flatland_round():
@@ -90,3 +90,62 @@ def test_counts_larger_than_the_round_take_the_whole_round():
 def test_all_takes_every_episode_and_an_empty_round_none():
     assert choose("all", gym_round()) == [Chosen(i, ("all 5",)) for i in range(5)]
     assert choose("worst:1,best:1", []) == []
+
+
+# ---- the eval runner's side: which episodes it draws (may_be_chosen) ----------------------
+
+
+def runner_draws(rules: str, episodes: list[EpisodeFacts]) -> list[int]:
+    """The indices a runner that played ``episodes`` in this order draws."""
+    return [this.index for at, this in enumerate(episodes) if may_be_chosen(rules, episodes[:at], this)]
+
+
+@pytest.mark.parametrize(("rules", "drawn"), [
+    ("worst:1", [0, 1, 4]),                 # each worse (by completion) than every earlier one
+    ("best:1", [0, 3, 5]),                  # index 5 ties index 3 (5 trains, -8.0): an equal one is drawn too
+    ("worst:1,best:1", [0, 1, 3, 4, 5]),
+    ("worst:2", [0, 1, 2, 4]),
+    ("failed:1", [1]),
+    ("failed:2", [1, 2]),
+    ("first:2", [0, 1]),
+    ("all", [0, 1, 2, 3, 4, 5]),
+])
+def test_a_runner_draws_every_episode_its_rules_may_still_choose(rules, drawn):
+    episodes = flatland_round()
+    episodes[5] = EpisodeFacts(index=5, episode_return=-8.0, completion=1.0, agents_arrived=5, num_agents=5)
+    assert runner_draws(rules, episodes) == drawn
+    # whatever the round's other episodes, what the driver chooses of this runner's was drawn
+    chosen = {found.index for found in choose(rules, episodes)}
+    assert chosen <= set(drawn)
+
+
+def test_what_the_driver_chooses_from_several_runners_was_drawn_on_its_runner():
+    """Rounds of 3 runners' episodes, interleaved as they arrive: every chosen one was drawn."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        runners = [[(rng.randint(0, 3), float(rng.randint(-6, 0))) for _ in range(rng.randint(1, 5))] for _ in range(3)]
+        facts = [[EpisodeFacts(index=0, episode_return=r, completion=a / 3, agents_arrived=a, num_agents=3)
+                  for a, r in episodes] for episodes in runners]
+        drawn, arrived = set(), []
+        for runner, episodes in enumerate(facts):
+            for at, this in enumerate(episodes):
+                if may_be_chosen("worst:2,best:1,failed:1", episodes[:at], this):
+                    drawn.add((runner, at))
+        queues = [list(enumerate(episodes)) for episodes in facts]
+        while any(queues):  # each runner's episodes in its order, runners interleaved at random
+            runner = rng.choice([i for i, queue in enumerate(queues) if queue])
+            at, this = queues[runner].pop(0)
+            arrived.append(((runner, at), this))
+        round_ = [EpisodeFacts(index=i, episode_return=f.episode_return, completion=f.completion,
+                               agents_arrived=f.agents_arrived, num_agents=f.num_agents)
+                  for i, (_, f) in enumerate(arrived)]
+        for found in choose("worst:2,best:1,failed:1", round_):
+            assert arrived[found.index][0] in drawn
+
+
+def test_a_runner_without_completion_ranks_by_return():
+    episodes = gym_round()  # returns 12, 30, 9, 30, 9
+    assert runner_draws("worst:1", episodes) == [0, 2, 4]  # 9 again: a tie is drawn
+    assert runner_draws("best:1", episodes) == [0, 1, 3]

@@ -249,14 +249,19 @@ def _write_layout(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
     arrays = episode.arrays
     actions, rewards, dones = arrays["actions"].tolist(), arrays["rewards"].tolist(), arrays["dones"].tolist()
     required, states, malfunction = arrays["action_required"].tolist(), arrays["states"].tolist(), arrays["malfunction"].tolist()
-    speed = arrays["speed"].tolist()
+    speed, positions = arrays["speed"].tolist(), arrays["positions"].tolist()
+    # The same few values again and again: each made once (flatland's enums, Fractions, positions).
+    action_of = _memo(RailEnvActions.from_value)
+    state_of, speed_of = _memo(TrainState), _memo(lambda pair: Fraction(*pair))
+    configuration_of = _memo(lambda rcd: None if rcd[0] < 0 else ((rcd[0], rcd[1]), rcd[2]))
     for step in range(1, episode.steps + 1):
         row = step - 1
         for handle in range(episode.n_agents):
-            trajectory.action_collect(env_time=row, agent_id=handle, action=RailEnvActions.from_value(actions[row][handle]))
-            trajectory.position_collect(env_time=step, agent_id=handle, position=episode.configuration(step, handle))
+            trajectory.action_collect(env_time=row, agent_id=handle, action=action_of(actions[row][handle]))
+            trajectory.position_collect(env_time=step, agent_id=handle,
+                                        position=configuration_of(tuple(positions[row][handle])))
             info = {"action_required": required[row][handle], "malfunction": malfunction[row][handle],
-                    "speed": Fraction(*speed[row][handle]), "state": TrainState(states[row][handle])}
+                    "speed": speed_of(tuple(speed[row][handle])), "state": state_of(states[row][handle])}
             trajectory.rewards_dones_infos_collect(env_time=step, agent_id=handle, reward=rewards[row][handle],
                                                    info=info, done=dones[row][handle])
     if episode.ended:
@@ -272,6 +277,19 @@ def _write_layout(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
         else:
             fsync_dir(path)
     fsync_dir(data_dir)
+
+
+def _memo(make):
+    """``make`` of a hashable value, made once per value (the values are never changed)."""
+    made: dict = {}
+
+    def of(value):
+        found = made.get(value, made)
+        if found is made:
+            found = made[value] = make(value)
+        return found
+
+    return of
 
 
 # ---- drawing from the record ----------------------------------------------------------------
