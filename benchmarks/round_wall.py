@@ -20,8 +20,8 @@ a run short): small 10 trains on 40x40 (200 steps), between 20 on 50x50 (150), m
 60x60 (120), large 50 on 100x100 (80).
 
   env      the wrapped env only (the baseline).
-  all      ``record_episodes(env, fps=10, max_side=800, overlay=True)``; at the round's end the
-           driver's part: every episode's video and replay record into a fresh folder
+  all      ``record_episodes(env, fps=10, max_side=800, overlay=True)``; the driver stores every
+           episode's video and replay record into a fresh folder as it arrives
            (``VideoStore.store``: mp4, poster, record, sidecar, manifest line).
   worst1   the same with ``select="worst:1"``, as an eval runner records in a round with
            ``recording.select=worst:1``: the runner keeps each episode's train states and has
@@ -43,15 +43,18 @@ any800: benchmarks/shapes_env.py's env (800x800 ``rgb_array`` frames, ~6 ms a st
                  worst episode is replayed from its record in the same process, rendered and
                  encoded (``StreamingEncoder``), and stored like worst1-live's.
 
-Figures per mode: round wall (from before the first reset to the end of the driver's part;
-the wrapper is made before it, as a runner makes its env once), of it the driver's part,
+The driver is a process of its own (``run_driver``), as in a real run: the runner hands it each
+episode as it pops it (timed as the stepping thread's), and it stores them as they arrive.
+
+Figures per mode: round wall (from before the first reset until the driver stored the round;
+the wrapper and the driver are made before it, as a runner makes its env once), of it the
+driver's tail (after the runner's last episode) and the driver's busy time,
 env steps; stepping-thread cost = time inside the recording wrapper's reset / step /
 pop_finished calls minus the time inside the wrapped env's reset / step (timed by a shim
 around them), per env step (worst1-replay: the capture's calls); added MB = the process's
-high-water mark (VmHWM, reset before the wrapper is made, read when the episodes are
-played, before the driver's part, which runs on the driver in a real run) plus its helper
-processes' (the encoder process; moviepy's ffmpeg), minus env-only's: what recording adds to
-an eval runner.
+high-water mark (VmHWM, reset before the wrapper is made) plus its helper processes' (the
+encoder process; moviepy's ffmpeg; not the driver's), minus env-only's: what recording adds
+to an eval runner.
 
 Goals (Flatland cases), each printed as PASS or FAIL with its figures: stepping-thread cost
 of all <= 0.2 ms per step; round wall all / env <= 1.10 and worst1 / env <= 1.03; memory added
@@ -116,6 +119,7 @@ class _Helpers(recording._Helpers):
     def __init__(self) -> None:
         super().__init__()
         self._together = 0.0
+        self.exclude: set[int] = set()  # processes that are not the eval runner's (the round's driver)
 
     @property
     def peak_mb(self) -> float:
@@ -123,6 +127,8 @@ class _Helpers(recording._Helpers):
 
     def _sample(self) -> None:
         super()._sample()
+        for pid in self.exclude:
+            self._peaks.pop(pid, None)
         alive = set(_descendants(os.getpid()))
         self._together = max(self._together, sum(peak for pid, peak in self._peaks.items() if pid in alive))
 
@@ -189,13 +195,21 @@ def _done(terminated, truncated) -> bool:
     return bool(terminated or truncated)
 
 
-def _play(env, rows, seed: int, options, timer: _Timer, recorded: bool, captures: list | None = None):
+def _play(env, rows, seed: int, options, timer: _Timer, recorded: bool, captures: list | None = None,
+          deliver=None):
     """Play the round's episodes on ``env`` (its calls timed by ``timer``); (env steps, the
-    recorded episodes popped after each episode). ``captures``: keep each episode's replay
-    record (an EpisodeCapture's, its calls timed by ``timer`` too), return and steps in it."""
+    recorded episodes popped after each episode, each handed to ``deliver`` as it is popped,
+    timed too, as an eval runner hands them to the driver). ``captures``: keep each episode's
+    replay record (an EpisodeCapture's, its calls timed by ``timer`` too), return and steps in it."""
     from eval_recorder.episode_record import EpisodeCapture
 
     steps, finished = 0, []
+
+    def popped(episodes: list) -> list:
+        if deliver is not None:
+            deliver(episodes)
+        return episodes
+
     for episode, actions in enumerate(rows):
         with timer:
             observations, _ = env.reset(seed=seed + episode, options=options)
@@ -215,13 +229,13 @@ def _play(env, rows, seed: int, options, timer: _Timer, recorded: bool, captures
         steps += episode_steps
         if recorded:
             with timer:
-                finished += env.pop_finished(wait=False)  # as the eval runner hands them over
+                finished += popped(env.pop_finished(wait=False))  # as the eval runner hands them over
         if capture is not None:
             with timer:
                 captures.append((capture.finish().to_bytes(), episode_return, episode_steps))
     if recorded:
         with timer:
-            finished += env.pop_finished()  # the end of the runner's sample(): videos still being drawn
+            finished += popped(env.pop_finished())  # the end of the runner's sample(): videos still being drawn
     return steps, finished
 
 
@@ -262,28 +276,90 @@ def _replay_worst(env, captures: list, folder: Path) -> tuple[list, float]:
     return episodes, time.perf_counter() - start
 
 
-def _store_round(episodes: list, select: str, folder: Path) -> int:
-    """The driver's part of the round: the chosen episodes' videos (with their records) and the
-    others' records into ``folder``, as the session stores them; how many videos."""
+def run_driver(select: str, folder: Path) -> dict:
+    """The driver's part, in a process of its own as in a real run: the episodes the runner
+    hands over (pickled on stdin, each as it is handed over) are taken in by a reader thread,
+    as RLlib's driver takes them from its inbox, and stored as the session stores them: with
+    select=all each video (mp4, poster, record, sidecar, manifest line) as it arrives; else
+    the record of an episode its runner drew no video of as it arrives, and when the round is
+    in (stdin ends), the chosen episodes' videos (with why) and the other drawn ones' records."""
+    import pickle
+    import queue
+    import threading
+
     from eval_recorder.naming import video_stem
     from eval_recorder.selection import EpisodeFacts, choose
     from eval_recorder.tags import TrainingTag
     from eval_recorder.video_store import VideoStore
 
     store, tag = VideoStore(folder, run_id=RUN_ID), TrainingTag(training_iteration=1, env_steps=0)
-    facts = [EpisodeFacts(index=index, episode_return=episode.episode_return,
-                          completion=episode.facts.get("completion"), agents_arrived=episode.facts.get("agents_arrived"),
-                          num_agents=episode.facts.get("num_agents")) for index, episode in enumerate(episodes)]  # fmt: skip
-    chosen = {found.index: found.reason for found in choose(select, facts)}
-    for index, episode in enumerate(episodes):
-        where = dict(episode=episode, tag=tag, evaluation_round=1, episode_index=index, checkpoint=None,
-                     stem=video_stem(env=episode.env_label, training_iteration=1, evaluation_round=1,
-                                     episode_index=index, run_id=RUN_ID))  # fmt: skip
-        if index in chosen:
-            store.store(**where, chosen=None if select == "all" else chosen[index])
-        else:
-            store.store_record(**where)
-    return len(chosen)
+    print("ready", flush=True)
+    arrived: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        stdin = sys.stdin.buffer
+        while len(head := stdin.read(8)) == 8:
+            arrived.put(pickle.loads(stdin.read(int.from_bytes(head, "little"))))
+        arrived.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def where(index: int, episode) -> dict:
+        return dict(episode=episode, tag=tag, evaluation_round=1, episode_index=index, checkpoint=None,
+                    stem=video_stem(env=episode.env_label, training_iteration=1, evaluation_round=1,
+                                    episode_index=index, run_id=RUN_ID))  # fmt: skip
+
+    held, busy, videos = [], 0.0, 0
+    while (episode := arrived.get()) is not None:
+        start, index = time.perf_counter(), len(held)
+        if select == "all":
+            store.store(**where(index, episode), chosen=None)
+            videos += 1
+        elif not episode.mp4:
+            store.store_record(**where(index, episode))
+        held.append(episode)
+        busy += time.perf_counter() - start
+    start = time.perf_counter()
+    if select != "all":
+        facts = [EpisodeFacts(index=index, episode_return=episode.episode_return,
+                              completion=episode.facts.get("completion"),
+                              agents_arrived=episode.facts.get("agents_arrived"),
+                              num_agents=episode.facts.get("num_agents")) for index, episode in enumerate(held)]  # fmt: skip
+        chosen = {found.index: found.reason for found in choose(select, facts)}
+        for index, episode in enumerate(held):
+            if index in chosen and episode.mp4:
+                store.store(**where(index, episode), chosen=chosen[index])
+                videos += 1
+            elif episode.mp4:
+                store.store_record(**where(index, episode))
+    busy += time.perf_counter() - start
+    return dict(videos=videos, busy_s=busy, peak_mb=_peak_rss_mb())
+
+
+class _Driver:
+    """The driver process of a round (``run_driver``), started and ready before the round."""
+
+    def __init__(self, select: str, folder: Path) -> None:
+        command = [sys.executable, __file__, "--driver", select, "--folder", str(folder)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if self.process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the round's driver process did not start")
+
+    def send(self, episodes: list) -> None:
+        import pickle
+
+        for episode in episodes:
+            data = pickle.dumps(episode, protocol=pickle.HIGHEST_PROTOCOL)
+            self.process.stdin.write(len(data).to_bytes(8, "little") + data)
+        self.process.stdin.flush()
+
+    def finish(self) -> dict:
+        """The round is over: the driver's figures once it stored everything."""
+        self.process.stdin.close()
+        result = json.loads(self.process.stdout.read().decode().strip().splitlines()[-1])
+        if self.process.wait() != 0:
+            raise RuntimeError("the round's driver process failed")
+        return result
 
 
 def run_child(case_name: str, mode: str, seed: int) -> dict:
@@ -303,23 +379,27 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
         with _Helpers() as helpers:
             env, shim, options, rows = _make(case, mode, seed, scratch)
             timer, captures = _Timer(), ([] if mode == "worst1-replay" else None)
+            driver = _Driver(SELECT[mode], folder) if mode in SELECT else None
+            helpers.exclude.add(driver.process.pid if driver is not None else -1)  # the driver's, not the runner's
             start = time.perf_counter()
-            steps, finished = _play(env, rows, seed, options, timer, mode in SELECT and captures is None, captures)
+            steps, _ = _play(env, rows, seed, options, timer, mode in SELECT and captures is None, captures,
+                             deliver=driver.send if driver is not None and captures is None else None)  # fmt: skip
             if mode == "anchor":
                 with timer:
                     env.close()  # RecordVideo writes the last episode's video
-            inner_s, driver, replay_s = shim.seconds, time.perf_counter(), 0.0
-            runner_peak = _peak_rss_mb()  # the eval runner's part ends here; the driver's is below
+            inner_s, played, replay_s = shim.seconds, time.perf_counter(), 0.0
             if captures is not None:
                 finished, replay_s = _replay_worst(env, captures, scratch)
-            videos = _store_round(finished, SELECT[mode], folder) if mode in SELECT else 0
+                driver.send(finished)
+            stored = driver.finish() if driver is not None else dict(videos=0, busy_s=0.0, peak_mb=0.0)
             end = time.perf_counter()
         peak = _peak_rss_mb()
-        videos += len(list(scratch.glob("anchor*.mp4")))
-    return dict(mode=mode, wall_s=end - start, driver_s=end - driver - replay_s, replay_s=replay_s, steps=steps,
+        videos = stored["videos"] + len(list(scratch.glob("anchor*.mp4")))
+    return dict(mode=mode, wall_s=end - start, driver_s=end - played - replay_s, replay_s=replay_s, steps=steps,
+                driver_busy_s=stored["busy_s"], driver_peak_mb=stored["peak_mb"],
                 stepping_s=timer.seconds - inner_s, inner_s=inner_s, videos=videos,
-                process_peak_mb=runner_peak, helper_peak_mb=helpers.peak_mb, peak_rss_mb=runner_peak + helpers.peak_mb,
-                driver_peak_mb=peak, peak_reset=peak_reset)  # fmt: skip
+                process_peak_mb=peak, helper_peak_mb=helpers.peak_mb, peak_rss_mb=peak + helpers.peak_mb,
+                peak_reset=peak_reset)  # fmt: skip
 
 
 # ---- parent: alternate modes in subprocesses, report -------------------------------------
@@ -357,7 +437,7 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
         f"generic rgb_array env, {case['size']}x{case['size']} frames"
     print(f"\n## round {name}: {what}, {EPISODES} episodes of at most {case['steps']} steps, {len(env)} repeats "
           "(medians; added = minus env-only on the same round)")  # fmt: skip
-    print("| mode | steps | round wall s | ratio to env | of it driver s | stepping-thread ms per step "
+    print("| mode | steps | round wall s | ratio to env | of it the driver's tail s (its busy s) | stepping-thread ms per step "
           "| added MB (process + helpers) | videos |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     figures = {}
@@ -368,11 +448,13 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
         process = statistics.median(r["process_peak_mb"] - e["process_peak_mb"] for r, e in zip(rows, env))
         figures[mode] = dict(ratio=ratio, step_ms=step_ms, added_mb=statistics.median(added), process_mb=process,
                              helper_mb=_median(rows, "helper_peak_mb"), wall=_median(rows, "wall_s"),
-                             driver=_median(rows, "driver_s"), replay=_median(rows, "replay_s"))  # fmt: skip
+                             driver=_median(rows, "driver_s"), replay=_median(rows, "replay_s"),
+                             busy=_median(rows, "driver_busy_s"))  # fmt: skip
         f = figures[mode]
         cells = ("-", "-", "-") if mode == "env" else \
             (f"{ratio:.3f}", f"{step_ms:.3f}", f"{f['added_mb']:.0f} ({process:+.0f} + {f['helper_mb']:.0f})")
-        driver = f"{f['driver']:.2f}" + (f" (+ replay {f['replay']:.2f})" if mode == "worst1-replay" else "")
+        driver = "-" if mode in ("env", "anchor") else f"{f['driver']:.2f} ({f['busy']:.2f})" + \
+            (f" (+ replay {f['replay']:.2f})" if mode == "worst1-replay" else "")
         print(f"| {mode} | {int(_median(rows, 'steps'))} | {f['wall']:.2f} | {cells[0]} | {driver} | {cells[1]} "
               f"| {cells[2]} | {int(_median(rows, 'videos'))} |")  # fmt: skip
     env_ms = _median(env, "inner_s") / _median(env, "steps") * 1000
@@ -391,10 +473,10 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
                 f"stepping thread {size}: all spends {every['step_ms']:.3f} ms per step inside the recording "
                 f"wrapper beyond the env's own reset/step ({env_ms:.2f} ms per step) (goal <= {STEP_MS_GOAL} ms)")  # fmt: skip
     goals.check(every["ratio"] <= ALL_RATIO_GOAL,
-                f"round wall {size}: all / env = {every['ratio']:.3f} ({every['wall']:.2f} s, of it driver "
+                f"round wall {size}: all / env = {every['ratio']:.3f} ({every['wall']:.2f} s, of it the driver's tail "
                 f"{every['driver']:.2f} s, vs {env_wall:.2f} s) (goal <= {ALL_RATIO_GOAL:.2f})")  # fmt: skip
     goals.check(worst["ratio"] <= WORST_RATIO_GOAL,
-                f"round wall {size}: worst1 / env = {worst['ratio']:.3f} ({worst['wall']:.2f} s, of it driver "
+                f"round wall {size}: worst1 / env = {worst['ratio']:.3f} ({worst['wall']:.2f} s, of it the driver's tail "
                 f"{worst['driver']:.2f} s, vs {env_wall:.2f} s) (goal <= {WORST_RATIO_GOAL:.2f})")  # fmt: skip
     most = max(("all", "worst1"), key=lambda mode: figures[mode]["added_mb"])
     top = figures[most]
@@ -417,9 +499,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES), help="round cases to run")
     parser.add_argument("--repeats", type=int, default=1, help="repeats per mode (medians are reported)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--driver", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.driver:
+        print(json.dumps(run_driver(args.driver, Path(args.folder))))
+        return 0
     if args.child:
         print(json.dumps(run_child(args.case, args.child, args.seed)))
         return 0

@@ -10,7 +10,7 @@ device and resampling modules.
 
 An encoder may also draw its frames (``O`` with a drawing, ``"module:Class"``, e.g. Flatland's
 ``eval_recorder.flatland.scene.SceneDrawing``): its shared memory holds the episode's scene,
-each ``P`` message carries one frame's state and label, and the helper draws the frame
+each ``P`` message carries a few frames' states and labels, and the helper draws each frame
 (``Class(scene).frame(state)``, yuv420p), burns the label in and encodes it, off the env's
 stepping thread. Those modules (numpy, PIL, the renderer) load only when such an encoder opens.
 An episode drawn after it ended (``B``) has its frames' states and labels in the shared
@@ -30,7 +30,7 @@ import socket
 import struct
 import sys
 
-__all__ = ["BATCH", "FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "NO_LABEL", "PIXEL_FORMATS", "STATE", "pack_frames",
+__all__ = ["BATCH", "FRAME", "ID", "ID_NUMBER", "MESSAGE_BYTES", "NO_LABEL", "PIXEL_FORMATS", "pack_frames",
            "pack_open", "serve", "unpack_frames", "unpack_open"]
 
 # H.264 colour tags (FFmpeg's AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic
@@ -67,7 +67,7 @@ _PR_SET_THP_DISABLE = 41
 # Messages on the socket (SOCK_SEQPACKET: one send is one message), all little-endian.
 #   to the helper:   O id sizes preset path [drawing] (+ the slots' fd)  open an encoder (pack_open)
 #                    F id slot format          encode the frame in that slot
-#                    P id label-length label state   draw the state (an encoder with a drawing), encode it
+#                    P id frames               draw and encode the frames (pack_frames: states, labels)
 #                    B id offset length        draw and encode every frame packed at offset (pack_frames)
 #                    C id                      flush and finish the mp4
 #                    A id                      drop the encoder, file as it is
@@ -79,7 +79,6 @@ _PR_SET_THP_DISABLE = 41
 FRAME = struct.Struct("<cIIc")
 ID = struct.Struct("<cI")
 ID_NUMBER = struct.Struct("<cII")
-STATE = struct.Struct("<cIH")  # P id label-length, then the label (UTF-8) and the state
 NO_LABEL = 0xFFFF  # label-length of a frame without a label
 BATCH = struct.Struct("<cIQQ")  # B id offset length
 _PACKED = struct.Struct("<HI")  # per packed frame: label-length (NO_LABEL: none), state-length
@@ -396,14 +395,13 @@ def serve(connection: socket.socket) -> None:
             except Exception as error:  # noqa: BLE001
                 fail(number, error)
         elif kind == b"P":
-            _, number, label_length = STATE.unpack_from(message)
+            number = ID.unpack_from(message)[1]
             encoding = encodings.get(number)
             if encoding is None:  # failed already: nothing to draw into
                 continue
-            at = STATE.size
-            label = None if label_length == NO_LABEL else message[at : at + label_length].decode()
             try:
-                encoding.encode(encoding.draw(message[at + (label_length if label is not None else 0) :], label))
+                for state, label in unpack_frames(message[ID.size :]):
+                    encoding.encode(encoding.draw(state, label))
             except Exception as error:  # noqa: BLE001
                 fail(number, error)
         elif kind == b"B":

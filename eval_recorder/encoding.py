@@ -24,7 +24,8 @@ and again into FFmpeg's frame, in pieces of the pipe's size, each a wake-up of t
 side; a slot is one copy here and one read there.
 
 An encoder made with ``drawing=("module:Class", scene)`` has no slots: ``add_state(state,
-label=...)`` sends the frame's state (a few bytes per frame) and the helper draws the frame
+label=...)`` sends the frame's state (a few bytes per frame, ``STATES_PER_MESSAGE`` frames a
+message) and the helper draws the frame
 itself (``encoder_process``), so the stepping thread neither draws nor copies frames.
 With ``frames=[(state, label), ...]`` too (an episode drawn after it ended), they go with the
 scene into its shared memory and one message draws them all; ``finish_later()`` asks for the
@@ -59,7 +60,7 @@ import numpy as np
 from eval_recorder import encoder_process
 from eval_recorder.errors import EncoderFailed
 from eval_recorder.encoder_process import (
-    BATCH, FRAME, ID, ID_NUMBER, MESSAGE_BYTES, NO_LABEL, STATE, pack_frames, pack_open,
+    BATCH, FRAME, ID, ID_NUMBER, MESSAGE_BYTES, pack_frames, pack_open,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
 # also waits for it to load Python and FFmpeg.
 HELPER_FIRST_REPLY_SECONDS = 60.0
 HELPER_REPLY_SECONDS = 20.0
+STATES_PER_MESSAGE = 8  # add_state: frames sent to the helper in one message (fewer sends, locks, wake-ups)
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). The helper
@@ -169,6 +171,8 @@ class StreamingEncoder:
         finally:
             memory.close()  # the helper has its own descriptor now; the mapping keeps ours alive
         self._done = False
+        self._queued: list[bytes] = []  # packed frames (add_state) not sent yet
+        self._queued_bytes = 0
         self._finalizer = weakref.finalize(self, self._service.forget, self._id)
         if packed:
             self._service.encode_state(BATCH.pack(b"B", self._id, len(drawing[1]), len(packed)))
@@ -206,18 +210,30 @@ class StreamingEncoder:
 
     def add_state(self, state: bytes, *, label: str | None = None) -> None:
         """Queue one frame of an encoder with a drawing: the helper draws ``state`` (bytes of the
-        source's ``state()``), burns ``label`` in if given and encodes it. Returns at once: it
-        waits only while the helper is that far behind that the socket to it is full."""
+        source's ``state()``), burns ``label`` in if given and encodes it. The frames go to the
+        helper ``STATES_PER_MESSAGE`` at a time (and at ``close``); sending waits only while the
+        helper is that far behind that the socket to it is full."""
         if self._done:
             raise RuntimeError(f"encoding {self.path.name}: frame added after close() or abort()")
-        text = b"" if label is None else label.encode()
-        if len(text) >= NO_LABEL or STATE.size + len(text) + len(state) > MESSAGE_BYTES:
-            raise ValueError(f"a state of {len(state)} bytes with a label of {len(text)} is more than a message "
-                             f"to the encoder helper holds ({MESSAGE_BYTES} bytes)")
-        message = STATE.pack(b"P", self._id, NO_LABEL if label is None else len(text)) + text + state
+        packed = pack_frames([(state, label)])  # raises for a label too long
+        if ID.size + len(packed) > MESSAGE_BYTES:
+            raise ValueError(f"a state of {len(state)} bytes with its label is more than a message to the encoder "
+                             f"helper holds ({MESSAGE_BYTES} bytes)")
+        if self._queued and ID.size + self._queued_bytes + len(packed) > MESSAGE_BYTES:
+            self._send_states()
+        self._queued.append(packed)
+        self._queued_bytes += len(packed)
+        self.frames += 1
+        if len(self._queued) >= STATES_PER_MESSAGE:
+            self._send_states()
+
+    def _send_states(self) -> None:
+        if not self._queued:
+            return
+        message = ID.pack(b"P", self._id) + b"".join(self._queued)
+        self._queued, self._queued_bytes = [], 0
         self._service.check(self._id, self.path.name)
         self._service.encode_state(message)
-        self.frames += 1
 
     def close(self) -> int:
         """Flush and finish the mp4; returns the number of frames in it."""
@@ -225,6 +241,7 @@ class StreamingEncoder:
             raise RuntimeError(f"encoding {self.path.name}: close() after close() or abort()")
         self._done = True
         try:
+            self._send_states()
             self._service.finish(self._id, self.path.name)
         finally:
             self._release()
@@ -234,6 +251,7 @@ class StreamingEncoder:
         """Ask for the mp4 to be finished and return at once (``done()``, ``wait()``)."""
         if self._done:
             raise RuntimeError(f"encoding {self.path.name}: finish_later() after close() or abort()")
+        self._send_states()
         self._service.finish_later(self._id, self.path.name)
 
     def done(self) -> bool:

@@ -14,7 +14,9 @@ stored is named in one warning, marked in the manifest and the gallery, and kept
 and logs to wandb the videos an earlier process stored but wandb never got.
 With ``recording.select`` other than ``all`` a round's episodes are held until the round
 ends; then the chosen ones are stored as videos (with why they were chosen) and the others
-keep their replay record and a manifest line; every one counts in the round's means. A new run
+keep their replay record and a manifest line; every one counts in the round's means. An
+episode whose eval runner drew no video (the rules cannot choose it: ``wrapper``) has its
+record stored as it arrives; only its facts wait for the choice. A new run
 (not a resume) whose run id a wandb run in its wandb folder already has is refused.
 """
 
@@ -78,7 +80,8 @@ class RecordingSession:
         self._round_videos: list[StoredVideo] = []
         self._round_records: list[dict] = []  # manifest lines of the round's episodes kept without a video
         self._select = parse_select(options.select)
-        self._held: list[tuple[RecordedEpisode, TrainingTag, int]] = []  # the round's episodes, until it ends
+        # the round's episodes, until it ends (and whether its record is stored already)
+        self._held: list[tuple[RecordedEpisode, TrainingTag, int, bool]] = []
         self._round_count = 0  # episodes published in the current round
         self.recovered: list[dict] = []  # records the folder's reconciliation added at open
         # waiting for disk space: (episode, tag, checkpoint, round, index, why chosen, with its video)
@@ -317,7 +320,10 @@ class RecordingSession:
             self._round_count += 1
             self._retry_unstored()
             if self._select[0].kind != ALL:  # chosen when the round's episodes are all in
-                self._held.append((episode, tag, index))
+                if not episode.mp4:  # its runner drew no video: the rules cannot choose it; its record now
+                    self._store_record(episode, tag, self.checkpoint, self.evaluation_round, index)
+                    episode = dataclasses.replace(episode, record=None)  # only its facts wait for the choice
+                self._held.append((episode, tag, index, not episode.mp4))
                 return None
             video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
             if video is not None:
@@ -335,13 +341,13 @@ class RecordingSession:
         facts = [EpisodeFacts(index=index, episode_return=episode.episode_return,
                               completion=episode.facts.get("completion"),
                               agents_arrived=episode.facts.get("agents_arrived"),
-                              num_agents=episode.facts.get("num_agents")) for episode, _tag, index in held]
+                              num_agents=episode.facts.get("num_agents")) for episode, _tag, index, _ in held]
         try:
             reasons = {chosen.index: chosen.reason for chosen in choose(self._select, facts)}
         except ValueError as error:  # e.g. failed:N for an env that reports no arrivals
             logger.error("%s No video of evaluation round %d is kept.", error, self.evaluation_round)
             reasons = {}
-        for episode, tag, index in held:
+        for episode, tag, index, stored in held:
             if index in reasons and not episode.mp4:  # not drawn on its runner (which knew another select)
                 logger.warning("episode %d of evaluation round %d was chosen (%s) but its eval runner drew no video "
                                "of it; render it from its replay record with render=.", index, self.evaluation_round,
@@ -352,7 +358,7 @@ class RecordingSession:
                     self._round_videos.append(video)
                     if self.on_video is not None:
                         self.on_video(video)
-            else:
+            elif not stored:
                 self._store_record(episode, tag, self.checkpoint, self.evaluation_round, index)
 
     def _store_record(self, episode, tag, checkpoint, evaluation_round, index) -> dict | None:

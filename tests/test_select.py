@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TINY, run_eval_command
 from helpers import evaluate_trajectory
-from eval_recorder.selection import EpisodeFacts, choose, parse_select
+from eval_recorder.selection import EpisodeFacts, choose, may_be_chosen, parse_select
 from eval_recorder.video_index import MANIFEST, read_manifest
 from eval_recorder.wandb_sink import video_key
 from wandb_offline import history_rows
@@ -48,9 +48,15 @@ def test_select_stores_exactly_the_chosen_videos_and_says_why(selected):
     tmp, proc = selected
     videos = tmp / "videos"
     records = read_manifest(videos)
-    assert [record["episode_index"] for record in records] == [0, 1, 2, 3, 4, 5]  # held, then written in episode order
     facts = [EpisodeFacts(index=r["episode_index"], episode_return=r["episode_return"], completion=r["completion"],
-                          agents_arrived=r["agents_arrived"], num_agents=r["num_agents"]) for r in records]
+                          agents_arrived=r["agents_arrived"], num_agents=r["num_agents"])
+             for r in sorted(records, key=lambda r: r["episode_index"])]
+    assert [fact.index for fact in facts] == [0, 1, 2, 3, 4, 5]
+    # The one eval runner drew only the episodes the rules could still choose (worse or better
+    # than every earlier one); the others' records were written as they arrived, the drawn
+    # ones' lines when the round was in, in episode order.
+    drawn = [fact.index for at, fact in enumerate(facts) if may_be_chosen(SELECT, facts[:at], fact)]
+    assert [record["episode_index"] for record in records] == [i for i in range(6) if i not in drawn] + drawn
     expected = {chosen.index: chosen.reason for chosen in choose(parse_select(SELECT), facts)}
     assert len(expected) == 2 and sorted(expected.values()) == ["best completion of 6", "worst completion of 6"]
 
