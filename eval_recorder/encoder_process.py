@@ -394,28 +394,19 @@ def serve(connection: socket.socket) -> None:
                 encoding.encode(frame)
             except Exception as error:  # noqa: BLE001
                 fail(number, error)
-        elif kind == b"P":
-            number = ID.unpack_from(message)[1]
+        elif kind in (b"P", b"B"):  # frames to draw: in the message, or packed in the shared memory
+            batch = BATCH.unpack(message) if kind == b"B" else None
+            number = batch[1] if batch else ID.unpack_from(message)[1]
             encoding = encodings.get(number)
             if encoding is None:  # failed already: nothing to draw into
                 continue
             try:
-                for state, label in unpack_frames(message[ID.size :]):
-                    encoding.encode(encoding.draw(state, label))
-            except Exception as error:  # noqa: BLE001
-                fail(number, error)
-        elif kind == b"B":
-            _, number, offset, length = BATCH.unpack(message)
-            encoding = encodings.get(number)
-            if encoding is None:
-                continue
-            try:
-                data = os.pread(encoding.fd, length, offset)
-                if len(data) != length:
-                    raise EOFError(f"the packed frames ended early ({len(data)} of {length} bytes)")
+                data = os.pread(encoding.fd, batch[3], batch[2]) if batch else message[ID.size :]
+                if batch and len(data) != batch[3]:
+                    raise EOFError(f"the packed frames ended early ({len(data)} of {batch[3]} bytes)")
                 for drawn, (state, label) in enumerate(unpack_frames(data), 1):
                     encoding.encode(encoding.draw(state, label))
-                    if drawn % PROGRESS_FRAMES == 0:
+                    if batch and drawn % PROGRESS_FRAMES == 0:
                         reply(b"G", number, drawn)
             except Exception as error:  # noqa: BLE001
                 fail(number, error)

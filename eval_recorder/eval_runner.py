@@ -139,8 +139,6 @@ def deliver_drawn(env_runner) -> None:
     """At the end of a runner's ``sample()``: the episodes whose videos were still being
     drawn (a narrower ``recording.select``) are waited for and handed to the driver's inbox,
     so a round's episodes are all in when the runners' sampling returns."""
-    if not env_runner.config.in_evaluation:
-        return
     state = this_process()
     for wrapper in recording_envs(env_runner):
         _deliver(wrapper, state, wait=True)

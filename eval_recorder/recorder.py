@@ -143,23 +143,21 @@ class VideoRecorder:
             pixel_format, frame = YUV420P, None
             width, height = self.source.frame_size()
             drawing = (drawing, self.source.scene())
-            if later:
-                self._later = _Later(drawing, width, height, [])
-                self._pixel_format, self._seed, self._steps, self._last_step_skipped = YUV420P, env_seed, 0, False
-                self._send(None)
-                return
         else:
             pixel_format, frame = self.source.frame()
             if pixel_format == RGB:
                 height, width = frame.shape[:2]
             else:
                 height, width = frame.shape[0] * 2 // 3, frame.shape[1]
-        path = new_episode_file()
-        try:
-            self._encoder = StreamingEncoder(path, width=width, height=height, fps=self._fps, drawing=drawing)
-        except BaseException:
-            _remove(path)
-            raise
+        if later and drawing is not None:  # its states are kept; the encoder helper draws them later
+            self._later = _Later(drawing, width, height, [])
+        else:
+            path = new_episode_file()
+            try:
+                self._encoder = StreamingEncoder(path, width=width, height=height, fps=self._fps, drawing=drawing)
+            except BaseException:
+                _remove(path)
+                raise
         self._pixel_format = pixel_format
         self._seed = env_seed
         self._steps = 0

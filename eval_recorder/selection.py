@@ -150,13 +150,18 @@ def may_be_chosen(rules: Sequence[Rule] | str, earlier: Sequence[EpisodeFacts], 
                 return True
         if rule.kind in ("worst", "best"):
             sign = 1 if rule.kind == "worst" else -1
-            keys = [lambda episode: (sign * episode.episode_return,)]
-            if this.completion is not None:
-                keys.append(lambda episode: (sign * episode.completion, sign * episode.episode_return))
-            for key in keys:
-                usable = [episode for episode in earlier if key is keys[0] or episode.completion is not None]
-                if sum(key(episode) < key(this) for episode in usable) < rule.count:
-                    return True
+
+            def by_return(episode: EpisodeFacts):
+                return (sign * episode.episode_return,)
+
+            def by_completion(episode: EpisodeFacts):
+                return (sign * episode.completion, sign * episode.episode_return)
+
+            if sum(by_return(episode) < by_return(this) for episode in earlier) < rule.count:
+                return True
+            if this.completion is not None and sum(by_completion(episode) < by_completion(this) for episode in earlier
+                                                   if episode.completion is not None) < rule.count:  # fmt: skip
+                return True
     return False
 
 

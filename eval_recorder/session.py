@@ -80,8 +80,8 @@ class RecordingSession:
         self._round_videos: list[StoredVideo] = []
         self._round_records: list[dict] = []  # manifest lines of the round's episodes kept without a video
         self._select = parse_select(options.select)
-        # the round's episodes, until it ends (and whether its record is stored already)
-        self._held: list[tuple[RecordedEpisode, TrainingTag, int, bool]] = []
+        # the round's episodes, until it ends (one without a video has its record stored already)
+        self._held: list[tuple[RecordedEpisode, TrainingTag, int]] = []
         self._round_count = 0  # episodes published in the current round
         self.recovered: list[dict] = []  # records the folder's reconciliation added at open
         # waiting for disk space: (episode, tag, checkpoint, round, index, why chosen, with its video)
@@ -323,7 +323,7 @@ class RecordingSession:
                 if not episode.mp4:  # its runner drew no video: the rules cannot choose it; its record now
                     self._store_record(episode, tag, self.checkpoint, self.evaluation_round, index)
                     episode = dataclasses.replace(episode, record=None)  # only its facts wait for the choice
-                self._held.append((episode, tag, index, not episode.mp4))
+                self._held.append((episode, tag, index))
                 return None
             video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
             if video is not None:
@@ -341,13 +341,13 @@ class RecordingSession:
         facts = [EpisodeFacts(index=index, episode_return=episode.episode_return,
                               completion=episode.facts.get("completion"),
                               agents_arrived=episode.facts.get("agents_arrived"),
-                              num_agents=episode.facts.get("num_agents")) for episode, _tag, index, _ in held]
+                              num_agents=episode.facts.get("num_agents")) for episode, _tag, index in held]
         try:
             reasons = {chosen.index: chosen.reason for chosen in choose(self._select, facts)}
         except ValueError as error:  # e.g. failed:N for an env that reports no arrivals
             logger.error("%s No video of evaluation round %d is kept.", error, self.evaluation_round)
             reasons = {}
-        for episode, tag, index, stored in held:
+        for episode, tag, index in held:
             if index in reasons and not episode.mp4:  # not drawn on its runner (which knew another select)
                 logger.warning("episode %d of evaluation round %d was chosen (%s) but its eval runner drew no video "
                                "of it; render it from its replay record with render=.", index, self.evaluation_round,
@@ -358,7 +358,7 @@ class RecordingSession:
                     self._round_videos.append(video)
                     if self.on_video is not None:
                         self.on_video(video)
-            elif not stored:
+            elif episode.mp4:  # (one without a video has its record stored as it arrived)
                 self._store_record(episode, tag, self.checkpoint, self.evaluation_round, index)
 
     def _store_record(self, episode, tag, checkpoint, evaluation_round, index) -> dict | None:

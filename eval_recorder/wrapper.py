@@ -98,7 +98,7 @@ class _RecordingWrapper:
         self._returns: dict[Any, float] = {}
         self._capture = None  # the episode's replay record, as it runs
         self._record: tuple[bytes, str] | None = None  # the finished episode's (record, kind)
-        self._finished: list[RecordedEpisode | tuple[RecordedEpisode, PendingVideo]] = []
+        self._finished: list[tuple[RecordedEpisode, PendingVideo | None]] = []  # with its video still drawn, if so
         self._dropped: list[DroppedEpisode] = []
         self.problem: str | None = None
         """Why this env cannot record, as ``probe()`` found (it then records nothing), else None."""
@@ -147,9 +147,8 @@ class _RecordingWrapper:
         draw is said by ``pop_dropped()``; its episode is not handed over."""
         finished = []
         while self._finished:
-            item = self._finished[0]
-            if isinstance(item, tuple):
-                episode, pending = item
+            episode, pending = self._finished[0]
+            if pending is not None:
                 if not wait and not pending.done():
                     break
                 try:
@@ -157,21 +156,19 @@ class _RecordingWrapper:
                 except (RecordingError, OSError) as error:
                     self._dropped.append(self._dropped_episode(error, seed=episode.env_seed,
                                                                step=episode.episode_length))
+                    episode = None
                 else:
-                    finished.append(dataclasses.replace(episode, mp4=mp4, frames=frames))
-            else:
-                finished.append(item)
+                    episode = dataclasses.replace(episode, mp4=mp4, frames=frames)
+            if episode is not None:
+                finished.append(episode)
             self._finished.pop(0)
         return finished
 
     def stamp(self, **values) -> None:
         """Stamp ``values`` (weights_seq_no, evaluation_round) on the finished episodes that have
         no weights version yet, also those whose video is still being drawn."""
-        self._finished = [
-            (dataclasses.replace(item[0], **values), item[1]) if isinstance(item, tuple) and item[0].weights_seq_no is None
-            else dataclasses.replace(item, **values) if not isinstance(item, tuple) and item.weights_seq_no is None
-            else item for item in self._finished
-        ]  # fmt: skip
+        self._finished = [(dataclasses.replace(episode, **values) if episode.weights_seq_no is None else episode, pending)
+                          for episode, pending in self._finished]  # fmt: skip
 
     def pop_dropped(self) -> list[DroppedEpisode]:
         """Hand over (and forget) the episodes whose video was dropped so far, and why."""
@@ -287,7 +284,7 @@ class _RecordingWrapper:
         self._record = None
         episode = dataclasses.replace(episode, facts=facts, record=record, record_kind=kind)
         if self._video.undrawn is None:
-            self._finished.append(episode)
+            self._finished.append((episode, None))
             return
         this = EpisodeFacts(index=0, episode_return=episode.episode_return, completion=facts.get("completion"),
                             agents_arrived=facts.get("agents_arrived"), num_agents=facts.get("num_agents"))
@@ -295,7 +292,7 @@ class _RecordingWrapper:
             self._finished.append((episode, self._video.draw_later()))
         else:
             self._video.undrawn = None
-            self._finished.append(dataclasses.replace(episode, frames=0))  # its record only: never chosen
+            self._finished.append((dataclasses.replace(episode, frames=0), None))  # its record only: never chosen
 
     def _drop(self, error: BaseException) -> None:
         """This episode's video is lost (``error``); the env steps on, the next episode records."""
@@ -318,11 +315,11 @@ class _RecordingWrapper:
 
     def _close_recording(self) -> None:
         self._video.discard()
-        for item in self._finished:  # videos still being drawn: the env is going away
-            if isinstance(item, tuple):
-                item[1].abort()
-        self._finished = [dataclasses.replace(item[0], frames=0) if isinstance(item, tuple) else item
-                          for item in self._finished]
+        for _, pending in self._finished:  # videos still being drawn: the env is going away
+            if pending is not None:
+                pending.abort()
+        self._finished = [(dataclasses.replace(episode, frames=0) if pending is not None else episode, None)
+                          for episode, pending in self._finished]
         self.frame_source.close()
 
 

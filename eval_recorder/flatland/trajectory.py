@@ -41,6 +41,7 @@ renderer (eval_recorder.flatland.rendering) draws the frame of that step from th
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -251,9 +252,9 @@ def _write_layout(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
     required, states, malfunction = arrays["action_required"].tolist(), arrays["states"].tolist(), arrays["malfunction"].tolist()
     speed, positions = arrays["speed"].tolist(), arrays["positions"].tolist()
     # The same few values again and again: each made once (flatland's enums, Fractions, positions).
-    action_of = _memo(RailEnvActions.from_value)
-    state_of, speed_of = _memo(TrainState), _memo(lambda pair: Fraction(*pair))
-    configuration_of = _memo(lambda rcd: None if rcd[0] < 0 else ((rcd[0], rcd[1]), rcd[2]))
+    action_of = functools.cache(RailEnvActions.from_value)
+    state_of, speed_of = functools.cache(TrainState), functools.cache(lambda pair: Fraction(*pair))
+    configuration_of = functools.cache(lambda rcd: None if rcd[0] < 0 else ((rcd[0], rcd[1]), rcd[2]))
     for step in range(1, episode.steps + 1):
         row = step - 1
         for handle in range(episode.n_agents):
@@ -277,19 +278,6 @@ def _write_layout(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
         else:
             fsync_dir(path)
     fsync_dir(data_dir)
-
-
-def _memo(make):
-    """``make`` of a hashable value, made once per value (the values are never changed)."""
-    made: dict = {}
-
-    def of(value):
-        found = made.get(value, made)
-        if found is made:
-            found = made[value] = make(value)
-        return found
-
-    return of
 
 
 # ---- drawing from the record ----------------------------------------------------------------
