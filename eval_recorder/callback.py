@@ -91,7 +91,7 @@ class RecordingCallback(RLlibCallback):
     @override(RLlibCallback)
     def on_sample_end(self, *, env_runner=None, **kwargs) -> None:
         """Fires on an env runner at the end of each ``sample()``: on an eval runner, sends the
-        videos still being drawn (a narrower ``recording.select``) once they are done."""
+        videos still being drawn (beside the env) once they are done."""
         if env_runner is not None and env_runner.config.in_evaluation:
             eval_runner.deliver_drawn(env_runner)
 

@@ -137,8 +137,9 @@ def deliver_finished(episode, env_runner, env, env_index: int) -> None:
 
 def deliver_drawn(env_runner) -> None:
     """At the end of a runner's ``sample()``: the episodes whose videos were still being
-    drawn (a narrower ``recording.select``) are waited for and handed to the driver's inbox,
-    so a round's episodes are all in when the runners' sampling returns."""
+    drawn (beside the env: the last episode's, or with a narrower ``recording.select`` the
+    ones drawn after they ended) are waited for and handed to the driver's inbox, so a
+    round's episodes are all in when the runners' sampling returns."""
     state = this_process()
     for wrapper in recording_envs(env_runner):
         _deliver(wrapper, state, wait=True)

@@ -8,6 +8,10 @@ bytes and the episode's facts, which travel to the driver through Ray, never thr
 shared path. The encoder writes into a private temporary file on the runner's own machine
 (not the video folder, which only the driver writes), so memory stays flat during the episode.
 
+A source drawn beside the env does not make the env wait for its video either: ``finish``
+asks the helper to finish the mp4 and returns the episode without it; the video being drawn
+(``PendingVideo``) is in ``drawing`` and the env plays the next episode meanwhile.
+
 ``start(later=True)`` (a source drawn beside, with a narrower ``recording.select``) opens no
 encoder: each due frame's state and label are only kept (a few bytes), and ``finish`` returns
 the episode without its video, which ``draw_later()`` then hands to the encoder helper as a
@@ -123,6 +127,7 @@ class VideoRecorder:
         self._last_step_skipped = False
         self._later: _Later | None = None  # the episode's frames kept to draw after it ended
         self.undrawn: _Later | None = None  # the last finished episode's, for draw_later()
+        self.drawing: PendingVideo | None = None  # the last finished episode's video, still drawn beside
 
     @property
     def recording(self) -> bool:
@@ -136,7 +141,7 @@ class VideoRecorder:
         """Begin a new episode's video (discarding an unfinished one) with the reset frame;
         ``later``: keep its frames' states to draw after it ended (a source drawn beside only)."""
         self.discard()
-        self.undrawn = None
+        self.undrawn = self.drawing = None
         self.source.new_episode()
         drawing = self.source.drawn_beside
         if drawing is not None:  # drawn by the encoder helper: its size and scene, no frame here
@@ -215,7 +220,8 @@ class VideoRecorder:
         agent_returns: dict[str, float] | None = None,
     ) -> RecordedEpisode:
         """Finish the mp4 of the current episode and return it with the episode's facts (kept
-        to draw later: without its mp4, its frames in ``undrawn``)."""
+        to draw later: without its mp4, its frames in ``undrawn``; drawn beside the env: without
+        its mp4, which the helper finishes while the env plays on, in ``drawing``)."""
         if not self.recording:
             raise RuntimeError("finish() without a recording in progress")
         if self._last_step_skipped:
@@ -227,6 +233,16 @@ class VideoRecorder:
         if later is not None:
             mp4, frames, (width, height) = b"", len(later.frames), (later.width, later.height)
             self.undrawn = later
+        elif self.source.drawn_beside is not None:  # the helper draws on: the env need not wait for it
+            mp4, frames, (width, height) = b"", encoder.frames, (encoder.width, encoder.height)
+            try:
+                with _scratch_errors():
+                    encoder.finish_later()
+            except BaseException:
+                encoder.abort()
+                _remove(encoder.path)
+                raise
+            self.drawing = PendingVideo(encoder)
         else:
             width, height = encoder.width, encoder.height
             try:

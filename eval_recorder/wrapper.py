@@ -284,7 +284,8 @@ class _RecordingWrapper:
         self._record = None
         episode = dataclasses.replace(episode, facts=facts, record=record, record_kind=kind)
         if self._video.undrawn is None:
-            self._finished.append((episode, None))
+            drawing, self._video.drawing = self._video.drawing, None
+            self._finished.append((episode, drawing))
             return
         this = EpisodeFacts(index=0, episode_return=episode.episode_return, completion=facts.get("completion"),
                             agents_arrived=facts.get("agents_arrived"), num_agents=facts.get("num_agents"))

@@ -85,7 +85,7 @@ def test_a_drawing_that_fails_in_the_helper_costs_that_episode_s_video_only(monk
     this_process().start(None)
     env = record_episodes(make_env(BROKEN_DOWN))
     state = FlatlandFrames.state
-    monkeypatch.setattr(FlatlandFrames, "state", lambda self: state(self)[:14])  # one train of five
+    monkeypatch.setattr(FlatlandFrames, "state", lambda self: state(self)[:20])  # one train of five (10 int16 each)
     play(env, 3)
     (dropped,) = env.pop_dropped()  # said by the helper, seen with a later frame or at the end
     assert dropped.cause == "its video could not be encoded: ValueError: a state of 1 trains for a scene of 5."
@@ -138,7 +138,7 @@ def test_a_video_drawn_after_its_episode_that_fails_is_dropped_with_its_cause(mo
     this_process().start(None)
     env = record_episodes(make_env(BROKEN_DOWN), select="worst:1")
     state = FlatlandFrames.state
-    monkeypatch.setattr(FlatlandFrames, "state", lambda self: state(self)[:14])  # one train of five
+    monkeypatch.setattr(FlatlandFrames, "state", lambda self: state(self)[:20])  # one train of five (10 int16 each)
     first = play(env, 11)
     monkeypatch.setattr(FlatlandFrames, "state", state)
     play(env, 12)  # better than 11: not drawn

@@ -182,7 +182,10 @@ def test_frame_every_records_reset_every_kth_step_and_the_last_step(steps, frame
         recorder.capture()
     video = recorder.finish(env_label="flatland", episode_length=steps, episode_return=0.0)
     assert (video.frames, video.frame_every, video.width, video.height) == (frames, frame_every, 484, 484)
-    with av.open(io.BytesIO(video.mp4)) as container:
+    assert video.mp4 == b""  # drawn beside the env: the helper finishes it while the env would play on
+    mp4, drawn = recorder.drawing.result()
+    assert drawn == frames
+    with av.open(io.BytesIO(mp4)) as container:
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(decoded) == frames
     final_state = FrameRenderer(rail_env, max_side=0).render()

@@ -76,6 +76,7 @@ class FlatlandFrames(FrameSource):
         self.rail_env = rail_env
         self._max_side = max_side
         self._renderer = None  # made by the first frame() drawn here (recording draws beside: scene.py)
+        self._capture = None  # the episode's TrajectoryCapture, whose trains' rows the frames reuse
 
     @classmethod
     def find(cls, env: Any, *, max_side: int) -> "FlatlandFrames | None":
@@ -105,10 +106,16 @@ class FlatlandFrames(FrameSource):
 
     def state(self) -> bytes:
         count_frame()
-        return state_of(self.rail_env)
+        row = self._row_now()
+        return state_of(self.rail_env) if row is None else row
 
     def label_extra(self) -> str:
-        return f"arrived {arrived(self.rail_env)}/{self.rail_env.get_num_agents()}"
+        done = arrived(self.rail_env) if self._row_now() is None else self._capture.rows.arrived
+        return f"arrived {done}/{self.rail_env.get_num_agents()}"
+
+    def _row_now(self) -> bytes | None:
+        """The trains' row of this step if the episode's trajectory capture made it (made once per step)."""
+        return None if self._capture is None else self._capture.row_now()
 
     def facts(self) -> dict[str, Any]:
         agents, done = self.rail_env.get_num_agents(), arrived(self.rail_env)
@@ -117,7 +124,10 @@ class FlatlandFrames(FrameSource):
     record_kind = "flatland"
 
     def replay_capture(self) -> "_TrajectoryRecord":
-        return _TrajectoryRecord(self.rail_env)
+        self._capture = None
+        record = _TrajectoryRecord(self.rail_env)
+        self._capture = record.capture
+        return record
 
     @classmethod
     def publish_record(cls, data: bytes, folder, stem: str) -> str | None:
@@ -159,16 +169,16 @@ class _TrajectoryRecord:
     def __init__(self, rail_env) -> None:
         from eval_recorder.flatland.trajectory import TrajectoryCapture
 
-        self._capture = TrajectoryCapture(rail_env)
+        self.capture = TrajectoryCapture(rail_env)
 
     def step_multi(self, actions, rewards, terminateds, truncateds) -> None:
-        self._capture.step(actions)
+        self.capture.step(actions)
 
     def step(self, action, reward, terminated, truncated) -> None:
-        self._capture.step(action)
+        self.capture.step(action)
 
     def finish(self):
-        return self._capture.finish()
+        return self.capture.finish()
 
 
 def load_scenario_dict(name: str, data: bytes) -> dict:

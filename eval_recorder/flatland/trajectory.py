@@ -59,8 +59,12 @@ from eval_recorder.episode_record import npz_bytes, npz_read
 __all__ = ["FlatlandEpisode", "TrajectoryCapture", "check_replay", "pose", "publish_trajectory", "rail_env_at"]
 
 FORMAT = "eval_recorder.flatland_episode"
-VERSION = 1
+VERSION = 2
 _DO_NOTHING = 0
+# The arrays a FlatlandEpisode is read by (see the module docstring), and the ones it is
+# captured as (``TrainRows``' rows with their table of speed fractions, per step and train).
+_ARRAYS = ("actions", "positions", "rewards", "dones", "action_required", "states", "malfunction", "speed")
+_CAPTURED = ("actions", "rewards", "dones", "rows", "fractions", "max_speed")
 
 _log = logging.getLogger(__name__)
 
@@ -68,32 +72,44 @@ _log = logging.getLogger(__name__)
 class TrajectoryCapture:
     """One RailEnv episode, appended as it runs (see the module docstring). Make it right
     after the reset, call ``step(actions)`` after each ``RailEnv.step`` with the actions it
-    was given (keys: train handles, as ints or as flatland-rl's RLlib wrapper's strings)."""
+    was given (keys: train handles, as ints or as flatland-rl's RLlib wrapper's strings).
+
+    A step keeps its actions and rewards dicts, its dones and the trains' packed row
+    (``scene.TrainRows``, which the frame drawn beside the env reuses: ``last_row``); what
+    the record's arrays need beyond that (action_required, the speeds as fractions) is
+    worked out where the record is read (``FlatlandEpisode.arrays``), off the stepping thread."""
 
     def __init__(self, rail_env) -> None:
         from flatland.envs.persistence import RailEnvPersister
-        from flatland.envs.rail_env import RailEnv
+
+        from eval_recorder.flatland.scene import TrainRows
 
         self._env = rail_env
         self._agents = list(rail_env.agents)
-        self._action_required = RailEnv.action_required
-        self._counters = [(agent, agent.speed_counter, agent.malfunction_handler) for agent in self._agents]
+        self.rows = TrainRows(rail_env)
+        self._max_speeds = [self.rows.index_of(agent.speed_counter.max_speed) for agent in self._agents]
         self.initial_state = pickle.dumps(RailEnvPersister.get_full_state(rail_env), protocol=pickle.HIGHEST_PROTOCOL)
         self._actions: list = []
         self._rewards: list = []
         self._dones: list = []
-        self._trains: list = []
+        self._rows: list[bytes] = []
+        self.last_row: bytes | None = None
+        """The trains' row of the last step captured (None before the first)."""
 
     def step(self, actions: Mapping) -> None:
         env = self._env
         self._actions.append(dict(actions))
         self._rewards.append(env.rewards_dict)  # a new dict each step (RailEnv.clear_rewards_dict)
-        self._dones.append(list(env.dones.values()))  # changed in place: copied
-        # only references: action_required (from the distance run in the cell) is worked out in finish()
-        self._trains.append([
-            (agent.current_configuration, agent.state, handler.malfunction_down_counter, counter.speed, counter.distance)
-            for agent, counter, handler in self._counters
-        ])
+        self._dones.append(tuple(env.dones.values()))  # changed in place: copied
+        self.last_row = self.rows.row()
+        self._rows.append(self.last_row)
+        self._at = env._elapsed_steps
+
+    def row_now(self) -> bytes | None:
+        """The trains' row of the env's current step if this capture made it, else None."""
+        if self.last_row is not None and self._at == self._env._elapsed_steps:
+            return self.last_row
+        return None
 
     @property
     def steps(self) -> int:
@@ -101,85 +117,76 @@ class TrajectoryCapture:
 
     def finish(self) -> "FlatlandEpisode":
         """The episode captured so far (once it ended: with its arrivals and normalized reward)."""
+        from eval_recorder.flatland.scene import _FIELDS
+
         env, n, steps = self._env, len(self._agents), len(self._actions)
         actions = np.full((steps, n), _DO_NOTHING, dtype=np.int8)
         for step, given in enumerate(self._actions):
             for handle, action in given.items():
                 actions[step, int(handle)] = int(action)
-        from flatland.envs.step_utils.speed_counter import cached_cell_exit
-
-        flat = [train for trains in self._trains for train in trains]
-        off = (-1, -1, -1)
-        positions = np.array([off if c is None or c[0] is None else (c[0][0], c[0][1], c[1]) for c, *_ in flat],
-                             dtype=np.int16).reshape(steps, n, 3)
-        states = np.fromiter((train[1] for train in flat), dtype=np.int8, count=len(flat)).reshape(steps, n)
-        malfunction = np.fromiter((train[2] for train in flat), dtype=np.int32, count=len(flat)).reshape(steps, n)
-        # Fractions hash slowly and the same few objects repeat: worked out once per object (all
-        # alive in `flat`, so their ids stay theirs)
-        fractions: dict[int, tuple[int, int]] = {}
-        for train in flat:
-            if id(train[3]) not in fractions:
-                fraction = Fraction(train[3])
-                fractions[id(train[3])] = (fraction.numerator, fraction.denominator)
-        speed = np.array([fractions[id(train[3])] for train in flat], dtype=np.int32).reshape(steps, n, 2)
-        # RailEnv.get_info_dict's action_required: is_cell_exit at the train's max speed
-        required, max_speeds = self._action_required, [agent.speed_counter.max_speed for agent in self._agents] * steps
-        answers: dict[tuple[int, int, int], bool] = {}
-
-        def action_required(train, top) -> bool:
-            key = (int(train[1]), id(top), id(train[4]))
-            found = answers.get(key)
-            if found is None:
-                found = answers[key] = bool(required(train[1], cached_cell_exit(top, top, train[4])))
-            return found
-
-        needed = np.fromiter((action_required(train, top) for train, top in zip(flat, max_speeds)),
-                             dtype=bool, count=len(flat)).reshape(steps, n)
-        rewards = np.asarray([[float(given.get(handle, 0.0)) for handle in range(n)] for given in self._rewards],
+        rows = np.frombuffer(b"".join(self._rows), dtype="<i2").reshape(steps, n, _FIELDS)
+        rewards = np.asarray([[given.get(handle, 0.0) for handle in range(n)] for given in self._rewards],
                              dtype=np.float64).reshape(steps, n)
         dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
         ended = bool(env.dones.get("__all__", False)) and steps > 0
         success_rate = normalized = None
         if ended:
-            from flatland.envs.step_utils.states import TrainState
-
-            success_rate = sum(agent.state == TrainState.DONE for agent in self._agents) / n if n else 0.0
+            success_rate = self.rows.arrived / n if n else 0.0
             # as flatland's PolicyRunner: every train's reward of every step, in env_time order
             normalized = env.rewards.normalize(*rewards.reshape(-1).tolist(), max_episode_steps=env._max_episode_steps,
                                                num_agents=n)
             normalized = None if normalized is None else float(normalized)
+        fractions = [Fraction(value) for value in self.rows.fractions]
         return FlatlandEpisode(
             initial_state=self.initial_state, n_agents=n, steps=steps, ended=ended, success_rate=success_rate,
             normalized_reward=normalized,
-            arrays={"actions": actions, "positions": positions, "rewards": rewards, "dones": dones,
-                    "action_required": needed, "states": states, "malfunction": malfunction, "speed": speed},
+            captured={"actions": actions, "rewards": rewards, "dones": dones, "rows": rows,
+                      "fractions": np.array([(f.numerator, f.denominator) for f in fractions], dtype=np.int64).reshape(-1, 2),
+                      "max_speed": np.array(self._max_speeds, dtype=np.int16)},
         )
 
 
 class FlatlandEpisode:
-    """A finished RailEnv episode (see the module docstring for its arrays)."""
+    """A finished RailEnv episode (see the module docstring for its arrays): given as its
+    ``arrays``, or as ``captured`` (``TrajectoryCapture``'s form: ``_CAPTURED``), from which
+    ``arrays`` are worked out when first read."""
 
     def __init__(self, *, initial_state: bytes, n_agents: int, steps: int, ended: bool, success_rate: float | None,
-                 normalized_reward: float | None, arrays: dict[str, np.ndarray]) -> None:
+                 normalized_reward: float | None, arrays: dict[str, np.ndarray] | None = None,
+                 captured: dict[str, np.ndarray] | None = None) -> None:
+        if (arrays is None) == (captured is None):
+            raise ValueError("a FlatlandEpisode needs either its arrays or its captured form")
         self.initial_state = initial_state
         self.n_agents = n_agents
         self.steps = steps
         self.ended = ended
         self.success_rate = success_rate
         self.normalized_reward = normalized_reward
-        self.arrays = arrays
+        self._arrays = arrays
+        self._captured = captured
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = _arrays_of(self._captured, self.steps, self.n_agents)
+        return self._arrays
 
     def to_bytes(self) -> bytes:
         meta = {"format": FORMAT, "version": VERSION, "n_agents": self.n_agents, "steps": self.steps,
                 "ended": self.ended, "success_rate": self.success_rate, "normalized_reward": self.normalized_reward}
-        return npz_bytes(meta, {"initial_state": np.frombuffer(self.initial_state, dtype=np.uint8), **self.arrays})
+        arrays = self._captured if self._captured is not None else self._arrays
+        return npz_bytes(meta, {"initial_state": np.frombuffer(self.initial_state, dtype=np.uint8), **arrays})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FlatlandEpisode":
         meta, arrays = npz_read(data, format=FORMAT, version=VERSION, what="a Flatland episode record")
         initial_state = arrays.pop("initial_state").tobytes()
+        given = set(arrays)
+        if given not in (set(_ARRAYS), set(_CAPTURED)):
+            raise ValueError(f"these {len(data)} bytes are not a Flatland episode record (arrays {sorted(given)}).")
+        form = {"captured": arrays} if given == set(_CAPTURED) else {"arrays": arrays}
         return cls(initial_state=initial_state, n_agents=meta["n_agents"], steps=meta["steps"], ended=meta["ended"],
-                   success_rate=meta["success_rate"], normalized_reward=meta["normalized_reward"], arrays=arrays)
+                   success_rate=meta["success_rate"], normalized_reward=meta["normalized_reward"], **form)
 
     def configuration(self, step: int, handle: int):
         """Train ``handle``'s ``((row, col), direction)`` after ``step`` (0: after the reset), None off the map."""
@@ -201,6 +208,38 @@ class FlatlandEpisode:
             cached = self._initial = [(_configuration(a.position, a.direction), _configuration(a.old_position, a.old_direction))
                                       for a in agents]
         return cached
+
+
+def _arrays_of(captured: dict[str, np.ndarray], steps: int, n: int) -> dict[str, np.ndarray]:
+    """The arrays of an episode (``_ARRAYS``) from its captured form (``_CAPTURED``)."""
+    from flatland.envs.rail_env import RailEnv
+    from flatland.envs.step_utils.speed_counter import cached_cell_exit
+    from flatland.envs.step_utils.states import TrainState
+
+    rows = captured["rows"].reshape(steps, n, -1)
+    fractions = [Fraction(int(numerator), int(denominator)) for numerator, denominator in captured["fractions"].tolist()]
+    states, speeds, distances = rows[..., 7], rows[..., 8], rows[..., 9]
+    max_speeds = np.broadcast_to(captured["max_speed"].astype(np.int16), (steps, n))
+    # RailEnv.get_info_dict's action_required: is_cell_exit at the train's max speed, for each
+    # (state, max speed, distance) there is
+    required = np.zeros((steps, n), dtype=bool)
+    if steps and n:
+        keys = np.stack([states, max_speeds, distances], axis=-1).reshape(-1, 3)
+        combinations, inverse = np.unique(keys, axis=0, return_inverse=True)
+        answers = np.array([bool(RailEnv.action_required(TrainState(int(state)), cached_cell_exit(
+            fractions[top], fractions[top], fractions[distance]))) for state, top, distance in combinations.tolist()])
+        required = answers[inverse.reshape(-1)].reshape(steps, n)
+    table = np.array([(f.numerator, f.denominator) for f in fractions], dtype=np.int32).reshape(-1, 2)
+    return {
+        "actions": captured["actions"].astype(np.int8).reshape(steps, n),
+        "positions": np.ascontiguousarray(rows[..., 0:3]).astype(np.int16),
+        "rewards": captured["rewards"].astype(np.float64).reshape(steps, n),
+        "dones": captured["dones"].astype(bool).reshape(steps, n),
+        "action_required": required,
+        "states": states.astype(np.int8),
+        "malfunction": rows[..., 6].astype(np.int32),
+        "speed": table[speeds] if len(table) else np.zeros((steps, n, 2), np.int32),
+    }
 
 
 def _configuration(position, direction):
