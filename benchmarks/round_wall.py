@@ -293,6 +293,7 @@ def run_driver(select: str, folder: Path) -> dict:
     from eval_recorder.video_store import VideoStore
 
     store, tag = VideoStore(folder, run_id=RUN_ID), TrainingTag(training_iteration=1, env_steps=0)
+    _warm_up_driver()
     print("ready", flush=True)
     arrived: queue.Queue = queue.Queue()
 
@@ -336,6 +337,17 @@ def run_driver(select: str, folder: Path) -> dict:
     return dict(videos=videos, busy_s=busy, peak_mb=_peak_rss_mb())
 
 
+def _warm_up_driver() -> None:
+    """Import what storing an episode uses, as a real driver has long before its first round
+    ends (the poster's decoder and JPEG encoder, the Flatland record's writer)."""
+    import av.video  # noqa: F401
+    import PIL.Image  # noqa: F401
+
+    import eval_recorder.flatland.frames  # noqa: F401
+    import eval_recorder.flatland.trajectory  # noqa: F401
+    import eval_recorder.poster  # noqa: F401
+
+
 class _Driver:
     """The driver process of a round (``run_driver``), started and ready before the round."""
 
@@ -354,12 +366,18 @@ class _Driver:
         self.process.stdin.flush()
 
     def finish(self) -> dict:
-        """The round is over: the driver's figures once it stored everything."""
+        """The round is over: the driver's figures as soon as it says it stored everything
+        (its line; a real driver goes on, so its interpreter's exit is not the round's)."""
         self.process.stdin.close()
-        result = json.loads(self.process.stdout.read().decode().strip().splitlines()[-1])
+        line = self.process.stdout.readline()
+        if not line.strip():
+            self.process.wait()
+            raise RuntimeError("the round's driver process failed")
+        return json.loads(line)
+
+    def close(self) -> None:
         if self.process.wait() != 0:
             raise RuntimeError("the round's driver process failed")
-        return result
 
 
 def run_child(case_name: str, mode: str, seed: int) -> dict:
@@ -393,6 +411,8 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
                 driver.send(finished)
             stored = driver.finish() if driver is not None else dict(videos=0, busy_s=0.0, peak_mb=0.0)
             end = time.perf_counter()
+            if driver is not None:
+                driver.close()
         peak = _peak_rss_mb()
         videos = stored["videos"] + len(list(scratch.glob("anchor*.mp4")))
     return dict(mode=mode, wall_s=end - start, driver_s=end - played - replay_s, replay_s=replay_s, steps=steps,
@@ -505,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.driver:
-        print(json.dumps(run_driver(args.driver, Path(args.folder))))
+        print(json.dumps(run_driver(args.driver, Path(args.folder))), flush=True)
         return 0
     if args.child:
         print(json.dumps(run_child(args.case, args.child, args.seed)))
