@@ -233,3 +233,203 @@ def test_the_record_round_trips_through_bytes(malfunctions):
         assert np.array_equal(again.arrays[name], array) and again.arrays[name].dtype == array.dtype, name
     with pytest.raises(ValueError, match=r"^these 5 bytes are not a Flatland episode record "):
         FlatlandEpisode.from_bytes(b"hello")
+
+
+# ---- the layout written directly equals flatland's own writer's, byte for byte ------------------
+
+
+def _flatland_writes(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
+    """The reference: the layout as flatland's own Trajectory writes it (what _write_layout did
+    before it wrote the files itself): Trajectory.load_existing, its collects per step and train,
+    persist() (pandas' to_csv), and the empty outputs/ folder load_existing made removed."""
+    import functools
+
+    from flatland.envs.rail_env_action import RailEnvActions
+    from flatland.envs.step_utils.states import TrainState
+    from flatland.trajectories.trajectories import SERIALISED_STATE_SUBDIR, Trajectory
+
+    states_dir = data_dir / SERIALISED_STATE_SUBDIR
+    states_dir.mkdir()
+    (states_dir / f"{ep_id}.pkl").write_bytes(episode.initial_state)
+    trajectory = Trajectory.load_existing(data_dir=data_dir, ep_id=ep_id)
+    arrays = episode.arrays
+    actions, rewards, dones = arrays["actions"].tolist(), arrays["rewards"].tolist(), arrays["dones"].tolist()
+    required, states, malfunction = arrays["action_required"].tolist(), arrays["states"].tolist(), arrays["malfunction"].tolist()
+    speed, positions = arrays["speed"].tolist(), arrays["positions"].tolist()
+    action_of = functools.cache(RailEnvActions.from_value)
+    state_of, speed_of = functools.cache(TrainState), functools.cache(lambda pair: Fraction(*pair))
+    configuration_of = functools.cache(lambda rcd: None if rcd[0] < 0 else ((rcd[0], rcd[1]), rcd[2]))
+    for step in range(1, episode.steps + 1):
+        row = step - 1
+        for handle in range(episode.n_agents):
+            trajectory.action_collect(env_time=row, agent_id=handle, action=action_of(actions[row][handle]))
+            trajectory.position_collect(env_time=step, agent_id=handle,
+                                        position=configuration_of(tuple(positions[row][handle])))
+            info = {"action_required": required[row][handle], "malfunction": malfunction[row][handle],
+                    "speed": speed_of(tuple(speed[row][handle])), "state": state_of(states[row][handle])}
+            trajectory.rewards_dones_infos_collect(env_time=step, agent_id=handle, reward=rewards[row][handle],
+                                                   info=info, done=dones[row][handle])
+    if episode.ended:
+        trajectory.arrived_collect(episode.steps - 1, episode.success_rate, episode.normalized_reward)
+    trajectory.persist()
+    trajectory.outputs_dir.rmdir()
+
+
+def tree(folder: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every file and folder under ``folder``: its permission bits and, for a file, its bytes."""
+    return {str(path.relative_to(folder)): (path.stat().st_mode & 0o7777, path.read_bytes() if path.is_file() else None)
+            for path in folder.rglob("*")}
+
+
+def assert_written_as_flatland_writes(episode: FlatlandEpisode, tmp_path: Path, ep_id: str) -> dict:
+    """publish_trajectory's folder holds the very files and folders flatland's writer makes."""
+    reference = tmp_path / "flatland" / ep_id
+    reference.mkdir(parents=True)
+    _flatland_writes(episode, reference, ep_id)
+    (tmp_path / "ours").mkdir()
+
+    published = publish_trajectory(episode, tmp_path / "ours", ep_id)
+
+    ours, theirs = tree(published), tree(reference)
+    assert sorted(ours) == sorted(theirs) == sorted([*LAYOUT, f"serialised_state/{ep_id}.pkl"])
+    for name in sorted(theirs):
+        assert ours[name][0] == theirs[name][0], f"{name}: mode {ours[name][0]:o}, flatland's {theirs[name][0]:o}"
+        if ours[name][1] != theirs[name][1]:
+            mine, flatlands = ours[name][1].splitlines(True), theirs[name][1].splitlines(True)
+            first = next((i for i, (a, b) in enumerate(zip(mine, flatlands)) if a != b), min(len(mine), len(flatlands)))
+            raise AssertionError(f"{name} differs at line {first + 1}: {mine[first:first + 1]} written, flatland "
+                                 f"writes {flatlands[first:first + 1]}")
+    return {name: data.decode() for name, (_, data) in theirs.items() if data is not None and name.endswith(".tsv")}
+
+
+def more_speeds_env(seed: int = 11):
+    """6 trains at speeds 1, 1/3 and 1/5 (and 0 once stopped), breaking down often."""
+    from flatland.env_generation.env_generator import env_generator
+
+    env, _, _ = env_generator(n_agents=6, x_dim=30, y_dim=30, n_cities=2, max_rail_pairs_in_city=2,
+                              max_rails_between_cities=2, malfunction_interval=15, malfunction_duration_min=1,
+                              malfunction_duration_max=4, speed_ratios={1 / 3: 0.5, 0.2: 0.25, 1.0: 0.25}, seed=seed)
+    env.reset(random_seed=seed)
+    return env
+
+
+def test_an_episode_with_malfunctions_and_speeds_is_written_as_flatland_writes_it(malfunctions, tmp_path):
+    _, episode = malfunctions
+    assert episode.ended and episode.normalized_reward is not None
+
+    written = assert_written_as_flatland_writes(FlatlandEpisode.from_bytes(episode.to_bytes()), tmp_path,
+                                                "flatland-it000003-ev0003-ep001-5c01542a")
+
+    # what the comparison covered: every step and train, off and on the map, broken down, at 3 speeds
+    infos = written["event_logs/TrainMovementEvents.trains_rewards_dones_infos.tsv"]
+    assert len(infos.splitlines()) == 1 + episode.steps * 5
+    for seen in ["'speed': Fraction(1, 1)", "'speed': Fraction(1, 2)", "'speed': Fraction(1, 4)",
+                 "'state': <TrainState.MALFUNCTION: 5>", "'action_required': True", "}\tTrue\n", "}\tFalse\n"]:
+        assert seen in infos
+    positions = written["event_logs/TrainMovementEvents.trains_positions.tsv"].splitlines()
+    assert any(line.endswith("\t") for line in positions) and any(line.endswith(")") for line in positions)
+    arrived = written["event_logs/TrainMovementEvents.trains_arrived.tsv"].splitlines()
+    assert arrived[1] == (f"flatland-it000003-ev0003-ep001-5c01542a\t{episode.steps - 1}\t{episode.success_rate!r}\t"
+                          f"{episode.normalized_reward!r}")
+
+
+def test_more_speeds_and_an_episode_cut_short_are_written_as_flatland_writes_them(tmp_path):
+    env = more_speeds_env()
+    episode = run_rail_env(env, seed=4)
+    assert {tuple(pair) for pair in episode.arrays["speed"].reshape(-1, 2).tolist()} >= {(1, 1), (1, 3), (1, 5)}
+    assert_written_as_flatland_writes(episode, tmp_path / "ended", "ended")
+
+    env = more_speeds_env(seed=12)
+    capture = TrajectoryCapture(env)
+    rng = np.random.default_rng(3)
+    for _ in range(23):
+        actions = {handle: int(rng.integers(0, 5)) for handle in range(env.get_num_agents())}
+        env.step(actions)
+        capture.step(actions)
+    cut_short = capture.finish()
+    assert not cut_short.ended and cut_short.steps == 23
+
+    written = assert_written_as_flatland_writes(cut_short, tmp_path / "cut", "cut")
+
+    assert written["event_logs/TrainMovementEvents.trains_arrived.tsv"] == (
+        "episode_id\tenv_time\tsuccess_rate\tnormalized_reward\n")  # the header only
+
+
+def test_an_episode_whose_rewards_have_no_normalized_reward_is_written_as_flatland_writes_it(tmp_path):
+    from flatland.envs.rewards import DefaultRewards, Rewards
+
+    class NotNormalized(DefaultRewards):
+        normalize = Rewards.normalize  # flatland's base: None
+
+    env = malfunctioning_env(seed=5)
+    env.rewards = NotNormalized()
+    episode = run_rail_env(env, seed=6)
+    assert episode.ended and episode.normalized_reward is None
+
+    written = assert_written_as_flatland_writes(episode, tmp_path, "ep")
+
+    assert written["event_logs/TrainMovementEvents.trains_arrived.tsv"].splitlines()[1] == (
+        f"ep\t{episode.steps - 1}\t{episode.success_rate!r}\t")  # None: NaN in pandas' float column, an empty field
+
+
+def test_the_builtin_env_stepped_as_rllib_steps_it_is_written_as_flatland_writes_it(tmp_path):
+    from eval_recorder.flatland.envs import make_env
+
+    env = make_env({"n_agents": 3, "x_dim": 30, "y_dim": 30, "seed": 5})
+    env.reset(seed=5)
+
+    assert_written_as_flatland_writes(run_wrapped(env, seed=2), tmp_path, "builtin")
+
+
+def odd(episode: FlatlandEpisode, **changes) -> FlatlandEpisode:
+    again = FlatlandEpisode.from_bytes(episode.to_bytes())
+    for name, value in changes.items():
+        setattr(again, name, value)
+    return again
+
+
+@pytest.mark.parametrize("case", ["floats", "no steps", "no trains", "ids and values", "integer rates"])
+def test_values_flatlands_writer_formats_its_own_way_are_written_as_it_writes_them(malfunctions, tmp_path, case):
+    """Records no RailEnv makes, for pandas' formatting: rewards of every float kind (-0.0,
+    1e-05, 1e+16, inf, NaN), no steps, no trains, an episode id with a tab, a quote, a newline
+    and non-ASCII, actions that are no RailEnvActions (DO_NOTHING), big counters and
+    coordinates, a success rate that is an int."""
+    _, episode = malfunctions
+    ep_id = "ep"
+    if case == "floats":
+        episode = odd(episode, success_rate=-0.0, normalized_reward=1e-05)
+        rewards = episode.arrays["rewards"]
+        rewards.reshape(-1)[:12] = [-0.0, 0.0, 1e-05, 1e+16, 123456789.123456789, -1 / 3, np.inf, -np.inf, np.nan, 5e-324,
+                                    1.7976931348623157e308, 0.1 + 0.2]
+    elif case == "no steps":
+        env = malfunctioning_env(seed=3)
+        episode = TrajectoryCapture(env).finish()
+        assert episode.steps == 0 and not episode.ended
+        # ended: an arrival at env_time -1, as flatland's writer logs it
+        episode = odd(episode, ended=True, success_rate=0.0, normalized_reward=1.0)
+    elif case == "no trains":
+        episode = odd(episode, n_agents=0)
+        episode.arrays = {name: array[:, :0] for name, array in episode.arrays.items()}
+    elif case == "ids and values":
+        ep_id = 'ep\t"quoted"\nnext line – ü'
+        episode = odd(episode)
+        arrays = episode.arrays
+        arrays["actions"][:3, 0] = [5, -1, 127]
+        arrays["malfunction"][0, :2] = [2**31 - 1, -7]
+        arrays["positions"][0, 1] = (32767, -32768, 3)
+        arrays["speed"][1, 1] = (6, 8)
+        arrays["dones"][1] = ~arrays["dones"][1]  # a done and an action_required no RailEnv gives with the rest
+        arrays["action_required"][2] = ~arrays["action_required"][2]
+    elif case == "integer rates":
+        episode = odd(episode, success_rate=1, normalized_reward=float("nan"))
+
+    written = assert_written_as_flatland_writes(episode, tmp_path, ep_id)
+
+    if case == "floats":
+        rows = written["event_logs/TrainMovementEvents.trains_rewards_dones_infos.tsv"].splitlines()[1:13]
+        assert [row.split("\t")[3] for row in rows] == ["-0.0", "0.0", "1e-05", "1e+16", "123456789.12345679",
+                                                       "-0.3333333333333333", "inf", "-inf", "", "5e-324",
+                                                       "1.7976931348623157e+308", "0.30000000000000004"]
+    if case == "ids and values":
+        assert written["event_logs/ActionEvents.discrete_action.tsv"].startswith(
+            'episode_id\tenv_time\tagent_id\taction\n"ep\t""quoted""\nnext line – ü"\t0\t0\t0\n')
