@@ -408,8 +408,9 @@ def test_values_flatlands_writer_formats_its_own_way_are_written_as_it_writes_th
         # ended: an arrival at env_time -1, as flatland's writer logs it
         episode = odd(episode, ended=True, success_rate=0.0, normalized_reward=1.0)
     elif case == "no trains":
-        episode = odd(episode, n_agents=0)
+        episode = odd(episode)
         episode.arrays = {name: array[:, :0] for name, array in episode.arrays.items()}
+        episode.n_agents = 0
     elif case == "ids and values":
         ep_id = 'ep\t"quoted"\nnext line – ü'
         episode = odd(episode)

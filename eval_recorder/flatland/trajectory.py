@@ -173,6 +173,10 @@ class FlatlandEpisode:
             self._arrays = _arrays_of(self._captured, self.steps, self.n_agents)
         return self._arrays
 
+    @arrays.setter
+    def arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self._arrays, self._captured = arrays, None
+
     def to_bytes(self) -> bytes:
         meta = {"format": FORMAT, "version": VERSION, "n_agents": self.n_agents, "steps": self.steps,
                 "ended": self.ended, "success_rate": self.success_rate, "normalized_reward": self.normalized_reward}
@@ -218,7 +222,9 @@ def _arrays_of(captured: dict[str, np.ndarray], steps: int, n: int) -> dict[str,
     from flatland.envs.step_utils.speed_counter import cached_cell_exit
     from flatland.envs.step_utils.states import TrainState
 
-    rows = captured["rows"].reshape(steps, n, -1)
+    from eval_recorder.flatland.scene import _FIELDS
+
+    rows = captured["rows"].reshape(steps, n, _FIELDS)
     fractions = [Fraction(int(numerator), int(denominator)) for numerator, denominator in captured["fractions"].tolist()]
     states, speeds, distances = rows[..., 7], rows[..., 8], rows[..., 9]
     max_speeds = np.broadcast_to(captured["max_speed"].astype(np.int16), (steps, n))
