@@ -3,18 +3,24 @@
 ``TrajectoryCapture`` runs on the eval runner's stepping thread: made right after the
 ``RailEnv``'s reset (it keeps the env's initial state as ``RailEnvPersister`` saves it: rails,
 trains, timetable, malfunction and random-generator state), then ``step(actions)`` after
-every ``RailEnv.step``, which reads per train the cell and direction, state, malfunction
-counter, speed and ``action_required``, and keeps the step's rewards and dones dicts.
-``finish()`` packs them into a ``FlatlandEpisode``.
+every ``RailEnv.step``, which keeps the step's actions, rewards and dones and the trains'
+packed row (``scene.TrainRows``: cell and direction, previous cell, malfunction counter,
+state, speed and distance in the cell; the same row the frame drawn beside the env is drawn
+from). ``finish()`` stacks them into a ``FlatlandEpisode`` in that captured form; what flatland's
+files need beyond it (``action_required``, the speeds as fractions) is worked out when the
+episode's ``arrays`` are first read, on the driver, off the stepping thread.
 
-``FlatlandEpisode.to_bytes()`` / ``from_bytes()`` (it travels through Ray as bytes) is a
-compressed ``.npz``: ``meta`` (UTF-8 JSON: format, version, trains, steps, success rate,
+``FlatlandEpisode.to_bytes()`` / ``from_bytes()`` (it travels through Ray as bytes) is an
+``.npz`` (zlib level 1): ``meta`` (UTF-8 JSON: format, version, trains, steps, success rate,
 normalized reward, whether the episode ended), ``initial_state`` (the pickled
-``RailEnvPersister`` state, as uint8), and per step and train: ``actions`` (int8, the action the
-RailEnv used: DO_NOTHING where none was given), ``positions`` (int16 row, column, direction
-after the step; -1 off the map), ``rewards`` (float64), ``dones``, ``action_required`` (bool),
-``states`` (int8 ``TrainState``), ``malfunction`` (int32 down counter), ``speed`` (int32
-numerator and denominator of the speed fraction).
+``RailEnvPersister`` state, as uint8), and either the captured form (``actions``, ``rewards``,
+``dones``, ``rows``: int16 per step, train and row field, ``fractions``: the speeds and
+distances the rows index, as numerator and denominator, ``max_speed``: each train's index in
+them) or the arrays: per step and train ``actions`` (int8, the action the RailEnv used:
+DO_NOTHING where none was given), ``positions`` (int16 row, column, direction after the step;
+-1 off the map), ``rewards`` (float64), ``dones``, ``action_required`` (bool), ``states`` (int8
+``TrainState``), ``malfunction`` (int32 down counter), ``speed`` (int32 numerator and
+denominator of the speed fraction).
 
 ``publish_trajectory(episode, folder, name)`` writes it in flatland's own layout, which
 ``flatland.evaluators.trajectory_evaluator.TrajectoryEvaluator`` and the
