@@ -136,7 +136,7 @@ def _first_steps(capture, count: int):
     import copy
 
     head = copy.copy(capture)
-    for name in ("_actions", "_rewards", "_terminated", "_truncated", "_dones", "_trains"):
+    for name in ("_actions", "_rewards", "_terminated", "_truncated", "_dones", "_rows"):
         if hasattr(head, name):
             setattr(head, name, getattr(capture, name)[:count])
     return head.finish()
