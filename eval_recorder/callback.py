@@ -89,6 +89,13 @@ class RecordingCallback(RLlibCallback):
             eval_runner.deliver_finished(episode, env_runner, env, env_index)
 
     @override(RLlibCallback)
+    def on_episode_step(self, *, env_runner=None, env=None, env_index: int = 0, **kwargs) -> None:
+        """Fires on an env runner after every env step: on an eval runner, sends a video the
+        encoder helper finished since (one drawn beside the env is finished after its episode)."""
+        if env_runner is not None and env_runner.config.in_evaluation:
+            eval_runner.deliver_done(env, env_index)
+
+    @override(RLlibCallback)
     def on_sample_end(self, *, env_runner=None, **kwargs) -> None:
         """Fires on an env runner at the end of each ``sample()``: on an eval runner, sends the
         videos still being drawn (beside the env) once they are done."""

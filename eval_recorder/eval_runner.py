@@ -135,6 +135,15 @@ def deliver_finished(episode, env_runner, env, env_index: int) -> None:
     _deliver(wrapper, state, wait=False)
 
 
+def deliver_done(env, env_index: int) -> None:
+    """After a step: hand the driver's inbox the finished episodes whose videos the encoder
+    helper has finished since (without waiting), so a video reaches the driver as soon as
+    it is done, as it did when the env waited for it (a stop right after an episode loses none)."""
+    wrapper = recording_wrapper(env.unwrapped.envs[env_index])
+    if wrapper is not None and wrapper.waiting:  # (an episode ending at this step is stamped at its end first)
+        _deliver(wrapper, this_process(), wait=False, stamped=True)
+
+
 def deliver_drawn(env_runner) -> None:
     """At the end of a runner's ``sample()``: the episodes whose videos were still being
     drawn (beside the env: the last episode's, or with a narrower ``recording.select`` the
@@ -145,8 +154,8 @@ def deliver_drawn(env_runner) -> None:
         _deliver(wrapper, state, wait=True)
 
 
-def _deliver(wrapper, state, *, wait: bool) -> None:
-    finished = wrapper.pop_finished(wait=wait)  # (a video that failed to draw is dropped: said below)
+def _deliver(wrapper, state, *, wait: bool, stamped: bool = False) -> None:
+    finished = wrapper.pop_finished(wait=wait, stamped=stamped)  # (a video that failed to draw is dropped: said below)
     for dropped in wrapper.pop_dropped():
         dropped = dataclasses.replace(dropped, evaluation_round=state.evaluation_round)
         if state.inbox is None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from eval_recorder.errors import FolderRefused
 from eval_recorder.atomic_files import fsync_dir, open_regular, read_regular, write_temporary
 from eval_recorder.gallery import GALLERY
+from eval_recorder.naming import run_id_override
 from eval_recorder.poster import POSTER_SUFFIX
 from eval_recorder.training_record import TRAINING
 from eval_recorder.video_index import MANIFEST, read_manifest
@@ -272,7 +273,7 @@ def _in_use(path: Path) -> FolderRefused:
               f"(host {holder.get('host', '?')})"
         return FolderRefused(
             f"video folder {path} is in use by {who}; choose another recording.video_dir, or wait for run "
-            f"{holder_id} to end and continue it with recording.resume=true wandb.run_id={holder_id}."
+            f"{holder_id} to end and continue it with recording.resume=true {run_id_override(holder_id)}."
         )
     # the lock file was deleted (or damaged) under the live holder
     pid = _flock_holder_pid(path)
@@ -352,7 +353,7 @@ def _check_owner(path: Path, owner: dict, *, run_id: str, resume: bool) -> None:
     if owner and owner.get("run_id") != run_id:
         raise FolderRefused(
             f"video folder {path} belongs to {_describe(owner)}; choose another recording.video_dir, "
-            f"or resume that run with recording.resume=true wandb.run_id={owner.get('run_id')}."
+            f"or resume that run with recording.resume=true {run_id_override(str(owner.get('run_id')))}."
         )
     if owner and not resume:
         raise FolderRefused(

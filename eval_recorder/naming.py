@@ -12,6 +12,7 @@ import functools
 import re
 
 __all__ = [
+    "run_id_override",
     "caption",
     "check_run_id",
     "env_label",
@@ -26,6 +27,22 @@ __all__ = [
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _LABEL_LENGTH = 24
 _LABEL_CHARACTERS = "a-z0-9_-"  # of an env label (a regex character class's inside)
+
+
+# What Hydra's override grammar reads as a number, a bool or null rather than as text: an
+# unquoted run id like 72e47061 would become the float inf (tests/test_naming.py checks this
+# against Hydra's own parser).
+_NOT_TEXT = re.compile(
+    r"[+-]?(?:\d[\d_]*|(?:\d[\d_]*)?\.\d[\d_]*(?:[eE][+-]?\d[\d_]*)?|\d[\d_]*\.?[eE][+-]?\d[\d_]*"
+    r"|\d[\d_]*\.|inf|nan)|true|false|null",
+    re.IGNORECASE,
+)
+
+
+def run_id_override(run_id: str) -> str:
+    """``wandb.run_id=<run_id>`` as a Hydra override that keeps the id as text: quoted
+    (``wandb.run_id='72e47061'``) where Hydra would read it as a number, a bool or null."""
+    return f"wandb.run_id='{run_id}'" if _NOT_TEXT.fullmatch(run_id) else f"wandb.run_id={run_id}"
 
 
 def check_run_id(run_id: str) -> str:

@@ -6,6 +6,7 @@ The options stay on the driver: env runners never see them (nor the video folder
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,12 @@ __all__ = ["RecordingOptions", "default_wandb_dir", "new_run_id"]
 
 
 def new_run_id() -> str:
-    """A fresh run id (8 lowercase hex digits)."""
-    return uuid.uuid4().hex[:8]
+    """A fresh run id (8 lowercase hex digits, never all digits or a number such as 72e47061,
+    which an unquoted override would not keep as text)."""
+    while True:
+        run_id = uuid.uuid4().hex[:8]
+        if not re.fullmatch(r"[0-9e]+", run_id):
+            return run_id
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from eval_recorder.errors import FolderRefused
 from eval_recorder.folder_guard import live_holder
+from eval_recorder.naming import run_id_override
 
 __all__ = ["run_id_refusal", "wandb_runs_of"]
 
@@ -51,13 +52,13 @@ def run_id_refusal(run_id: str, *, video_folders: list[tuple[Path, Path]] = (),
             return FolderRefused(
                 f"run id {run_id} already belongs to a live run in {run_folder} (pid {holder.get('pid', '?')}, host "
                 f"{holder.get('host', '?')}); wait for it to end and continue it with recording.resume=true "
-                f"wandb.run_id={run_id}, {_ADVICE}")
+                f"{run_id_override(run_id)}, {_ADVICE}")
         return FolderRefused(
             f"run id {run_id} already belongs to the run in {run_folder}; continue that run with "
-            f"recording.resume=true wandb.run_id={run_id}, {_ADVICE}")
+            f"recording.resume=true {run_id_override(run_id)}, {_ADVICE}")
     for wandb_dir in dict.fromkeys(Path(folder) for folder in wandb_dirs):
         for run in wandb_runs_of(run_id, wandb_dir):
             return FolderRefused(
                 f"run id {run_id} already belongs to wandb run {run}; continue that run with "
-                f"recording.resume=true wandb.run_id={run_id}, {_ADVICE}")
+                f"recording.resume=true {run_id_override(run_id)}, {_ADVICE}")
     return None

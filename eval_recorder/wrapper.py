@@ -141,13 +141,16 @@ class _RecordingWrapper:
                              f"({type(self.frame_source).__name__}) loads none")
         return self.frame_source.load_scenario(name, data)
 
-    def pop_finished(self, *, wait: bool = True) -> list[RecordedEpisode]:
+    def pop_finished(self, *, wait: bool = True, stamped: bool = False) -> list[RecordedEpisode]:
         """Hand over (and forget) the episodes finished so far, in order: waiting for the videos
-        still being drawn, or (``wait=False``) up to the first of them. A video that fails to
-        draw is said by ``pop_dropped()``; its episode is not handed over."""
+        still being drawn, or (``wait=False``) up to the first of them; ``stamped``: only up
+        to the first episode not stamped yet (``stamp``). A video that fails to draw is said
+        by ``pop_dropped()``; its episode is not handed over."""
         finished = []
         while self._finished:
             episode, pending = self._finished[0]
+            if stamped and episode.weights_seq_no is None:
+                break
             if pending is not None:
                 if not wait and not pending.done():
                     break
@@ -163,6 +166,11 @@ class _RecordingWrapper:
                 finished.append(episode)
             self._finished.pop(0)
         return finished
+
+    @property
+    def waiting(self) -> bool:
+        """Whether finished episodes wait to be handed over (``pop_finished``)."""
+        return bool(self._finished)
 
     def stamp(self, **values) -> None:
         """Stamp ``values`` (weights_seq_no, evaluation_round) on the finished episodes that have

@@ -163,3 +163,57 @@ def test_trackers_caption_a_recovered_record_by_iteration_and_episode():
     from eval_recorder.naming import tracker_caption
 
     assert tracker_caption({"training_iteration": 4, "episode_index": 1}) == "iteration 4 · episode 1"
+
+
+@pytest.mark.parametrize("run_id, override", [
+    ("72e47061", "wandb.run_id='72e47061'"),  # a float (inf) unquoted
+    ("12345678", "wandb.run_id='12345678'"), ("1e5", "wandb.run_id='1e5'"), ("1.5", "wandb.run_id='1.5'"),
+    ("1_000", "wandb.run_id='1_000'"), ("-3", "wandb.run_id='-3'"), ("inf", "wandb.run_id='inf'"),
+    ("NaN", "wandb.run_id='NaN'"), ("true", "wandb.run_id='true'"), ("null", "wandb.run_id='null'"),
+    ("00123456", "wandb.run_id='00123456'"),
+    ("a1b2c3d4", "wandb.run_id=a1b2c3d4"), ("1e5abcde", "wandb.run_id=1e5abcde"), ("f8e9cdfb", "wandb.run_id=f8e9cdfb"),
+    ("run-1", "wandb.run_id=run-1"), ("nan1234", "wandb.run_id=nan1234"),
+])
+def test_a_run_id_override_keeps_the_id_as_text_for_hydra(run_id, override):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from eval_recorder.naming import run_id_override
+
+    assert run_id_override(run_id) == override
+    assert OverridesParser.create().parse_override(override).value() == run_id  # Hydra reads the very id back
+
+
+def test_every_hex_run_id_that_hydra_reads_as_a_number_is_quoted():
+    """All 8-hex-digit ids made of digits and 'e' only (the ones Hydra might read as numbers), checked against Hydra."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from eval_recorder.naming import run_id_override
+
+    parser = OverridesParser.create()
+    for letters in itertools.islice(itertools.product("0123456789e", repeat=8), 0, None, 99_991):
+        run_id = "".join(letters)
+        assert parser.parse_override(run_id_override(run_id)).value() == run_id, run_id
+
+
+def test_new_run_ids_are_never_read_as_numbers():
+    import re
+
+    from eval_recorder.options import new_run_id
+
+    ids = [new_run_id() for _ in range(3000)]
+    assert all(re.fullmatch(r"[0-9a-f]{8}", run_id) and not re.fullmatch(r"[0-9e]+", run_id) for run_id in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_the_continue_command_of_a_numeric_looking_run_id_gives_hydra_the_id():
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from eval_recorder.app.resume import continue_command
+
+    words = shlex.split(continue_command("outputs/a/b", "72e47061", ["training.iterations=3"]))
+    assert words[-2] == "wandb.run_id='72e47061'"
+    assert OverridesParser.create().parse_override(words[-2]).value() == "72e47061"

@@ -150,3 +150,27 @@ def test_a_video_drawn_after_its_episode_that_fails_is_dropped_with_its_cause(mo
     assert (dropped.env_seed, dropped.step) == (11, first)
     assert [(episode.env_seed, bool(episode.mp4)) for episode in handed] == [(12, False), (14, True)]
     assert handed[1].frames == steps + 1
+
+
+def test_the_env_does_not_wait_for_a_video_drawn_beside_it_which_is_handed_over_once_stamped_and_done():
+    """select=all: the episode's end only asks the helper to finish the mp4; the episode waits
+    (``waiting``) and is handed over, not before it is stamped (an eval runner stamps it at
+    the episode's end), once its video is done."""
+    import time
+
+    this_process().start(None)
+    env = record_episodes(make_env(BROKEN_DOWN))
+    steps = play(env, 21, steps=8)
+    play(env, 21)  # (the first, cut off by this reset, is not kept)
+    assert env.waiting
+    assert env.pop_finished(wait=False, stamped=True) == []  # not stamped yet, however far the helper is
+    env.stamp(weights_seq_no=3, evaluation_round=1)
+    deadline = time.monotonic() + 20
+    while not (handed := env.pop_finished(wait=False, stamped=True)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (episode,) = handed
+    assert not env.waiting
+    assert (episode.weights_seq_no, episode.evaluation_round, episode.env_seed) == (3, 1, 21)
+    assert episode.frames == episode.episode_length + 1 and episode.episode_length > steps
+    assert episode.mp4[4:8] == b"ftyp" and len(episode.mp4) > 1000
+    env.close()

@@ -60,23 +60,27 @@ def test_a_checkpoint_whose_videos_are_gone_or_at_another_iteration_or_path_is_n
 def test_a_standalone_run_stopped_by_sigterm_continues_with_its_printed_command_skipping_stored_checkpoints(
         trained_run, tmp_path, jobs):
     run_id = "goon1"
-    first = jobs(tmp_path, "eval", f"checkpoint={trained_run}", "evaluation.episodes=6", "wandb.mode=offline",
+    # A round long enough (~3 s here) that a stop after its first episode cuts it: what reaches the
+    # driver within a second of the stop is stored too, and the eval runner goes on playing.
+    episodes = 12
+    first = jobs(tmp_path, "eval", f"checkpoint={trained_run}", f"evaluation.episodes={episodes}", "wandb.mode=offline",
                  f"wandb.run_id={run_id}", tiny=False)
     videos = first.run_dir / "videos"
     checkpoints = [trained_run.resolve() / "checkpoints" / "it000001", trained_run.resolve() / "checkpoints" / "it000002"]
-    # SIGTERM once checkpoint 1's six videos are stored and checkpoint 2's first (the eval runner
-    # goes on playing: what reaches the driver within a second of the stop is stored too).
-    wait_for(lambda: len(read_manifest(videos)) >= 7 or not first.running(), 400, "checkpoint 2's first episode")
+    # SIGTERM once checkpoint 1's videos are stored and checkpoint 2's first.
+    wait_for(lambda: len(read_manifest(videos)) >= episodes + 1 or not first.running(), 400, "checkpoint 2's first episode")
     assert first.running(), first.stderr[-3000:]
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=180) == 143, first.stderr[-3000:]
     stored = check_folder_is_consistent(videos)
     by_checkpoint = [[r["episode_index"] for r in stored if r["checkpoint"] == str(c)] for c in checkpoints]
-    assert by_checkpoint[0] == list(range(6)) and by_checkpoint[1][:1] == [0] and len(by_checkpoint[1]) < 6, stored
+    assert by_checkpoint[0] == list(range(episodes)) and by_checkpoint[1][:1] == [0] \
+        and len(by_checkpoint[1]) < episodes, stored
     expected = first.continue_command(run_id)
     assert first.last_error_line == (f"interrupted: {len(stored)} videos written in {videos}; "
                                      f"continue with: {expected}")
-    assert shlex.split(expected)[2:5] == [f"checkpoint={trained_run}", "evaluation.episodes=6", "wandb.mode=offline"]
+    assert shlex.split(expected)[2:5] == [f"checkpoint={trained_run}", f"evaluation.episodes={episodes}",
+                                          "wandb.mode=offline"]
 
     # Pasted through a shell: the same folder, checkpoint 1 skipped, checkpoint 2 evaluated whole, in a new round.
     second = subprocess.run(expected, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -90,9 +94,9 @@ def test_a_standalone_run_stopped_by_sigterm_continues_with_its_printed_command_
     added = records[len(stored):]
     last_round = max(r["evaluation_round"] for r in stored)
     assert [(r["checkpoint"], r["training_iteration"], r["evaluation_round"], r["episode_index"], r["run_id"])
-            for r in added] == [(str(checkpoints[1]), 2, last_round + 1, i, run_id) for i in range(6)]
+            for r in added] == [(str(checkpoints[1]), 2, last_round + 1, i, run_id) for i in range(episodes)]
     assert [r["file"] for r in added] == [f"flatland-it000002-ev{last_round + 1:04d}-ep{i:03d}-{run_id}.mp4"
-                                          for i in range(6)]
+                                          for i in range(episodes)]
     assert sorted(p.name for p in first.run_dir.parent.iterdir() if p.is_dir()) == ["eval"]  # no other folder
 
     # Once more: both are stored; said, nothing claimed, written or started.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from eval_recorder.errors import UserError
 from eval_recorder.folder_guard import OWNER_FILE, folder_owner, in_use_refusal
+from eval_recorder.naming import run_id_override
 
 __all__ = ["RUNS_ROOT", "continue_command", "find_run_folders", "resume_argv", "run_folders"]
 
@@ -57,7 +58,7 @@ def continue_command(run_folder: Path, run_id: str, overrides: list[str], *, mor
     words = [
         _shown_program(sys.executable), shown(Path(sys.argv[0]).absolute()),
         *kept, *(f"{key}={value}" for key, value in more.items()),
-        "recording.resume=true", f"wandb.run_id={run_id}", f"hydra.run.dir={shown(Path(run_folder).absolute())}",
+        "recording.resume=true", run_id_override(run_id), f"hydra.run.dir={shown(Path(run_folder).absolute())}",
     ]
     return " ".join(shlex.quote(word) for word in words)
 
@@ -140,7 +141,7 @@ def _check_holds(videos: Path, run_id: str, *, named: str, given: str) -> dict:
                         f"give the folder of run {run_id}, or drop recording.resume=true to start a new run.")
     if owner["run_id"] != run_id:
         raise UserError(f"{named}={given} holds run {owner['run_id']}, not run {run_id}; continue it with "
-                        f"wandb.run_id={owner['run_id']}, or give the folder of run {run_id}.")
+                        f"{run_id_override(owner['run_id'])}, or give the folder of run {run_id}.")
     return owner
 
 
