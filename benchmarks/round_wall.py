@@ -47,7 +47,8 @@ The driver is a process of its own (``run_driver``), as in a real run: the runne
 episode as it pops it (timed as the stepping thread's), and it stores them as they arrive.
 
 Figures per mode: round wall (from before the first reset until the driver stored the round;
-the wrapper and the driver are made before it, as a runner makes its env once), of it the
+the wrapper and the driver are made before it, as a runner makes its env once, and the encoder
+helper has loaded and encoded a frame, as an eval runner's probe has it do before any round), of it the
 driver's tail (after the runner's last episode) and the driver's busy time,
 env steps; stepping-thread cost = time inside the recording wrapper's reset / step /
 pop_finished calls minus the time inside the wrapped env's reset / step (timed by a shim
@@ -187,6 +188,26 @@ def _make(case: dict, mode: str, seed: int, folder: Path):
     select = {"worst1": "worst:1"}.get(mode)  # the runner draws only the episodes worst:1 may choose
     return (inner if mode == "env" else record_episodes(inner, fps=FPS, max_side=MAX_SIDE, overlay=True,
                                                         select=select)), shim, KEEP_RAILS, rows
+
+
+def _warm_up(env, seed: int, scratch: Path) -> None:
+    """What an eval runner's probe does before its first round (``wrapper.probe``): the encoder
+    helper has loaded PyAV and, for a source drawn beside the env, the drawing, and has encoded
+    a frame. Flatland: one frame of the env as ``_make`` reset it, drawn by the helper (a probe
+    would reset the env without the round's options); other envs: the probe itself."""
+    from eval_recorder.encoding import StreamingEncoder
+
+    source = env.frame_source
+    if source.drawn_beside is None:
+        if env.probe(seed=seed) is not None:
+            raise RuntimeError(f"the env cannot record: {env.problem}")
+        return
+    width, height = source.frame_size()
+    encoder = StreamingEncoder(scratch / "warm-up.mp4", width=width, height=height, fps=FPS,
+                               drawing=(source.drawn_beside, source.scene()))
+    encoder.add_state(source.state())
+    encoder.close()
+    (scratch / "warm-up.mp4").unlink()
 
 
 def _done(terminated, truncated) -> bool:
@@ -396,6 +417,8 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
         peak_reset = _reset_peak_rss()
         with _Helpers() as helpers:
             env, shim, options, rows = _make(case, mode, seed, scratch)
+            if mode in SELECT and mode != "worst1-replay":
+                _warm_up(env, seed, scratch)
             timer, captures = _Timer(), ([] if mode == "worst1-replay" else None)
             driver = _Driver(SELECT[mode], folder) if mode in SELECT else None
             helpers.exclude.add(driver.process.pid if driver is not None else -1)  # the driver's, not the runner's
