@@ -128,8 +128,9 @@ class _Helpers(recording._Helpers):
 
     def _sample(self) -> None:
         super()._sample()
-        for pid in self.exclude:
-            self._peaks.pop(pid, None)
+        for pid in list(self._peaks):
+            if pid in self.exclude or b"\0--driver\0" in recording._command(pid):
+                self._peaks.pop(pid, None)
         alive = set(_descendants(os.getpid()))
         self._together = max(self._together, sum(peak for pid, peak in self._peaks.items() if pid in alive))
 
@@ -375,6 +376,8 @@ class _Driver:
     def __init__(self, select: str, folder: Path) -> None:
         command = [sys.executable, __file__, "--driver", select, "--folder", str(folder)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def wait_ready(self) -> None:
         if self.process.stdout.readline().strip() != b"ready":
             raise RuntimeError("the round's driver process did not start")
 
@@ -421,7 +424,9 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
                 _warm_up(env, seed, scratch)
             timer, captures = _Timer(), ([] if mode == "worst1-replay" else None)
             driver = _Driver(SELECT[mode], folder) if mode in SELECT else None
-            helpers.exclude.add(driver.process.pid if driver is not None else -1)  # the driver's, not the runner's
+            if driver is not None:
+                helpers.exclude.add(driver.process.pid)  # the driver's memory is not the runner's (from its start)
+                driver.wait_ready()
             start = time.perf_counter()
             steps, _ = _play(env, rows, seed, options, timer, mode in SELECT and captures is None, captures,
                              deliver=driver.send if driver is not None and captures is None else None)  # fmt: skip
