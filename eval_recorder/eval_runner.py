@@ -140,7 +140,8 @@ def deliver_done(env, env_index: int) -> None:
     helper has finished since (without waiting), so a video reaches the driver as soon as
     it is done, as it did when the env waited for it (a stop right after an episode loses none)."""
     wrapper = recording_wrapper(env.unwrapped.envs[env_index])
-    if wrapper is not None and wrapper.waiting:  # (an episode ending at this step is stamped at its end first)
+    if wrapper is not None and wrapper.waiting:
+        # stamped ones only: at the step that ends an episode this fires before on_episode_end stamps it
         _deliver(wrapper, this_process(), wait=False, stamped=True)
 
 

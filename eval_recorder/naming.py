@@ -12,13 +12,14 @@ import functools
 import re
 
 __all__ = [
-    "run_id_override",
     "caption",
     "check_run_id",
     "env_label",
     "episode_metadata",
     "numbered_stem",
     "parse_video_name",
+    "reads_as_text",
+    "run_id_override",
     "tracker_caption",
     "video_metadata",
     "video_stem",
@@ -39,10 +40,15 @@ _NOT_TEXT = re.compile(
 )
 
 
+def reads_as_text(value: str) -> bool:
+    """Whether Hydra's override grammar reads ``value``, unquoted, as that very text."""
+    return not _NOT_TEXT.fullmatch(value)
+
+
 def run_id_override(run_id: str) -> str:
     """``wandb.run_id=<run_id>`` as a Hydra override that keeps the id as text: quoted
     (``wandb.run_id='72e47061'``) where Hydra would read it as a number, a bool or null."""
-    return f"wandb.run_id='{run_id}'" if _NOT_TEXT.fullmatch(run_id) else f"wandb.run_id={run_id}"
+    return f"wandb.run_id={run_id}" if reads_as_text(run_id) else f"wandb.run_id='{run_id}'"
 
 
 def check_run_id(run_id: str) -> str:

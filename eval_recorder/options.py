@@ -6,14 +6,13 @@ The options stay on the driver: env runners never see them (nor the video folder
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval_recorder.folder_guard import check_video_dir
 from eval_recorder.frames import DEFAULT_MAX_SIDE
-from eval_recorder.naming import check_run_id
+from eval_recorder.naming import check_run_id, reads_as_text
 from eval_recorder.selection import parse_select
 from eval_recorder.trackers import TRACKERS
 
@@ -21,11 +20,11 @@ __all__ = ["RecordingOptions", "default_wandb_dir", "new_run_id"]
 
 
 def new_run_id() -> str:
-    """A fresh run id (8 lowercase hex digits, never all digits or a number such as 72e47061,
-    which an unquoted override would not keep as text)."""
+    """A fresh run id (8 lowercase hex digits), never one Hydra reads unquoted as a number (such
+    as 72e47061), so ``wandb.run_id=<id>`` as a user types it keeps it."""
     while True:
         run_id = uuid.uuid4().hex[:8]
-        if not re.fullmatch(r"[0-9e]+", run_id):
+        if reads_as_text(run_id):
             return run_id
 
 

@@ -202,8 +202,12 @@ def test_new_run_ids_are_never_read_as_numbers():
 
     from eval_recorder.options import new_run_id
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     ids = [new_run_id() for _ in range(3000)]
-    assert all(re.fullmatch(r"[0-9a-f]{8}", run_id) and not re.fullmatch(r"[0-9e]+", run_id) for run_id in ids)
+    assert all(re.fullmatch(r"[0-9a-f]{8}", run_id) for run_id in ids)
+    assert all(parser.parse_override(f"wandb.run_id={run_id}").value() == run_id for run_id in ids)  # as typed
     assert len(set(ids)) == len(ids)
 
 

@@ -3,8 +3,9 @@
 The rails of an episode do not move: what a frame needs beyond them is, per train, its cell
 and direction, its previous cell and direction, and whether it is broken down. So the eval
 runner's stepping thread only packs those few numbers (``TrainRows``: 10 small integers per
-train, the same row the episode's trajectory keeps) after each step, and the static part once per episode (``scene_of``: the
-rail grid, the level-free crossings, the stations, the frame cap). The encoder helper
+train, the same row the episode's trajectory keeps) after each step, and the static part
+once per episode (``scene_of``: the rail grid, the level-free crossings, the stations, the
+frame cap). The encoder helper
 process (``eval_recorder.encoding``, which imports this module only when it serves a
 source that draws this way, ``FlatlandFrames.drawn_beside``) rebuilds from them an object
 that holds what ``FrameRenderer`` reads of a ``RailEnv`` (``_SceneEnv``), draws each frame
