@@ -209,15 +209,3 @@ def test_new_run_ids_are_never_read_as_numbers():
     assert all(re.fullmatch(r"[0-9a-f]{8}", run_id) for run_id in ids)
     assert all(parser.parse_override(f"wandb.run_id={run_id}").value() == run_id for run_id in ids)  # as typed
     assert len(set(ids)) == len(ids)
-
-
-def test_the_continue_command_of_a_numeric_looking_run_id_gives_hydra_the_id():
-    import shlex
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from eval_recorder.app.resume import continue_command
-
-    words = shlex.split(continue_command("outputs/a/b", "72e47061", ["training.iterations=3"]))
-    assert words[-2] == "wandb.run_id='72e47061'"
-    assert OverridesParser.create().parse_override(words[-2]).value() == "72e47061"

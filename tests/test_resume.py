@@ -105,6 +105,19 @@ def test_the_continue_command_quotes_every_word_and_names_the_run_folder(tmp_pat
         "wandb.run_id=r1", "hydra.run.dir=outputs/a b"]
 
 
+def test_the_continue_command_of_a_run_id_hydra_reads_as_a_number_finds_its_run(tmp_path, monkeypatch):
+    """72e47061 unquoted is Hydra's float inf: the command quotes it, and the resume before
+    Hydra reads the quoted id as Hydra does (the run's folder, not a refusal)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "run_eval.py")])
+    _run_folder(tmp_path, "2026-12-01/11-00-00", "72e47061")
+    words = shlex.split(continue_command(Path("outputs/2026-12-01/11-00-00"), "72e47061", ["env=medium"]))[2:]
+    assert words == ["env=medium", "recording.resume=true", "wandb.run_id='72e47061'",
+                     "hydra.run.dir=outputs/2026-12-01/11-00-00"]
+    assert resume_argv(words) == ["env=medium", "recording.resume=true", "wandb.run_id='72e47061'",
+                                  "hydra.run.dir=outputs/2026-12-01/11-00-00", "hydra.output_subdir=null"]
+
+
 def test_internal_config_nodes_are_neither_offered_nor_selectable_and_leave_no_folder(tmp_path):
     proc = subprocess.run(run_eval_command("--help"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -39,11 +39,14 @@ def _key(override: str) -> str:
 
 
 def _value(overrides: list[str], key: str) -> str | None:
-    """The value the last override of ``key`` sets, or None."""
+    """The value the last override of ``key`` sets, as Hydra reads it (a quoted one, such as
+    the run id ``wandb.run_id='72e47061'`` that continue commands print, without its quotes), or None."""
     found = None
     for override in overrides:
         if "=" in override and _key(override) == key:
             found = override.split("=", 1)[1]
+    if found is not None and len(found) >= 2 and found[0] == found[-1] and found[0] in "'\"":
+        found = found[1:-1]
     return found
 
 

@@ -103,6 +103,7 @@ class TrajectoryCapture:
         self._rows: list[bytes] = []
         self.last_row: bytes | None = None
         """The trains' row of the last step captured (None before the first)."""
+        self._at: int | None = None  # the env's elapsed steps when last_row was made
 
     def step(self, actions: Mapping) -> None:
         env = self._env
