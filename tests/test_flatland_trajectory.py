@@ -313,6 +313,34 @@ def more_speeds_env(seed: int = 11):
     return env
 
 
+def test_the_file_names_written_are_flatlands_and_writing_loads_no_pandas(malfunctions, tmp_path):
+    """The writer spells flatland's file names itself (importing flatland.trajectories would
+    load pandas into the driver for its first record): they are flatland's, and a fresh
+    interpreter that writes a record has not imported pandas or flatland.trajectories."""
+    from flatland.trajectories import trajectories
+
+    from eval_recorder.flatland import trajectory
+
+    assert (trajectory.STATES_SUBDIR, trajectory.ACTIONS_FILE, trajectory.POSITIONS_FILE,
+            trajectory.REWARDS_DONES_INFOS_FILE, trajectory.ARRIVED_FILE) == (
+        trajectories.SERIALISED_STATE_SUBDIR, trajectories.DISCRETE_ACTION_FNAME, trajectories.TRAINS_POSITIONS_FNAME,
+        trajectories.TRAINS_REWARDS_DONES_INFOS_FNAME, trajectories.TRAINS_ARRIVED_FNAME)  # fmt: skip
+    assert trajectory.LOGS_SUBDIR == os.path.dirname(trajectories.DISCRETE_ACTION_FNAME)
+    _, episode = malfunctions
+    (tmp_path / "record.npz").write_bytes(episode.to_bytes())
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from eval_recorder.flatland.trajectory import FlatlandEpisode, publish_trajectory\n"
+            "folder = Path(sys.argv[1])\n"
+            "publish_trajectory(FlatlandEpisode.from_bytes((folder / 'record.npz').read_bytes()), folder, 'ep')\n"
+            "print(sorted(name for name in ('pandas', 'flatland.trajectories') if name in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    assert sorted(str(path.relative_to(tmp_path / "ep")) for path in (tmp_path / "ep").rglob("*")) == [
+        "event_logs", trajectory.ACTIONS_FILE, trajectory.ARRIVED_FILE, trajectory.POSITIONS_FILE,
+        trajectory.REWARDS_DONES_INFOS_FILE, "serialised_state", "serialised_state/ep.pkl"]
+
+
 def test_an_episode_with_malfunctions_and_speeds_is_written_as_flatland_writes_it(malfunctions, tmp_path):
     _, episode = malfunctions
     assert episode.ended and episode.normalized_reward is not None

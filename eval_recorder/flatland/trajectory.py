@@ -312,23 +312,28 @@ def _write_layout(episode: FlatlandEpisode, data_dir: Path, ep_id: str) -> None:
     fsync_dir(data_dir)
 
 
+# flatland's file names (flatland.trajectories.trajectories' SERIALISED_STATE_SUBDIR,
+# DISCRETE_ACTION_FNAME, TRAINS_POSITIONS_FNAME, TRAINS_REWARDS_DONES_INFOS_FNAME,
+# TRAINS_ARRIVED_FNAME; a test keeps them equal): importing that module would load pandas
+# into the driver, about 0.35 s and 30 MB, to write the first record of a run.
+STATES_SUBDIR = "serialised_state"
+LOGS_SUBDIR = "event_logs"
+ACTIONS_FILE = "event_logs/ActionEvents.discrete_action.tsv"
+POSITIONS_FILE = "event_logs/TrainMovementEvents.trains_positions.tsv"
+REWARDS_DONES_INFOS_FILE = "event_logs/TrainMovementEvents.trains_rewards_dones_infos.tsv"
+ARRIVED_FILE = "event_logs/TrainMovementEvents.trains_arrived.tsv"
+
+
 class _Layout:
     """flatland's file names, column headers and the values it writes for actions and states."""
 
     def __init__(self) -> None:
         from flatland.envs.rail_env_action import RailEnvActions
         from flatland.envs.step_utils.states import TrainState
-        from flatland.trajectories.trajectories import (
-            DISCRETE_ACTION_FNAME, SERIALISED_STATE_SUBDIR, TRAINS_ARRIVED_FNAME, TRAINS_POSITIONS_FNAME,
-            TRAINS_REWARDS_DONES_INFOS_FNAME,
-        )
 
-        self.states_subdir = SERIALISED_STATE_SUBDIR
-        self.logs_subdir = os.path.dirname(DISCRETE_ACTION_FNAME)
-        assert {os.path.dirname(name) for name in (TRAINS_ARRIVED_FNAME, TRAINS_POSITIONS_FNAME,
-                                                   TRAINS_REWARDS_DONES_INFOS_FNAME)} == {self.logs_subdir}
-        self.actions, self.arrived = DISCRETE_ACTION_FNAME, TRAINS_ARRIVED_FNAME
-        self.positions, self.rewards_dones_infos = TRAINS_POSITIONS_FNAME, TRAINS_REWARDS_DONES_INFOS_FNAME
+        self.states_subdir, self.logs_subdir = STATES_SUBDIR, LOGS_SUBDIR
+        self.actions, self.arrived = ACTIONS_FILE, ARRIVED_FILE
+        self.positions, self.rewards_dones_infos = POSITIONS_FILE, REWARDS_DONES_INFOS_FILE
         # what Trajectory._write_actions writes for an action: RailEnvActions.from_value(a).value
         # (an int that is no action is DO_NOTHING)
         self.action_value = lambda value: RailEnvActions.from_value(value).value
