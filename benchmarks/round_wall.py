@@ -361,8 +361,10 @@ def run_driver(select: str, folder: Path) -> dict:
 
 def _warm_up_driver() -> None:
     """Import what storing an episode uses, as a real driver has long before its first round
-    ends (the poster's decoder and JPEG encoder, the Flatland record's writer)."""
+    ends (the poster's decoder and JPEG encoder, the Flatland record's writer, and flatland's
+    RailEnv, which a driver training on Flatland has imported to make its env)."""
     import av.video  # noqa: F401
+    import flatland.envs.rail_env  # noqa: F401
     import PIL.Image  # noqa: F401
 
     import eval_recorder.flatland.frames  # noqa: F401
