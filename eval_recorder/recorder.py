@@ -251,11 +251,27 @@ class VideoRecorder:
                     mp4 = encoder.path.read_bytes()
             finally:
                 _remove(encoder.path)
+        return self._episode(mp4=mp4, frames=frames, width=width, height=height, env_seed=self._seed,
+                             env_label=env_label, episode_length=episode_length, episode_return=episode_return,
+                             agent_returns=agent_returns)  # fmt: skip
+
+    def unrecorded(
+        self, *, env_seed: int | None, env_label: str, episode_length: int, episode_return: float,
+        agent_returns: dict[str, float] | None = None,
+    ) -> RecordedEpisode:
+        """The episode that just ended without a video (it was dropped), with its facts: what
+        travels to the driver for its replay record."""
+        return self._episode(mp4=b"", frames=0, width=0, height=0, env_seed=env_seed, env_label=env_label,
+                             episode_length=episode_length, episode_return=episode_return,
+                             agent_returns=agent_returns)  # fmt: skip
+
+    def _episode(self, *, mp4: bytes, frames: int, width: int, height: int, env_seed: int | None, env_label: str,
+                 episode_length: int, episode_return: float, agent_returns: dict[str, float] | None) -> RecordedEpisode:
         self._sequence += 1
         return RecordedEpisode(
             mp4=mp4,
             env_label=env_label,
-            env_seed=self._seed,
+            env_seed=env_seed,
             episode_length=episode_length,
             episode_return=float(episode_return),
             agent_returns=agent_returns,

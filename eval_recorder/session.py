@@ -325,6 +325,9 @@ class RecordingSession:
                     episode = dataclasses.replace(episode, record=None)  # only its facts wait for the choice
                 self._held.append((episode, tag, index))
                 return None
+            if not episode.mp4:  # its video was dropped on its runner: its record only
+                self._store_record(episode, tag, self.checkpoint, self.evaluation_round, index)
+                return None
             video = self._store(episode, tag, self.checkpoint, self.evaluation_round, index)
             if video is not None:
                 self._round_videos.append(video)

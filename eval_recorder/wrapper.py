@@ -13,7 +13,8 @@ scratch folder and the env's frames and returns why the env cannot record, which
 the run; once running, a failure while an episode is recorded (its frames, the encoder or
 its helper process, the scratch folder) drops that episode's video only, the env steps on
 as if nothing happened, the next episode records again, and ``pop_dropped()`` says which
-episode was dropped and why (the eval runner sends it to the driver, which warns).
+episode's video was dropped and why (the eval runner sends it to the driver, which warns);
+the episode itself, with its replay record, is still handed over, without a video.
 
 Every reset gets a concrete seed, kept with the video so the episode can be replayed:
 the seed the caller passes, else the next one drawn from a generator seeded by the last
@@ -145,7 +146,8 @@ class _RecordingWrapper:
         """Hand over (and forget) the episodes finished so far, in order: waiting for the videos
         still being drawn, or (``wait=False``) up to the first of them; ``stamped``: only up
         to the first episode not stamped yet (``stamp``). A video that fails to draw is said
-        by ``pop_dropped()``; its episode is not handed over."""
+        by ``pop_dropped()``; its episode is handed over without it (its replay record), or not
+        at all if it has no record."""
         finished = []
         while self._finished:
             episode, pending = self._finished[0]
@@ -159,7 +161,8 @@ class _RecordingWrapper:
                 except (RecordingError, OSError) as error:
                     self._dropped.append(self._dropped_episode(error, seed=episode.env_seed,
                                                                step=episode.episode_length))
-                    episode = None
+                    # its replay record goes on without the video
+                    episode = dataclasses.replace(episode, frames=0) if episode.record is not None else None
                 else:
                     episode = dataclasses.replace(episode, mp4=mp4, frames=frames)
             if episode is not None:
@@ -267,6 +270,8 @@ class _RecordingWrapper:
         if done:
             self._finish_capture()
         if not self._video.recording:
+            if done:
+                self._finish_unrecorded()
             return
         try:
             self._video.capture()
@@ -274,34 +279,58 @@ class _RecordingWrapper:
                 self._finish()
         except (RecordingError, OSError) as error:
             self._drop(error)
+            if done:  # (failed finishing its video: the episode goes on without it)
+                self._finish_unrecorded()
 
     def _finish(self) -> None:
-        multi_agent = self.multi_agent
-        episode = self._video.finish(
-            env_label=self.label,
-            episode_length=self._steps,
-            episode_return=sum(self._returns.values()),
-            agent_returns={str(agent): value for agent, value in self._returns.items()} if multi_agent else None,
-        )
-        facts = dict(episode.facts)
-        if self._scenario is not None:
-            facts["scenario"] = self._scenario
-        if multi_agent and "num_agents" not in facts:
-            facts["num_agents"] = len(self._returns)
-        record, kind = self._record or (None, None)
-        self._record = None
-        episode = dataclasses.replace(episode, facts=facts, record=record, record_kind=kind)
+        episode = self._with_record(self._video.finish(**self._ended()))
         if self._video.undrawn is None:
             drawing, self._video.drawing = self._video.drawing, None
             self._finished.append((episode, drawing))
             return
-        this = EpisodeFacts(index=0, episode_return=episode.episode_return, completion=facts.get("completion"),
-                            agents_arrived=facts.get("agents_arrived"), num_agents=facts.get("num_agents"))
+        this = self._facts(episode)
         if may_be_chosen(self._rules(), this_process().played(this), this):
-            self._finished.append((episode, self._video.draw_later()))
+            try:
+                self._finished.append((episode, self._video.draw_later()))
+            except (RecordingError, OSError) as error:  # its video is lost, not the episode and its record
+                self._drop(error)
+                self._finished.append((dataclasses.replace(episode, frames=0), None))
         else:
             self._video.undrawn = None
             self._finished.append((dataclasses.replace(episode, frames=0), None))  # its record only: never chosen
+
+    def _ended(self) -> dict:
+        """What the episode that just ended says of itself (``VideoRecorder.finish``'s arguments)."""
+        return dict(env_label=self.label, episode_length=self._steps, episode_return=sum(self._returns.values()),
+                    agent_returns={str(agent): value for agent, value in self._returns.items()}
+                    if self.multi_agent else None)  # fmt: skip
+
+    def _with_record(self, episode: RecordedEpisode) -> RecordedEpisode:
+        """``episode`` with the facts only the wrapper knows and its replay record (taken)."""
+        facts = dict(episode.facts)
+        if self._scenario is not None:
+            facts["scenario"] = self._scenario
+        if self.multi_agent and "num_agents" not in facts:
+            facts["num_agents"] = len(self._returns)
+        record, kind = self._record or (None, None)
+        self._record = None
+        return dataclasses.replace(episode, facts=facts, record=record, record_kind=kind)
+
+    def _finish_unrecorded(self) -> None:
+        """An episode whose video was dropped ended: its replay record (if kept) still goes to
+        the driver, as an episode without a video."""
+        if self._record is None:
+            return
+        episode = self._with_record(self._video.unrecorded(env_seed=self._seed, **self._ended()))
+        if self._rules()[0].kind != ALL:
+            this_process().played(self._facts(episode))  # the episodes after it are ranked against it too
+        self._finished.append((episode, None))
+
+    @staticmethod
+    def _facts(episode: RecordedEpisode) -> EpisodeFacts:
+        facts = episode.facts
+        return EpisodeFacts(index=0, episode_return=episode.episode_return, completion=facts.get("completion"),
+                            agents_arrived=facts.get("agents_arrived"), num_agents=facts.get("num_agents"))
 
     def _drop(self, error: BaseException) -> None:
         """This episode's video is lost (``error``); the env steps on, the next episode records."""

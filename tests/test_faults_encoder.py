@@ -83,13 +83,46 @@ def test_a_helper_killed_or_stopped_mid_episode_costs_that_episode_and_the_next_
     ended = "was killed by SIGKILL" if number == signal.SIGKILL else "answered nothing for 0.5 s and was killed"
     assert dropped.cause == f"its video could not be encoded: the encoder helper process (pid {helper}) {ended}."
     assert 2 <= dropped.step <= 4 and dropped.env_seed == 4  # the frames queued before the signal are not waited for
-    assert env.pop_finished() == [] and not env.recording
+    (unrecorded,) = env.pop_finished()  # without its video, with its replay record
+    assert (unrecorded.mp4, unrecorded.frames, unrecorded.env_seed, unrecorded.episode_length) == (b"", 0, 4, steps)
+    assert unrecorded.record is not None and not env.recording
     (new_helper,) = encoder_process_ids()  # started as soon as the old one was found gone
     assert new_helper != helper and not alive(helper)
     play_episode(env, seed=8)
     (episode,) = env.pop_finished()
     assert episode.env_seed == 8 and episode.frames == episode.episode_length + 1
     assert env.pop_dropped() == []
+
+
+def test_a_helper_killed_at_an_episode_s_last_step_costs_its_video_not_its_replay_record():
+    """The helper dies as the episode ends (its last frame or the mp4's finish fails): the
+    episode is still handed over, without a video, with its replay record; its seed and
+    steps are those of the episode, and the next episode records again."""
+    from eval_recorder.episode_record import EpisodeRecord
+
+    env = RecordEpisodes(make({}), overlay=False)
+    play_episode(env, seed=2)
+    env.pop_finished()
+    env.reset(seed=6)
+    steps = 0
+    while True:
+        steps += 1
+        if env.unwrapped.position == 6:  # the block reaches the end (7) with this step: the last one
+            (helper,) = encoder_process_ids()
+            os.kill(helper, signal.SIGKILL)
+            while alive(helper):
+                time.sleep(0.01)
+        _, _, terminated, truncated, _ = env.step(1)
+        if terminated or truncated:
+            break
+    (dropped,) = env.pop_dropped()
+    assert dropped.cause == f"its video could not be encoded: the encoder helper process (pid {helper}) was killed by SIGKILL."
+    (episode,) = env.pop_finished()
+    assert (episode.mp4, episode.frames, episode.env_seed, episode.episode_length) == (b"", 0, 6, steps)
+    assert EpisodeRecord.from_bytes(episode.record).steps == steps and episode.record_kind == "episode"
+    play_episode(env, seed=8)
+    (episode,) = env.pop_finished()
+    assert episode.env_seed == 8 and episode.frames == episode.episode_length + 1
 
 
 # ---- the whole run ---------------------------------------------------------------------------------
@@ -136,22 +169,26 @@ def test_a_helper_killed_in_one_round_and_stopped_in_the_next_costs_one_episode_
     ((killed, runner),) = helpers_of_eval_runners(job).items()
     os.kill(killed, signal.SIGKILL)
     # Round 2, its first episode: the new helper is stopped (and never continued).
-    wait_for(lambda: first_episode_of_round(2), 300, "round 2's first episode")
+    wait_for(lambda: first_episode_of_round(3), 300, "round 2's first episode")
     assert job.running(), job.stderr[-3000:]
     ((stopped, same_runner),) = helpers_of_eval_runners(job).items()
     assert stopped != killed and same_runner == runner  # a new helper; the eval runner lives on
     os.kill(stopped, signal.SIGSTOP)
     at = time.monotonic()
-    wait_for(lambda: len(read_manifest(videos)) >= 3 or not job.running(), 300, "round 2's next episode")
+    wait_for(lambda: len(read_manifest(videos)) >= 4 or not job.running(), 300, "round 2's next episode")
     took = time.monotonic() - at
     assert job.wait(timeout=600) == 0, job.stderr[-3000:]
 
     manifest = check_folder_is_consistent(videos)
-    assert [(r["training_iteration"], r["evaluation_round"], r["episode_index"]) for r in manifest] == [
-        (1, 1, 0), (1, 1, 1), (2, 2, 0), (2, 2, 1), (3, 3, 0), (3, 3, 1), (3, 3, 2)]
-    assert [r["file"] for r in manifest][:3] == [f"make-it000001-ev0001-ep000-{run_id}.mp4",
-                                                f"make-it000001-ev0001-ep001-{run_id}.mp4",
-                                                f"make-it000002-ev0002-ep000-{run_id}.mp4"]
+    # The first episode of rounds 1 and 2 lost its video, not its replay record.
+    assert [(r["training_iteration"], r["evaluation_round"], r["episode_index"], "file" in r) for r in manifest] == [
+        (1, 1, 0, False), (1, 1, 1, True), (1, 1, 2, True), (2, 2, 0, False), (2, 2, 1, True), (2, 2, 2, True),
+        (3, 3, 0, True), (3, 3, 1, True), (3, 3, 2, True)], [(r["evaluation_round"], r["episode_index"], r.get("file")) for r in manifest]
+    assert [(r.get("file"), r["record"]) for r in manifest][:4] == [
+        (None, f"make-it000001-ev0001-ep000-{run_id}.episode.npz"),
+        (f"make-it000001-ev0001-ep001-{run_id}.mp4", f"make-it000001-ev0001-ep001-{run_id}.episode.npz"),
+        (f"make-it000001-ev0001-ep002-{run_id}.mp4", f"make-it000001-ev0001-ep002-{run_id}.episode.npz"),
+        (None, f"make-it000002-ev0002-ep000-{run_id}.episode.npz")]
     assert {r["runner"]["pid"] for r in manifest} == {runner}  # never restarted by Ray
     # Round 2 went on after one deadline, far below RLlib's 120 s sample timeout.
     assert HELPER_REPLY_SECONDS <= took < HELPER_REPLY_SECONDS + 30, took

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import ROOT, TINY
 from eval_recorder import RecordEpisodes
+from eval_recorder.episode_record import EpisodeRecord
 from eval_recorder.video_index import read_manifest
 from support.faulty_envs import make
 
@@ -65,9 +66,14 @@ def test_mid_episode_only_that_episode_is_dropped_and_the_next_ones_are_recorded
     env = RecordEpisodes(make({"faults": ["ok", fault, "ok"], "step": 3}), overlay=False)
     assert env.probe(seed=1) is None  # its first episode (the probe's reset) renders well
     lengths = play(env, 3)
-    finished, (dropped,) = env.pop_finished(), env.pop_dropped()
-    # The probe's reset was the env's first episode: the second episode played is the faulty one.
-    assert [episode.episode_length for episode in finished] == [lengths[0], lengths[2]]
+    handed, (dropped,) = env.pop_finished(), env.pop_dropped()
+    # The probe's reset was the env's first episode ("ok"): the first one played is its second, the
+    # faulty one, handed over without a video, with its replay record.
+    assert [(episode.episode_length, bool(episode.mp4), episode.record_kind) for episode in handed] == [
+        (lengths[0], False, "episode"), (lengths[1], True, "episode"), (lengths[2], True, "episode")]
+    assert (handed[0].frames, handed[0].env_seed, dropped.env_seed) == (0, 5, 5)
+    assert EpisodeRecord.from_bytes(handed[0].record).steps == lengths[0]
+    finished = [episode for episode in handed if episode.mp4]
     assert dropped.cause == AT_START[fault]
     assert dropped.step == (4 if fault == "shape" else 3)  # the shape changes from the frame after the step-3 one
     assert dropped.env_label == "faulty"
@@ -137,8 +143,13 @@ def dropped_warning(fault: str, name: str = "Faulty") -> str:
 
 
 def check_five_of_nine_kept(videos, label: str, run_id: str) -> None:
+    """Episodes 1, 3, 5 and 7 of the nine lost their videos: their lines name their replay records only."""
     manifest = read_manifest(videos)
-    assert [r["file"] for r in manifest] == [f"{label}-it000001-ev0001-ep{index:03d}-{run_id}.mp4" for index in range(5)]
+    stems = [f"{label}-it000001-ev0001-ep{index:03d}-{run_id}" for index in range(9)]
+    assert [(r["episode_index"], r.get("file"), r["record"]) for r in manifest] == [
+        (index, f"{stem}.mp4" if index % 2 == 0 else None, f"{stem}.episode.npz") for index, stem in enumerate(stems)]
+    assert all((videos / r["record"]).is_file() for r in manifest)
+    manifest = [r for r in manifest if "file" in r]
     for record in manifest:  # as rendered: 64x64, not black, every frame
         with av.open(str(videos / record["file"])) as container:
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

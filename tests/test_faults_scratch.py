@@ -71,7 +71,9 @@ def test_a_scratch_folder_that_fills_up_mid_run_costs_that_episode_and_recording
         filler = fill(scratch, 0)  # no room for a video
         play_episode(env, seed=2)
         play_episode(env, seed=3)
-        assert env.pop_finished() == []
+        handed = env.pop_finished()  # without their videos, with their replay records (kept in memory)
+        assert [(episode.env_seed, episode.mp4, episode.frames, episode.record_kind) for episode in handed] == [
+            (2, b"", 0, "episode"), (3, b"", 0, "episode")]
         first, second = env.pop_dropped()
         assert first.cause == second.cause == full_sentence(scratch)  # one cause: said once on the driver
         assert dropped_message(first).endswith(f"the others are recorded: {full_sentence(scratch)}")

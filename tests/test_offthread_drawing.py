@@ -17,6 +17,7 @@ from eval_recorder.flatland.envs import make_env
 from eval_recorder.flatland.frames import FlatlandFrames
 from eval_recorder.flatland.rendering import FrameRenderer
 from eval_recorder.flatland.scene import SceneDrawing, scene_of, state_of
+from eval_recorder.flatland.trajectory import FlatlandEpisode
 from eval_recorder.runner_round import this_process
 
 BROKEN_DOWN = {"n_agents": 5, "x_dim": 30, "y_dim": 30, "n_cities": 2, "max_rail_pairs_in_city": 2,
@@ -89,7 +90,9 @@ def test_a_drawing_that_fails_in_the_helper_costs_that_episode_s_video_only(monk
     play(env, 3)
     (dropped,) = env.pop_dropped()  # said by the helper, seen with a later frame or at the end
     assert dropped.cause == "its video could not be encoded: ValueError: a state of 1 trains for a scene of 5."
-    assert env.pop_finished() == []
+    (unrecorded,) = env.pop_finished()  # without its video, with its trajectory
+    assert (unrecorded.mp4, unrecorded.frames, unrecorded.record_kind) == (b"", 0, "flatland")
+    assert FlatlandEpisode.from_bytes(unrecorded.record).steps == unrecorded.episode_length
     monkeypatch.setattr(FlatlandFrames, "state", state)
     steps = play(env, 4)
     (episode,) = env.pop_finished()  # the next episode records again
@@ -133,8 +136,9 @@ def test_with_a_narrower_select_only_the_episodes_it_may_choose_are_drawn_the_sa
 
 
 def test_a_video_drawn_after_its_episode_that_fails_is_dropped_with_its_cause(monkeypatch):
-    """The helper fails to draw a kept episode: the wait says why (one sentence), the episodes
-    after it are handed over in order, and the next episode that may be chosen is drawn again."""
+    """The helper fails to draw a kept episode: the wait says why (one sentence), that episode
+    (with its record, without a video) and the ones after it are handed over in order, and the
+    next episode that may be chosen is drawn again."""
     this_process().start(None)
     env = record_episodes(make_env(BROKEN_DOWN), select="worst:1")
     state = FlatlandFrames.state
@@ -148,8 +152,9 @@ def test_a_video_drawn_after_its_episode_that_fails_is_dropped_with_its_cause(mo
     (dropped,) = env.pop_dropped()
     assert dropped.cause == "its video could not be encoded: ValueError: a state of 1 trains for a scene of 5."
     assert (dropped.env_seed, dropped.step) == (11, first)
-    assert [(episode.env_seed, bool(episode.mp4)) for episode in handed] == [(12, False), (14, True)]
-    assert handed[1].frames == steps + 1
+    assert [(episode.env_seed, bool(episode.mp4), episode.frames) for episode in handed] == [
+        (11, False, 0), (12, False, 0), (14, True, steps + 1)]  # 11 without the video it failed to draw
+    assert all(FlatlandEpisode.from_bytes(episode.record).steps == episode.episode_length for episode in handed)
 
 
 def test_the_env_does_not_wait_for_a_video_drawn_beside_it_which_is_handed_over_once_stamped_and_done():

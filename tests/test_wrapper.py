@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from eval_recorder import RecordedEpisode, RecordEpisodes, RecordMultiAgentEpisodes, record_episodes
+from eval_recorder.episode_record import EpisodeRecord
 from eval_recorder.errors import NoFrames
 from eval_recorder.eval_runner import prepare_runner
 from eval_recorder.flatland.envs import make_env
@@ -124,8 +125,10 @@ def test_an_env_that_renders_no_frames_records_nothing_and_says_why():
     why = ("the env Blocks returned NoneType from render(), not an rgb_array frame; make the evaluation env with "
            "render_mode='rgb_array' so that its frames can be recorded.")
     env = RecordEpisodes(Blocks(render_mode=None))
-    play(env, lambda obs: 0)  # the episode runs on; nothing is recorded
-    assert env.pop_finished() == []
+    play(env, lambda obs: 0)  # the episode runs on; no frame is recorded
+    (episode,) = env.pop_finished()  # handed over without a video, with its replay record
+    assert (episode.mp4, episode.frames, episode.record_kind) == (b"", 0, "episode")
+    assert EpisodeRecord.from_bytes(episode.record).steps == episode.episode_length > 0
     assert [(dropped.cause, dropped.step) for dropped in env.pop_dropped()] == [(why, 0)]
     assert env.probe() == env.problem == why  # the check before anything is claimed refuses it
 
