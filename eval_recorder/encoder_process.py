@@ -21,9 +21,6 @@ Large frames take two more savings, with the same H.264 bytes: RGB frames are re
 converted to yuv420p a band of rows at a time (``_RgbBands``), not as a whole RGB copy, and
 the helper turns transparent huge pages off for itself before x264 allocates frames that
 large (``_no_huge_pages``).
-
-The helper runs ``NICE`` steps nicer than the process it serves (``_lower_priority``): where
-the env, the helper and another busy process want the cores at once, the env steps first.
 """
 
 from __future__ import annotations
@@ -59,8 +56,6 @@ _BT601, _LIMITED_RANGE = 6, 1
 # (Figures for all of these: benchmarks/recording.py and the README's Performance section.)
 _X264_PARAMS = "rc-lookahead=1:bframes=0:subme=0:weightp=0:no-deblock=1:me=dia:force-cfr=1:sync-lookahead=0"
 PIXEL_FORMATS = {b"R": "rgb24", b"Y": "yuv420p"}
-# The helper's niceness (added to its parent's): its work waits, the env's steps do not (_lower_priority).
-NICE = 10
 # libx264 asks for transparent huge pages (madvise) for each large buffer and rounds it up to
 # whole huge pages, part of which is never touched; from about this frame size on, that is
 # its frame buffers. Encoders of frames this large turn huge pages off for the helper first
@@ -177,17 +172,6 @@ def _no_huge_pages() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
     except (ImportError, OSError, AttributeError):
         return False
-
-
-def _lower_priority() -> None:
-    """Yield the CPU to the env (``NICE``): where the helper, the env and another busy process
-    (a driver storing videos, a neighbour) want the machine's cores at once, the env's steps
-    go first and the helper takes the time left over; alone on a free core it is as fast as
-    before. Where the priority cannot be lowered, the helper runs as it is."""
-    try:
-        os.nice(NICE)
-    except (AttributeError, OSError):
-        pass
 
 
 class _Encoding:
@@ -452,7 +436,6 @@ def serve(connection: socket.socket) -> None:
 
 
 def _main(arguments: list[str]) -> int:
-    _lower_priority()
     with socket.socket(fileno=int(arguments[0])) as connection:
         try:
             serve(connection)

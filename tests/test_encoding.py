@@ -80,22 +80,6 @@ def test_a_wrong_frame_is_refused(tmp_path):
     encoder.abort()
 
 
-def test_the_helper_process_yields_the_cpu_to_the_env(tmp_path):
-    """The encoder helper runs NICE steps nicer than the process it serves (where both want
-    a core, the env's steps go first), and encodes as before."""
-    from eval_recorder.encoder_process import NICE
-
-    def nice(pid: int) -> int:  # /proc/PID/stat's 19th field, after the parenthesised name
-        return int(open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[16])
-
-    helper = start_encoder_process()
-    encoder = StreamingEncoder(tmp_path / "nice.mp4", width=64, height=48, fps=10)
-    encoder.add(frames(1)[0])
-    assert encoder.close() == 1 and len(decode(tmp_path / "nice.mp4")) == 1
-    assert NICE == 10
-    assert nice(helper) == min(nice(os.getpid()) + NICE, 19)
-
-
 def test_one_helper_process_serves_four_encoders_at_once(tmp_path):
     """Four envs of one runner record at the same time: four complete mp4s, one helper process."""
     sizes = [(64, 48), (96, 64), (64, 48), (128, 96)]
