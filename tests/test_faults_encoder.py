@@ -116,7 +116,8 @@ def test_a_helper_killed_at_an_episode_s_last_step_costs_its_video_not_its_repla
         if terminated or truncated:
             break
     (dropped,) = env.pop_dropped()
-    assert dropped.cause == f"its video could not be encoded: the encoder helper process (pid {helper}) was killed by SIGKILL."
+    assert dropped.cause == (f"its video could not be encoded: the encoder helper process (pid {helper}) was killed "
+                             "by SIGKILL.")
     (episode,) = env.pop_finished()
     assert (episode.mp4, episode.frames, episode.env_seed, episode.episode_length) == (b"", 0, 6, steps)
     assert EpisodeRecord.from_bytes(episode.record).steps == steps and episode.record_kind == "episode"
@@ -183,7 +184,7 @@ def test_a_helper_killed_in_one_round_and_stopped_in_the_next_costs_one_episode_
     # The first episode of rounds 1 and 2 lost its video, not its replay record.
     assert [(r["training_iteration"], r["evaluation_round"], r["episode_index"], "file" in r) for r in manifest] == [
         (1, 1, 0, False), (1, 1, 1, True), (1, 1, 2, True), (2, 2, 0, False), (2, 2, 1, True), (2, 2, 2, True),
-        (3, 3, 0, True), (3, 3, 1, True), (3, 3, 2, True)], [(r["evaluation_round"], r["episode_index"], r.get("file")) for r in manifest]
+        (3, 3, 0, True), (3, 3, 1, True), (3, 3, 2, True)], [(r["evaluation_round"], r.get("file")) for r in manifest]
     assert [(r.get("file"), r["record"]) for r in manifest][:4] == [
         (None, f"make-it000001-ev0001-ep000-{run_id}.episode.npz"),
         (f"make-it000001-ev0001-ep001-{run_id}.mp4", f"make-it000001-ev0001-ep001-{run_id}.episode.npz"),
