@@ -144,7 +144,8 @@ def showable(record) -> bool:
 
 def kept_without_video(record) -> bool:
     """A manifest line of an episode kept without a video (``recording.select`` did not choose
-    it): a plain replay record name, no ``file``, a known iteration and episode index."""
+    it, or its video was dropped on its eval runner): a plain replay record name, no ``file``,
+    a known iteration and episode index."""
     if not isinstance(record, dict) or "file" in record:
         return False
     name = record.get("record")
