@@ -6,6 +6,7 @@ with the reason."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -59,15 +60,26 @@ def immutable(folder: Path):
 
 
 def fill(filesystem: Path, leave_bytes: int) -> Path:
-    """A filler file in ``filesystem`` that leaves exactly ``leave_bytes`` (whole pages) free."""
-    stats = os.statvfs(filesystem)
-    free = stats.f_bavail * stats.f_frsize
+    """A filler file in ``filesystem`` that leaves exactly ``leave_bytes`` (whole pages) free.
+    A running job may write or remove files meanwhile: the filler is grown or cut until the
+    free space, read again, is exactly that."""
     filler = filesystem / "filler"
-    with open(filler, "wb") as handle:
-        handle.write(b"\0" * (free - leave_bytes))
-    stats = os.statvfs(filesystem)
-    assert stats.f_bavail * stats.f_frsize == leave_bytes
-    return filler
+    with open(filler, "wb", buffering=0) as handle:
+        for _ in range(50):
+            stats = os.statvfs(filesystem)
+            more = stats.f_bavail * stats.f_frsize - leave_bytes
+            if more == 0:
+                return filler
+            size = handle.seek(0, os.SEEK_END)
+            if more > 0:
+                try:
+                    handle.write(b"\0" * more)
+                except OSError as error:  # the job took the room meanwhile: measure again
+                    if error.errno != errno.ENOSPC:
+                        raise
+            else:
+                handle.truncate(max(0, size + more))
+    raise AssertionError(f"{filesystem} did not settle at {leave_bytes} free bytes")
 
 
 def _unmount(path: Path) -> None:
