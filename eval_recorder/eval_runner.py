@@ -156,7 +156,8 @@ def deliver_drawn(env_runner) -> None:
 
 
 def _deliver(wrapper, state, *, wait: bool, stamped: bool = False) -> None:
-    finished = wrapper.pop_finished(wait=wait, stamped=stamped)  # (a video that failed to draw is dropped: said below)
+    # a video that failed to draw is said below; its episode comes without it (its replay record)
+    finished = wrapper.pop_finished(wait=wait, stamped=stamped)
     for dropped in wrapper.pop_dropped():
         dropped = dataclasses.replace(dropped, evaluation_round=state.evaluation_round)
         if state.inbox is None:
