@@ -454,9 +454,11 @@ class _Helpers:
     """The high-water marks (VmHWM) of this process's helper processes (our encoder process,
     moviepy's ffmpeg), read every 20 ms and at the end; the peak is their sum. Also the CPU
     time they used (as last read: a helper that exits between two reads loses < 20 ms), and
-    the most of their RSS that was pages of files (RssFile: their libraries' code and data)."""
+    the most of their RSS that was pages of files (RssFile: their libraries' code and data).
+    ``poll=False``: read once, at the end (for helpers that live until then: their high-water
+    marks keep their peaks), with no thread taking the measured process's GIL meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll: bool = True) -> None:
         import threading
 
         self._peaks: dict[int, float] = {}
@@ -465,14 +467,17 @@ class _Helpers:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._own_command = _command(os.getpid())
+        self._poll = poll
 
     def __enter__(self) -> "_Helpers":
-        self._thread.start()
+        if self._poll:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._poll:
+            self._thread.join()
         self._sample()
 
     @property

@@ -55,7 +55,12 @@ pop_finished calls minus the time inside the wrapped env's reset / step (timed b
 around them), per env step (worst1-replay: the capture's calls); added MB = the process's
 high-water mark (VmHWM, reset before the wrapper is made) plus its helper processes' (the
 encoder process; moviepy's ffmpeg; not the driver's), minus env-only's: what recording adds
-to an eval runner.
+to an eval runner. The helpers' high-water marks are read once, when the round is stored (the
+encoder helper lives on until then), not by a thread polling /proc in the runner's process:
+such a thread takes the stepping thread's GIL, and more often the more helpers it reads (in a
+small round it used 6 % of the round's wall in CPU with no helper to read and 14 % with the
+driver and the encoder helper, which made every recording mode look slower than it is). Only
+the anchor's ffmpeg processes, one per episode, are polled every 20 ms.
 
 Goals (Flatland cases), each printed as PASS or FAIL with its figures: stepping-thread cost
 of all <= 0.2 ms per step; round wall all / env <= 1.10 and worst1 / env <= 1.03; memory added
@@ -117,8 +122,8 @@ class _Helpers(recording._Helpers):
     marks sum to among helpers alive together: the anchor starts one ffmpeg per episode, one
     after the other, which recording.py's sum over every helper seen would add up."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, poll: bool = True) -> None:
+        super().__init__(poll)
         self._together = 0.0
         self.exclude: set[int] = set()  # processes that are not the eval runner's (the round's driver)
 
@@ -420,7 +425,9 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
         folder.mkdir(), scratch.mkdir()
         gc.collect()
         peak_reset = _reset_peak_rss()
-        with _Helpers() as helpers:
+        # Polled only where helpers come and go (the anchor's ffmpeg per episode): a polling
+        # thread here takes the stepping thread's GIL (see the module's docstring).
+        with _Helpers(poll=mode == "anchor") as helpers:
             env, shim, options, rows = _make(case, mode, seed, scratch)
             if mode in SELECT and mode != "worst1-replay":
                 _warm_up(env, seed, scratch)
