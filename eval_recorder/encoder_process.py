@@ -293,6 +293,10 @@ def _drawing(settings: dict, fd: int):
     renderer) load in the helper only when the first such encoder opens."""
     import importlib
 
+    # numpy imports hashlib (numpy.random -> secrets -> hmac), whose OpenSSL backend maps
+    # libcrypto into the helper: 3.4 MB of its peak RSS. The helper hashes nothing, and
+    # without that backend hashlib uses CPython's own implementations.
+    sys.modules.setdefault("_hashlib", None)
     module, _, name = settings["drawing"].partition(":")
     scene = os.pread(fd, settings["scene_bytes"], 0)
     if len(scene) != settings["scene_bytes"]:

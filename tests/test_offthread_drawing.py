@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from eval_recorder import record_episodes
+from eval_recorder.encoding import encoder_process_ids
 from eval_recorder.flatland.envs import make_env
 from eval_recorder.flatland.frames import FlatlandFrames
 from eval_recorder.flatland.rendering import FrameRenderer
@@ -57,6 +58,18 @@ def test_videos_drawn_beside_the_env_are_the_bytes_drawn_on_its_stepping_thread(
     inline, _ = recorded(monkeypatch, beside=False, seed=11, **options)
     assert (beside.frames, beside.width, beside.height) == (inline.frames, inline.width, inline.height)
     assert beside.mp4 == inline.mp4
+
+
+def test_the_drawing_helper_loads_numpy_without_openssl(monkeypatch):
+    """The helper is paid for on every eval runner: drawing loads numpy, and numpy hashlib,
+    whose OpenSSL backend (libcrypto, 3.4 MB of the helper's RSS) it does not need."""
+    episode, _ = recorded(monkeypatch, beside=True, seed=11)
+    assert episode.frames == episode.episode_length + 1
+    (helper,) = encoder_process_ids()
+    with open(f"/proc/{helper}/maps") as maps:
+        libraries = {line.split()[-1].rsplit("/", 1)[-1].split(".")[0] for line in maps if ".so" in line}
+    assert "_multiarray_umath" in libraries  # numpy drew the frames
+    assert [name for name in libraries if name.startswith(("libcrypto", "libssl", "_hashlib"))] == []
 
 
 def test_the_episode_had_what_the_drawing_must_carry_over():
