@@ -494,12 +494,13 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
         f"generic rgb_array env, {case['size']}x{case['size']} frames"
     print(f"\n## round {name}: {what}, {EPISODES} episodes of at most {case['steps']} steps, {len(env)} repeats "
           "(medians; added = minus env-only on the same round)")  # fmt: skip
-    print("| mode | steps | round wall s | ratio to env | of it the driver's tail s (its busy s) | stepping-thread ms per step "
-          "| added MB (process + helpers) | videos |")  # fmt: skip
+    print("| mode | steps | round wall s | ratio to env (range over the repeats) | of it the driver's tail s "
+          "(its busy s) | stepping-thread ms per step | added MB (process + helpers) | videos |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     figures = {}
     for mode, rows in results.items():
-        ratio = statistics.median(r["wall_s"] / e["wall_s"] for r, e in zip(rows, env))
+        ratios = [r["wall_s"] / e["wall_s"] for r, e in zip(rows, env)]
+        ratio = statistics.median(ratios)
         step_ms = statistics.median(r["stepping_s"] / r["steps"] * 1000 for r in rows)
         added = [r["peak_rss_mb"] - e["peak_rss_mb"] for r, e in zip(rows, env)]
         process = statistics.median(r["process_peak_mb"] - e["process_peak_mb"] for r, e in zip(rows, env))
@@ -508,8 +509,9 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
                              driver=_median(rows, "driver_s"), replay=_median(rows, "replay_s"),
                              busy=_median(rows, "driver_busy_s"))  # fmt: skip
         f = figures[mode]
+        spread = f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ""
         cells = ("-", "-", "-") if mode == "env" else \
-            (f"{ratio:.3f}", f"{step_ms:.3f}", f"{f['added_mb']:.0f} ({process:+.0f} + {f['helper_mb']:.0f})")
+            (f"{ratio:.3f}{spread}", f"{step_ms:.3f}", f"{f['added_mb']:.0f} ({process:+.0f} + {f['helper_mb']:.0f})")
         driver = "-" if mode in ("env", "anchor") else f"{f['driver']:.2f} ({f['busy']:.2f})" + \
             (f" (+ replay {f['replay']:.2f})" if mode == "worst1-replay" else "")
         print(f"| {mode} | {int(_median(rows, 'steps'))} | {f['wall']:.2f} | {cells[0]} | {driver} | {cells[1]} "
