@@ -465,18 +465,17 @@ class _Helpers:
         self._cpu: dict[int, float] = {}
         self._files: dict[int, float] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True) if poll else None
         self._own_command = _command(os.getpid())
-        self._poll = poll
 
     def __enter__(self) -> "_Helpers":
-        if self._poll:
+        if self._thread is not None:
             self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._poll:
+        if self._thread is not None:
             self._thread.join()
         self._sample()
 
