@@ -56,6 +56,7 @@ import pickle
 import shutil
 import tempfile
 from fractions import Fraction
+from itertools import chain
 from pathlib import Path
 from typing import Mapping
 
@@ -129,14 +130,15 @@ class TrajectoryCapture:
         from eval_recorder.flatland.scene import _FIELDS
 
         env, n, steps = self._env, len(self._agents), len(self._actions)
-        actions = np.full((steps, n), _DO_NOTHING, dtype=np.int8)
-        for step, given in enumerate(self._actions):
-            for handle, action in given.items():
-                actions[step, int(handle)] = int(action)
+        actions = _per_train(self._actions, steps, n, _DO_NOTHING, np.int8, handle=_Handles())
         rows = np.frombuffer(b"".join(self._rows), dtype="<i2").reshape(steps, n, _FIELDS)
-        rewards = np.asarray([[given.get(handle, 0.0) for handle in range(n)] for given in self._rewards],
-                             dtype=np.float64).reshape(steps, n)
-        dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
+        rewards = _per_train(self._rewards, steps, n, 0.0, np.float64)
+        widths = set(map(len, self._dones))  # each step's dones: the trains', then __all__
+        if steps and len(widths) == 1 and min(widths) >= n:
+            flags = np.fromiter(chain.from_iterable(self._dones), dtype=bool, count=steps * min(widths))
+            dones = flags.reshape(steps, -1)[:, :n]
+        else:
+            dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
         ended = bool(env.dones.get("__all__", False)) and steps > 0
         success_rate = normalized = None
         if ended:
@@ -153,6 +155,32 @@ class TrajectoryCapture:
                       "fractions": np.array([(f.numerator, f.denominator) for f in fractions], dtype=np.int64).reshape(-1, 2),
                       "max_speed": np.array(self._max_speeds, dtype=np.int16)},
         )
+
+
+class _Handles(dict):
+    """A train's handle (int) by the key it was given under (an int, or flatland-rl's RLlib
+    wrapper's string), each key converted once."""
+
+    def __missing__(self, key) -> int:
+        handle = self[key] = int(key)
+        return handle
+
+
+def _per_train(steps_given: list, steps: int, n: int, default, dtype, handle: dict | None = None) -> np.ndarray:
+    """(steps, n) array of ``dtype``: at [step, train] the value ``steps_given[step]`` (a dict
+    keyed by train handle; ``handle`` maps its keys to handles) holds for the train, else
+    ``default``. Made in bulk: the episode's keys and values each in one pass."""
+    array = np.full((steps, n), default, dtype=dtype)
+    counts = np.fromiter(map(len, steps_given), dtype=np.intp, count=steps)
+    total = int(counts.sum())
+    if total:
+        keys = chain.from_iterable(steps_given)
+        handles = np.fromiter(keys if handle is None else map(handle.__getitem__, keys), dtype=np.intp, count=total)
+        values = np.fromiter(chain.from_iterable(map(dict.values, steps_given)), dtype=dtype, count=total)
+        if handles.min() < 0:
+            raise IndexError(f"a train handle of {handles.min()} in an episode of {n} trains")
+        array[np.repeat(np.arange(steps), counts), handles] = values
+    return array
 
 
 class FlatlandEpisode:
