@@ -75,7 +75,7 @@ __all__ = [
 # also waits for it to load Python and FFmpeg.
 HELPER_FIRST_REPLY_SECONDS = 60.0
 HELPER_REPLY_SECONDS = 20.0
-STATES_PER_MESSAGE = 8  # add_state: frames sent to the helper in one message (fewer sends, locks, wake-ups)
+STATES_PER_MESSAGE = 32  # add_state: frames sent to the helper in one message (fewer sends, locks, wake-ups)
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). The helper

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval_recorder import record_episodes
+from eval_recorder import encoding, record_episodes
 from eval_recorder.encoding import encoder_process_ids
 from eval_recorder.flatland.envs import make_env
 from eval_recorder.flatland.frames import FlatlandFrames
@@ -23,6 +23,9 @@ from eval_recorder.runner_round import this_process
 
 BROKEN_DOWN = {"n_agents": 5, "x_dim": 30, "y_dim": 30, "n_cities": 2, "max_rail_pairs_in_city": 2,
                "max_rails_between_cities": 2, "malfunction_interval": 6, "seed": 4}
+
+
+DRAWN_BESIDE = FlatlandFrames.drawn_beside  # the drawing's "module:Class" (recorded() may set it to None)
 
 
 def play(env, seed: int, steps: int | None = None) -> int:
@@ -40,7 +43,7 @@ def play(env, seed: int, steps: int | None = None) -> int:
 
 def recorded(monkeypatch, *, beside: bool, seed: int, **options):
     """The RecordedEpisode of one episode from ``seed``, drawn beside the env or on its stepping thread."""
-    monkeypatch.setattr(FlatlandFrames, "drawn_beside", FlatlandFrames.drawn_beside if beside else None)
+    monkeypatch.setattr(FlatlandFrames, "drawn_beside", DRAWN_BESIDE if beside else None)
     this_process().start(None)
     env = record_episodes(make_env(BROKEN_DOWN), **options)
     play(env, seed)
@@ -59,6 +62,32 @@ def test_videos_drawn_beside_the_env_are_the_bytes_drawn_on_its_stepping_thread(
     assert (beside.frames, beside.width, beside.height) == (inline.frames, inline.width, inline.height)
     assert beside.mp4 == inline.mp4
 
+
+def test_states_go_to_the_helper_a_message_of_them_at_a_time_or_fewer_when_a_message_is_full(monkeypatch):
+    """The stepping thread sends the helper STATES_PER_MESSAGE states a message (each send
+    wakes the helper), fewer when the next state would not fit in a message (many trains):
+    the same mp4 bytes either way, and every state reaches the helper."""
+    inline, _ = recorded(monkeypatch, beside=False, seed=11)
+    sent: list[int] = []
+    send = encoding.StreamingEncoder._send_states
+
+    def counted(self) -> None:
+        sent.append(len(self._queued))
+        send(self)
+
+    monkeypatch.setattr(encoding.StreamingEncoder, "_send_states", counted)
+    episode, _ = recorded(monkeypatch, beside=True, seed=11)
+    frames = episode.episode_length + 1
+    assert episode.mp4 == inline.mp4
+    full, rest = divmod(frames, encoding.STATES_PER_MESSAGE)
+    assert sent == [encoding.STATES_PER_MESSAGE] * full + ([rest] if rest else [])
+    # 5 trains: a state of 100 bytes, about 140 with its label and sizes; the helper's
+    # replies are a few bytes, which a smaller buffer takes in as well
+    sent.clear()
+    monkeypatch.setattr(encoding, "MESSAGE_BYTES", 400)
+    episode, _ = recorded(monkeypatch, beside=True, seed=11)
+    assert episode.mp4 == inline.mp4
+    assert sum(sent) == frames and max(sent) == 2 and len(sent) >= frames // 2
 
 def test_the_drawing_helper_loads_numpy_without_openssl(monkeypatch):
     """The helper is paid for on every eval runner: drawing loads numpy, and numpy hashlib,
