@@ -75,7 +75,10 @@ __all__ = [
 # also waits for it to load Python and FFmpeg.
 HELPER_FIRST_REPLY_SECONDS = 60.0
 HELPER_REPLY_SECONDS = 20.0
-STATES_PER_MESSAGE = 32  # add_state: frames sent to the helper in one message (fewer sends, locks, wake-ups)
+# add_state: frames sent to the helper in one message (fewer sends, locks, wake-ups). 32 saved
+# the stepping thread ~0.01 ms per step at 30 trains but left the helper up to 31 frames more to
+# draw when a round ends, which the runner waits for: 45-70 ms instead of 2-7 (benchmarks/round_wall.py).
+STATES_PER_MESSAGE = 8
 
 # Frame slots per encoder: frames waiting to be encoded, bounded so that memory does not
 # grow with episode length (a producer faster than the encoder waits for a slot). The helper
