@@ -175,6 +175,7 @@ class _RoundTimer(_Timer):
         super().__init__()
         self._shim = shim
         self.last_s = self.per_episode_s = 0.0
+        self.end_wait_s = 0.0  # of it, the last call: waiting at the round's end for the videos still being drawn
 
     def __enter__(self) -> None:
         self._inner = self._shim.seconds
@@ -302,6 +303,7 @@ def _play(env, rows, seed: int, options, timer: _RoundTimer, recorded: bool, cap
         with timer:
             finished += popped(env.pop_finished())  # the end of the runner's sample(): videos still being drawn
         timer.episode_call()
+        timer.end_wait_s = timer.last_s
     return steps, finished
 
 
@@ -495,6 +497,7 @@ def run_child(case_name: str, mode: str, seed: int) -> dict:
     return dict(mode=mode, wall_s=end - start, driver_s=end - played - replay_s, replay_s=replay_s, steps=steps,
                 driver_busy_s=stored["busy_s"], driver_peak_mb=stored["peak_mb"],
                 stepping_s=timer.seconds - inner_s, per_episode_s=timer.per_episode_s, episodes=len(rows),
+                end_wait_s=timer.end_wait_s,
                 env_cap=shim.env_cap,
                 inner_s=inner_s, videos=videos,
                 process_peak_mb=peak, helper_peak_mb=helpers.peak_mb, peak_rss_mb=peak + helpers.peak_mb,
@@ -547,9 +550,11 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
         step_ms = statistics.median(r["stepping_s"] / r["steps"] * 1000 for r in rows)
         in_steps_ms = statistics.median((r["stepping_s"] - r["per_episode_s"]) / r["steps"] * 1000 for r in rows)
         episode_ms = statistics.median(r["per_episode_s"] / r["episodes"] * 1000 for r in rows)
+        end_wait_s = statistics.median(r["end_wait_s"] for r in rows)
         added = [r["peak_rss_mb"] - e["peak_rss_mb"] for r, e in zip(rows, env)]
         process = statistics.median(r["process_peak_mb"] - e["process_peak_mb"] for r, e in zip(rows, env))
         figures[mode] = dict(ratio=ratio, step_ms=step_ms, in_steps_ms=in_steps_ms, episode_ms=episode_ms,
+                             end_wait_s=end_wait_s,
                              added_mb=statistics.median(added), process_mb=process,
                              helper_mb=_median(rows, "helper_peak_mb"), wall=_median(rows, "wall_s"),
                              driver=_median(rows, "driver_s"), replay=_median(rows, "replay_s"),
@@ -579,7 +584,8 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
                 f"stepping thread {size}: all spends {every['step_ms']:.3f} ms per step inside the recording "
                 f"wrapper beyond the env's own reset/step ({env_ms:.2f} ms per step); of it {every['in_steps_ms']:.3f} "
                 f"ms per step in the steps and {every['episode_ms']:.1f} ms per episode in its reset, last step and "
-                f"hand-over, spread over this round's episodes of at most {case['steps']} steps (the env's own cap: "
+                f"hand-over (of all these, {every['end_wait_s'] * 1000:.0f} ms waiting at the round's end for the "
+                f"last video), spread over this round's episodes of at most {case['steps']} steps (the env's own cap: "
                 f"{int(_median(env, 'env_cap'))}) (goal <= {STEP_MS_GOAL} ms)")  # fmt: skip
     goals.check(every["ratio"] <= ALL_RATIO_GOAL,
                 f"round wall {size}: all / env = {every['ratio']:.3f} ({every['wall']:.2f} s, of it the driver's tail "
