@@ -89,6 +89,7 @@ def test_states_go_to_the_helper_a_message_of_them_at_a_time_or_fewer_when_a_mes
     assert episode.mp4 == inline.mp4
     assert sum(sent) == frames and max(sent) == 2 and len(sent) >= frames // 2
 
+
 def test_the_drawing_helper_loads_numpy_without_openssl(monkeypatch):
     """The helper is paid for on every eval runner: drawing loads numpy, and numpy hashlib,
     whose OpenSSL backend (libcrypto, 3.4 MB of the helper's RSS) it does not need."""
