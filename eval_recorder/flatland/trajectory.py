@@ -130,15 +130,10 @@ class TrajectoryCapture:
         from eval_recorder.flatland.scene import _FIELDS
 
         env, n, steps = self._env, len(self._agents), len(self._actions)
-        actions = _per_train(self._actions, steps, n, _DO_NOTHING, np.int8, handle=_Handles())
+        actions = _per_train(self._actions, n, _DO_NOTHING, np.int8, handle=_Handles())
         rows = np.frombuffer(b"".join(self._rows), dtype="<i2").reshape(steps, n, _FIELDS)
-        rewards = _per_train(self._rewards, steps, n, 0.0, np.float64)
-        widths = set(map(len, self._dones))  # each step's dones: the trains', then __all__
-        if steps and len(widths) == 1 and min(widths) >= n:
-            flags = np.fromiter(chain.from_iterable(self._dones), dtype=bool, count=steps * min(widths))
-            dones = flags.reshape(steps, -1)[:, :n]
-        else:
-            dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
+        rewards = _per_train(self._rewards, n, 0.0, np.float64)
+        dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
         ended = bool(env.dones.get("__all__", False)) and steps > 0
         success_rate = normalized = None
         if ended:
@@ -166,10 +161,11 @@ class _Handles(dict):
         return handle
 
 
-def _per_train(steps_given: list, steps: int, n: int, default, dtype, handle: dict | None = None) -> np.ndarray:
+def _per_train(steps_given: list, n: int, default, dtype, handle: dict | None = None) -> np.ndarray:
     """(steps, n) array of ``dtype``: at [step, train] the value ``steps_given[step]`` (a dict
     keyed by train handle; ``handle`` maps its keys to handles) holds for the train, else
     ``default``. Made in bulk: the episode's keys and values each in one pass."""
+    steps = len(steps_given)
     array = np.full((steps, n), default, dtype=dtype)
     counts = np.fromiter(map(len, steps_given), dtype=np.intp, count=steps)
     total = int(counts.sum())
