@@ -148,9 +148,9 @@ class _Shim:
     """Adds up the time spent inside ``env``'s reset and step (instance attributes shadow
     the methods, so whoever holds ``env`` calls through the shim)."""
 
-    def __init__(self, env) -> None:
+    def __init__(self, env, env_cap: int | None = None) -> None:
         self.seconds = 0.0
-        self.env_cap: int | None = None  # a RailEnv's own cap on an episode's steps (before the round's)
+        self.env_cap = env_cap  # a RailEnv's own cap on an episode's steps (before the round's)
         for name in ("reset", "step"):
             setattr(env, name, self._timed(getattr(env, name)))
 
@@ -182,9 +182,9 @@ class _RoundTimer(_Timer):
         super().__enter__()
 
     def __exit__(self, *exc) -> None:
-        spent = time.perf_counter() - self._start
-        self.seconds += spent
-        self.last_s = spent - (self._shim.seconds - self._inner)
+        before = self.seconds
+        super().__exit__(*exc)
+        self.last_s = self.seconds - before - (self._shim.seconds - self._inner)
 
     def episode_call(self) -> None:
         self.per_episode_s += self.last_s
@@ -216,14 +216,12 @@ def _make(case: dict, mode: str, seed: int, folder: Path):
     rows = [[{key(i): a for i, a in row.items()} for row in _actions(rail_env.get_num_agents(), steps, seed + episode)]
             for episode in range(EPISODES)]  # fmt: skip
     if mode == "anchor":
-        shim = _Shim(rail_env)
-        shim.env_cap = env_cap
+        shim = _Shim(rail_env, env_cap)
         recorder = RecordVideo(RenderToolEnv(rail_env), video_folder=str(folder), name_prefix="anchor",
                                episode_trigger=lambda episode: True, fps=FPS, disable_logger=True)  # fmt: skip
         return recorder, shim, None, rows
     inner = RayMultiAgentWrapper(rail_env)
-    shim = _Shim(inner)
-    shim.env_cap = env_cap
+    shim = _Shim(inner, env_cap)
     select = {"worst1": "worst:1"}.get(mode)  # the runner draws only the episodes worst:1 may choose
     return (inner if mode == "env" else record_episodes(inner, fps=FPS, max_side=MAX_SIDE, overlay=True,
                                                         select=select)), shim, KEEP_RAILS, rows
