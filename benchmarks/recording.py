@@ -3,7 +3,7 @@ with PASS/FAIL against the goals of issue 13.
 
 Usage (from the repo root, with the ``bench`` extra installed: ``pip install -e '.[bench]'``)::
 
-    python benchmarks/recording.py                  # every case and goal, 3 repeats (~14 min)
+    python benchmarks/recording.py                  # every case and goal, 3 repeats (~30 min)
     python benchmarks/recording.py --repeats 1      # a quicker look (~7 min)
     python benchmarks/recording.py --cases small any800 --memory-steps --many-repeats 0   # a subset
     python benchmarks/recording.py --no-label       # ours without the burned-in label
@@ -11,7 +11,8 @@ Usage (from the repo root, with the ``bench`` extra installed: ``pip install -e 
 
 The last part runs benchmarks/round_wall.py's evaluation rounds (issue 19: stepping-thread
 cost per step, round wall of select=all and select=worst:1 of 10 episodes, side by side with
-env-only and RecordVideo); --round-cases with no names skips it.
+env-only and RecordVideo, one repeat each, ~15 min: its rounds play whole episodes);
+--round-cases with no names skips it.
 
 Cases (the label is burned into every frame, as run_eval.py does by default):
 
