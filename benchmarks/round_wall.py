@@ -3,8 +3,8 @@ keeping only the worst one, with PASS/FAIL against issue 19's goals (point 6; go
 
 Usage (from the repo root, with the ``bench`` extra installed)::
 
-    python benchmarks/round_wall.py                                # every case, 1 repeat (~12 min)
-    python benchmarks/round_wall.py --repeats 3 --cases small any800   # ~8 min
+    python benchmarks/round_wall.py                                # every case, 1 repeat (~15 min)
+    python benchmarks/round_wall.py --repeats 3 --cases small any800   # ~11 min
 
 benchmarks/recording.py runs it too (``--round-cases``, ``--round-repeats``).
 
@@ -19,10 +19,11 @@ seed+episode): small 10 trains on 40x40, between 20 on 50x50, medium 30 on 60x60
 100x100. Episodes are whole, as an evaluation plays them: each ends when every train is done or
 at the RailEnv's own cap on its steps (set from the timetable, so it differs between the
 repeats' seeds 1, 2, 3: small 284/197/278 steps, between 325/340/340, medium 436/483/404, large
-299/521/920; the random actions bring few trains home, so most episodes run to it). Until 2026-12-07 they were cut at
-200/150/120/80 steps to keep a run short, which spread each episode's fixed costs (its reset's
-initial state, its record's packing, its video's hand-over) over a quarter to a sixth of the steps
-an evaluation episode has; the report still prints those per-episode costs on their own.
+299/521/920; the random actions bring few trains home, so most episodes run to it). Until
+2026-12-07 they were cut at 200/150/120/80 steps to keep a run short, which measured only the
+start of each episode, when few trains have left (the steps then cost less), and spread each
+episode's fixed costs (its reset's initial state, its record's packing, its video's hand-over)
+over a quarter to a sixth of its steps; the report prints those per-episode costs on their own.
 
   env      the wrapped env only (the baseline).
   all      ``record_episodes(env, fps=10, max_side=800, overlay=True)``; the driver stores every
@@ -542,10 +543,10 @@ def measure(case: str, repeats: int, seed: int = 1) -> dict[str, list[dict]]:
 
 
 def _cap(case: dict, env: list[dict]) -> str:
-    """The round's cap on an episode's steps, as the report says it."""
+    """The round's cap on an episode's steps, as the report says it (whole episodes: each repeat's)."""
     if case["steps"] is not None:
         return str(case["steps"])
-    return f"{int(_median(env, 'env_cap'))} (whole episodes: the env's own cap)"
+    return "/".join(str(r["env_cap"]) for r in env) + " (whole episodes: the env's own cap in each repeat)"
 
 
 def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None:
@@ -572,7 +573,8 @@ def report_case(name: str, results: dict[str, list[dict]], goals: Goals) -> None
         added = [r["peak_rss_mb"] - e["peak_rss_mb"] for r, e in zip(rows, env)]
         process = statistics.median(r["process_peak_mb"] - e["process_peak_mb"] for r, e in zip(rows, env))
         figures[mode] = dict(ratio=ratio, step_ms=step_ms, in_steps_ms=in_steps_ms, episode_ms=episode_ms,
-                             end_wait_s=end_wait_s, own=own, env_ms=_median(rows, "inner_s") / _median(rows, "steps") * 1000,
+                             end_wait_s=end_wait_s, own=own,
+                             env_ms=_median(rows, "inner_s") / _median(rows, "steps") * 1000,
                              added_mb=statistics.median(added), process_mb=process,
                              helper_mb=_median(rows, "helper_peak_mb"), wall=_median(rows, "wall_s"),
                              driver=_median(rows, "driver_s"), replay=_median(rows, "replay_s"),
