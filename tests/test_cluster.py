@@ -18,6 +18,7 @@ exactly its processes. Never ``ray stop``: it stops every Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,10 +47,15 @@ RAY = Path(sys.executable).with_name("ray")
 ITERATION_LINE = re.compile(r"^iteration (\d+)/\d+ \| env steps (\d+) \|.* videos written (\d+)$")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket stays bound until all are chosen (a port
+    closed at once may be handed out again by the next bind, and Ray refuses one port for two
+    of a node's components)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _short_tmpdir(prefix: str) -> Path:
@@ -149,11 +155,12 @@ def _start_node(name: str, args: list[str], env: dict, tmpdir: Path, started: li
     return node
 
 
-def _agent_ports() -> list[str]:
-    """Every fixed default port of a node's agents, replaced by a free one (two nodes, and
-    other people's Ray, share this machine)."""
-    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+def _agent_ports(ports: list[int]) -> list[str]:
+    """Every fixed default port of a node's agents, replaced by one of four free ``ports`` (two
+    nodes, and other people's Ray, share this machine)."""
+    listen, grpc, metrics, runtime_env = ports
+    return [f"--dashboard-agent-listen-port={listen}", f"--dashboard-agent-grpc-port={grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
 
 
 @pytest.fixture
@@ -169,16 +176,16 @@ def two_node_cluster():
     started: list[Node] = []
     try:
         began = time.monotonic()
-        port = _free_port()
+        port, *agent_ports = _free_ports(9)  # the head's GCS, then both nodes' agents: all distinct
         address = f"127.0.0.1:{port}"
         head_tmp, worker_tmp, driver_tmp = (base / "head", base / "worker", base / "driver")
         for folder in (head_tmp, worker_tmp, driver_tmp):
             folder.mkdir()
         head = _start_node("head", ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                                    f"--temp-dir={temp_dir}", "--disable-usage-stats", *_agent_ports()],
+                                    f"--temp-dir={temp_dir}", "--disable-usage-stats", *_agent_ports(agent_ports[:4])],
                            env, head_tmp, started)
         worker = _start_node("worker", [f"--address={address}", "--num-cpus=1", '--resources={"eval_node": 1}',
-                                        f"--temp-dir={temp_dir}", *_agent_ports()], env, worker_tmp, started)
+                                        f"--temp-dir={temp_dir}", *_agent_ports(agent_ports[4:])], env, worker_tmp, started)
         yield Cluster(address=address, head=head, worker=worker, client_env=dict(env, TMPDIR=str(driver_tmp)),
                       start_seconds=time.monotonic() - began)
     finally:
