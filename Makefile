@@ -1,8 +1,9 @@
 # `make run`  : set up .venv (if needed) and run the main job on the embedded defaults.
 # `make test` : set up .venv (if needed) and run the whole test suite.
 # `make test-fast` : the tests not marked slow (no real training runs), for a quick loop.
-# Both run test files on 2 pytest-xdist workers (most of a real run is waiting on Ray,
-# process starts and signals, so two share the 2 cores well); `make test XDIST=` runs them in one process.
+# Both run test files on 2 pytest-xdist workers, one per core (a third does not help: the suite's
+# Ray clusters keep both cores busy, and with three it took 29:52 against 28:05 with two on
+# 2026-12-07); `make test XDIST=` runs them in one process.
 # Extra arguments: make run ARGS="training.iterations=10 env=medium"; make test PYTEST_ARGS="-k naming".
 
 #
