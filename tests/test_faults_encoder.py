@@ -82,10 +82,9 @@ def test_a_helper_killed_or_stopped_mid_episode_costs_that_episode_and_the_next_
     (dropped,) = env.pop_dropped()
     ended = "was killed by SIGKILL" if number == signal.SIGKILL else "answered nothing for 0.5 s and was killed"
     assert dropped.cause == f"its video could not be encoded: the encoder helper process (pid {helper}) {ended}."
-    # Found at the first frame that needs the helper after the signal, not at the episode's end: the
-    # killed one is found at step 3; the stopped one when the env finds both of its two frame slots
-    # taken, at step 3 if the helper was still at work on the frame of step 1, step 5 if it had
-    # caught up with step 2's (it often has on a 2-core machine).
+    # Found at a frame after the signal, not at the episode's end: at the latest when the env finds
+    # both of the encoder's two frame slots taken, at step 3 if the helper was still at work on step
+    # 1's frame, at step 5 if it had caught up with step 2's (as it often has on a 2-core machine).
     assert 3 <= dropped.step <= 5 and dropped.env_seed == 4
     (unrecorded,) = env.pop_finished()  # without its video, with its replay record
     assert (unrecorded.mp4, unrecorded.frames, unrecorded.env_seed, unrecorded.episode_length) == (b"", 0, 4, steps)
