@@ -20,7 +20,10 @@ memory after the scene (``pack_frames``): one message draws them all, and the he
 Large frames take two more savings, with the same H.264 bytes: RGB frames are read and
 converted to yuv420p a band of rows at a time (``_RgbBands``), not as a whole RGB copy, and
 the helper turns transparent huge pages off for itself before x264 allocates frames that
-large (``_no_huge_pages``).
+large (``_no_huge_pages``). After each encoder is finished or dropped, the helper gives the
+memory freed in its C heap back to the system (``_trim``: glibc's ``malloc_trim``): drawing and
+encoding an episode leave that heap full of free holes that glibc keeps, and the next episode's
+would add more (a drawing helper's peak: 104 MB over a 4-episode round without, 97 with).
 """
 
 from __future__ import annotations
@@ -172,6 +175,32 @@ def _no_huge_pages() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
     except (ImportError, OSError, AttributeError):
         return False
+
+
+_TRIM = None  # glibc's malloc_trim, once looked up (False: there is none)
+
+
+def _trim() -> None:
+    """Give the free memory of this process's C heap back to the system (glibc; elsewhere nothing).
+
+    glibc keeps what is freed inside its heap for later, and serves arrays and frames from the
+    heap once one of their size has been freed (its mmap threshold rises), so an episode's
+    drawing and encoding leave tens of MB of free holes that the next episode's do not fill.
+    ``malloc_trim(0)`` returns every free page of them: 1.1-1.6 ms of the helper's time, once
+    per episode, after the runner has its reply.
+    """
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _TRIM = ctypes.CDLL(None).malloc_trim
+            except (ImportError, OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+                pass
+    if _TRIM:
+        _TRIM(0)
 
 
 class _Encoding:
@@ -429,6 +458,8 @@ def serve(connection: socket.socket) -> None:
             del encodings[number]
             os.close(encoding.fd)
             reply(b"D", number, frames)
+            del encoding
+            _trim()
         elif kind == b"A":
             number = ID.unpack(message)[1]
             failures.pop(number, None)
@@ -437,6 +468,8 @@ def serve(connection: socket.socket) -> None:
                 encoding.drop()
                 os.close(encoding.fd)
             reply(b"K", number)
+            del encoding
+            _trim()
 
 
 def _main(arguments: list[str]) -> int:
