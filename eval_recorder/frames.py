@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +259,8 @@ def env_name(env: Any) -> str:
 @functools.lru_cache(maxsize=1)
 def plugin_sources() -> tuple[type[FrameSource], ...]:
     """The frame source classes installed under the entry point group, in name order."""
+    from importlib.metadata import entry_points  # here: Flatland's drawing helper imports this module without it
+
     found = []
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:

@@ -9,6 +9,10 @@ Real envs, real helper processes, real mp4 files (no Ray)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import zlib
+
 import numpy as np
 import pytest
 
@@ -100,6 +104,45 @@ def test_the_drawing_helper_loads_numpy_without_openssl(monkeypatch):
         libraries = {line.split()[-1].rsplit("/", 1)[-1].split(".")[0] for line in maps if ".so" in line}
     assert "_multiarray_umath" in libraries  # numpy drew the frames
     assert [name for name in libraries if name.startswith(("libcrypto", "libssl", "_hashlib"))] == []
+
+
+def test_the_drawing_helper_draws_without_importing_flatland(tmp_path):
+    """flatland's package ``__init__`` reads its installed metadata (importlib.metadata, email:
+    1.7 MB of the helper's RSS and 58 modules): the helper's drawing imports the renderer only,
+    which finds flatland's tile images and turns its rails without it."""
+    env = make_env(BROKEN_DOWN)
+    env.reset(seed=5)
+    rail_env = env.wrap()
+    (tmp_path / "scene").write_bytes(scene_of(rail_env, max_side=800))
+    (tmp_path / "state").write_bytes(state_of(rail_env))
+    program = (
+        "import importlib, sys, pathlib, zlib\n"
+        "folder = pathlib.Path(sys.argv[1])\n"
+        # as encoder_process._drawing makes the helper's drawing
+        "drawing = importlib.import_module('eval_recorder.flatland.scene').SceneDrawing((folder / 'scene').read_bytes())\n"
+        "frame = drawing.frame((folder / 'state').read_bytes())\n"
+        "print(zlib.crc32(frame), sorted(m for m in sys.modules if m.split('.')[0] in ('flatland', 'email')"
+        " or m.startswith('importlib.metadata')))\n"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", program, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    renderer = FrameRenderer(rail_env)
+    renderer.new_episode()
+    assert done.stdout.strip() == f"{zlib.crc32(renderer.render_yuv420p())} []"  # the renderer's frame, without them
+
+
+def test_the_renderer_turns_rails_and_names_the_diamond_crossing_as_flatland_does():
+    from flatland.envs.grid.rail_env_grid import RailEnvTransitions, RailEnvTransitionsEnum
+    import importlib_resources
+
+    from eval_recorder.flatland.rendering import _DIAMOND_CROSSING, _flatland_images, _rotated
+
+    transitions = RailEnvTransitions()
+    differ = [(value, rotation) for value in range(1 << 16) for rotation in (0, 90, 180, 270)
+              if _rotated(value, rotation) != transitions.rotate_transition(value, rotation)]
+    assert differ == []
+    assert _DIAMOND_CROSSING == RailEnvTransitionsEnum.diamond_crossing
+    assert str(_flatland_images()) == str(importlib_resources.files("flatland.png"))
 
 
 def test_the_episode_had_what_the_drawing_must_carry_over():

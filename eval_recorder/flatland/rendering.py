@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -154,6 +155,7 @@ _RAIL_FILES = {
     "NE EN SW WS": "Gleis_Kurve_oben_links_unten_rechts.png",
 }
 _LEVEL_FREE_DIAMOND = 666  # PILGL.DIAMOND_CROSSING_LEVEL_FREE_PSEUDO_TRANSITION
+_DIAMOND_CROSSING = 0b1000010000100001  # RailEnvTransitionsEnum.diamond_crossing (tests), not imported: see _flatland_images
 _LEVEL_FREE_FILE = "Gleis_Diamond_Crossing_Level_Free.png"
 _BUILDING_FILES = [
     "Buildings-Bank.png", "Buildings-Bar.png", "Buildings-Wohnhaus.png", "Buildings-Hochhaus.png",
@@ -178,17 +180,36 @@ _TRAIN_FILES = {(0, 0): "Zug_Gleis_#0091ea.png", (1, 2): "Zug_1_Weiche_#0091ea.p
 
 @functools.lru_cache(maxsize=1)
 def _flatland_images():
-    """flatland's folder of tile images (a Traversable)."""
-    import importlib_resources
+    """flatland's folder of tile images (a Traversable), found without importing flatland: its
+    package ``__init__`` reads its installed metadata (``importlib.metadata``: 2.4 MB and 50
+    modules in the drawing helper, which needs none of them)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("flatland")  # a top-level package's spec: found, not imported
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        folder = Path(location) / "png"
+        if folder.is_dir():
+            return folder
+    import importlib_resources  # flatland not installed as plain files: through its package
 
     return importlib_resources.files("flatland.png")
 
 
+def _rotated(transitions: int, rotation: int) -> int:
+    """``transitions`` (flatland's 16-bit cell transitions: 4 bits of exits per entry direction
+    N, E, S, W, N's first) turned clockwise by ``rotation`` degrees (0, 90, 180, 270): flatland's
+    ``RailEnvTransitions().rotate_transition``, the same for every value (tests), without
+    importing flatland in the drawing helper (see ``_flatland_images``)."""
+    turns = rotation // 90
+    turned = 0
+    for block in range(4):  # each direction's exits turn with the cell...
+        exits = (transitions >> (4 * block)) & 0xF
+        turned |= (((exits >> turns) | (exits << (4 - turns))) & 0xF) << (4 * block)
+    return ((turned << (16 - 4 * turns)) | (turned >> (4 * turns))) & 0xFFFF  # ...and so does each entry
+
+
 def _rail_sources() -> dict[int, tuple[str, int]]:
     """{binary transitions: (file, clockwise rotation)}, later entries winning as in load_pngs."""
-    from flatland.envs.grid.rail_env_grid import RailEnvTransitions
-
-    transitions = RailEnvTransitions()
     sources: dict[int, tuple[str, int]] = {}
     for description, file in _RAIL_FILES.items():
         bits = ["0"] * 16
@@ -198,7 +219,7 @@ def _rail_sources() -> dict[int, tuple[str, int]]:
         binary = int("".join(bits), 2)
         sources[binary] = (file, 0)
         for rotation in (90, 180, 270):
-            sources[transitions.rotate_transition(binary, rotation)] = (file, rotation)
+            sources[_rotated(binary, rotation)] = (file, rotation)
     return sources
 
 
@@ -553,9 +574,7 @@ class _Scene:
         distance = _distance_to_stations(env.width, env.height, stations)
         grid = env.rail.grid
         level_free = env.resource_map.level_free_positions
-        from flatland.envs.grid.rail_env_grid import RailEnvTransitionsEnum
-
-        diamond = RailEnvTransitionsEnum.diamond_crossing
+        diamond = _DIAMOND_CROSSING
         city_size = max(1, np.log(1 + env.get_num_agents()) / 2.5)
         for row in range(env.height):
             for col in range(env.width):
