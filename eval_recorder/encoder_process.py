@@ -164,20 +164,29 @@ def _import_pyav():
     return av
 
 
+_LIBC: dict = {}  # the C library's functions by name, once looked up (None: there is none)
+
+
+def _libc(name: str):
+    """The C library's function ``name``, looked up once; None where there is none (not Linux,
+    no ctypes, or a C library without it: musl has no malloc_trim)."""
+    if name not in _LIBC:
+        _LIBC[name] = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _LIBC[name] = getattr(ctypes.CDLL(None, use_errno=True), name)
+            except (ImportError, OSError, AttributeError):
+                pass
+    return _LIBC[name]
+
+
 def _no_huge_pages() -> bool:
     """Turn transparent huge pages off for this process from now on (Linux); whether they are off.
     Where that cannot be done (no ctypes, no prctl), encoding goes on as it is."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
-    except (ImportError, OSError, AttributeError):
-        return False
-
-
-_TRIM = None  # glibc's malloc_trim, once looked up (False: there is none)
+    prctl = _libc("prctl")
+    return prctl is not None and prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
 
 
 def _trim() -> None:
@@ -189,18 +198,9 @@ def _trim() -> None:
     ``malloc_trim(0)`` returns every free page of them: 1.1-1.6 ms of the helper's time, once
     per episode, after the runner has its reply.
     """
-    global _TRIM
-    if _TRIM is None:
-        _TRIM = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                _TRIM = ctypes.CDLL(None).malloc_trim
-            except (ImportError, OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-                pass
-    if _TRIM:
-        _TRIM(0)
+    trim = _libc("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 class _Encoding:

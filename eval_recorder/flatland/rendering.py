@@ -186,7 +186,8 @@ def _flatland_images():
     from importlib.util import find_spec
 
     spec = find_spec("flatland")  # a top-level package's spec: found, not imported
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+    locations = spec.submodule_search_locations if spec is not None else None
+    for location in locations or []:
         folder = Path(location) / "png"
         if folder.is_dir():
             return folder
