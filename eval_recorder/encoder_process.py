@@ -84,7 +84,7 @@ ID = struct.Struct("<cI")
 ID_NUMBER = struct.Struct("<cII")
 NO_LABEL = 0xFFFF  # label-length of a frame without a label
 BATCH = struct.Struct("<cIQQ")  # B id offset length
-_PACKED = struct.Struct("<HI")  # per packed frame: label-length (NO_LABEL: none), state-length
+PACKED_FRAME = struct.Struct("<HI")  # per packed frame: label-length (NO_LABEL: none), state-length
 PROGRESS_FRAMES = 32
 MESSAGE_BYTES = 1 << 16
 # O id width height fps crf threads slot_bytes scene_bytes, then preset \0 path [\0 drawing]
@@ -108,7 +108,7 @@ def pack_frames(frames) -> bytes:
         text = b"" if label is None else label.encode()
         if len(text) >= NO_LABEL:
             raise ValueError(f"a label of {len(text)} bytes is more than a frame holds ({NO_LABEL - 1})")
-        parts += (_PACKED.pack(NO_LABEL if label is None else len(text), len(state)), text, state)
+        parts += (PACKED_FRAME.pack(NO_LABEL if label is None else len(text), len(state)), text, state)
     return b"".join(parts)
 
 
@@ -116,8 +116,8 @@ def unpack_frames(data: bytes):
     """The ``(state, label)`` pairs of ``pack_frames``, one by one."""
     at = 0
     while at < len(data):
-        label_length, state_length = _PACKED.unpack_from(data, at)
-        at += _PACKED.size
+        label_length, state_length = PACKED_FRAME.unpack_from(data, at)
+        at += PACKED_FRAME.size
         label = None
         if label_length != NO_LABEL:
             label, at = data[at : at + label_length].decode(), at + label_length

@@ -203,7 +203,7 @@ class VideoRecorder:
         if self._later is not None:
             self._later.frames.append((self.source.state(), label))
             return
-        with _scratch_errors():
+        with _ScratchErrors():
             try:
                 if frame is None:
                     self._encoder.add_state(self.source.state(), label=label)
@@ -236,7 +236,7 @@ class VideoRecorder:
         elif self.source.drawn_beside is not None:  # the helper draws on: the env need not wait for it
             mp4, frames, (width, height) = b"", encoder.frames, (encoder.width, encoder.height)
             try:
-                with _scratch_errors():
+                with _ScratchErrors():
                     encoder.finish_later()
             except BaseException:
                 encoder.abort()
@@ -246,7 +246,7 @@ class VideoRecorder:
         else:
             width, height = encoder.width, encoder.height
             try:
-                with _scratch_errors():
+                with _ScratchErrors():
                     frames = encoder.close()
                     mp4 = encoder.path.read_bytes()
             finally:
@@ -296,7 +296,7 @@ class VideoRecorder:
             raise RuntimeError("draw_later() without a finished episode kept to draw")
         path = new_episode_file()
         try:
-            with _scratch_errors():
+            with _ScratchErrors():
                 encoder = StreamingEncoder(path, width=later.width, height=later.height, fps=self._fps,
                                            drawing=later.drawing, frames=later.frames)
                 encoder.finish_later()
@@ -312,7 +312,7 @@ class VideoRecorder:
         if encoder is None:
             return
         try:
-            with _scratch_errors():
+            with _ScratchErrors():
                 encoder.close()
         finally:
             _remove(encoder.path)
@@ -349,7 +349,7 @@ class PendingVideo:
     def result(self) -> tuple[bytes, int]:
         encoder = self._encoder
         try:
-            with _scratch_errors():
+            with _ScratchErrors():
                 frames = encoder.wait()
                 return encoder.path.read_bytes(), frames
         finally:
@@ -360,20 +360,22 @@ class PendingVideo:
         _remove(self._encoder.path)
 
 
-@contextlib.contextmanager
-def _scratch_errors():
-    """An encoder failure that is the scratch folder's (full, read-only) as ScratchFailed,
-    which names the folder and what to do."""
-    try:
-        yield
-    except EncoderFailed as error:
-        if error.errno in _FULL_OR_UNWRITABLE:
-            raise scratch_failure(OSError(error.errno, os.strerror(error.errno))) from None
-        raise
-    except OSError as error:  # reading the finished file back
-        if error.errno in _FULL_OR_UNWRITABLE:
-            raise scratch_failure(error) from None
-        raise
+class _ScratchErrors:
+    """``with _ScratchErrors():`` an encoder failure that is the scratch folder's (full,
+    read-only) as ScratchFailed, which names the folder and what to do. A class, not a
+    generator: it is entered on the stepping thread for every frame."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, EncoderFailed):
+            if error.errno in _FULL_OR_UNWRITABLE:
+                raise scratch_failure(OSError(error.errno, os.strerror(error.errno))) from None
+        elif isinstance(error, OSError):  # reading the finished file back
+            if error.errno in _FULL_OR_UNWRITABLE:
+                raise scratch_failure(error) from None
+        return False
 
 
 def _remove(path) -> None:

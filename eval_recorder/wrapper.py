@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import operator
 import os
 import socket
 from typing import Any
@@ -62,6 +63,31 @@ __all__ = ["RecordEpisodes", "RecordMultiAgentEpisodes", "record_episodes", "rec
 logger = logging.getLogger(__name__)
 
 _ENVS_MADE = itertools.count()  # recording envs made in this process: runners may hold several
+
+
+class _Returns:
+    """Each agent's return so far: its rewards added one step after the other, as a loop over
+    every step's rewards adds them (the same floats), but a step whose agents are the previous
+    step's, in the same order (the usual case), is added in one pass of C (``map``), not in a
+    Python loop over its agents."""
+
+    def __init__(self) -> None:
+        self._totals: dict[Any, float] = {}  # in the order the agents first got a reward
+        self._agents: tuple = ()  # the agents of the last step, in its rewards' order
+        self._sums: list[float] = []  # their returns, up to the last step
+
+    def add(self, rewards: dict) -> None:
+        """Add one step's ``rewards`` (agent: reward)."""
+        agents = tuple(rewards)
+        if agents != self._agents:
+            totals = self.totals()
+            self._agents, self._sums = agents, [totals.get(agent, 0.0) for agent in agents]
+        self._sums = list(map(operator.add, self._sums, map(float, rewards.values())))
+
+    def totals(self) -> dict[Any, float]:
+        """Every agent's return so far (agent: return)."""
+        self._totals.update(zip(self._agents, self._sums))
+        return self._totals
 
 
 class _RecordingWrapper:
@@ -96,7 +122,7 @@ class _RecordingWrapper:
         self._seed: int | None = None
         self._scenario: str | None = None
         self._steps = 0
-        self._returns: dict[Any, float] = {}
+        self._returns = _Returns()
         self._capture = None  # the episode's replay record, as it runs
         self._record: tuple[bytes, str] | None = None  # the finished episode's (record, kind)
         self._finished: list[tuple[RecordedEpisode, PendingVideo | None]] = []  # with its video still drawn, if so
@@ -202,7 +228,7 @@ class _RecordingWrapper:
             options = {**(options or {}), **self.load_scenario(*scenario)}
             self._scenario = scenario[0]
         result = self.env.reset(seed=seed, options=options)
-        self._steps, self._returns = 0, {}
+        self._steps, self._returns = 0, _Returns()
         self._record = None
         self._capture = None if probing or self.problem is not None else self._new_capture(seed, options)
         if self.problem is None:
@@ -260,13 +286,12 @@ class _RecordingWrapper:
     def _label_text(self) -> str:
         extra = self.frame_source.label_extra()
         if extra is None:
-            extra = f"return {sum(self._returns.values()):.1f}"
+            extra = f"return {sum(self._returns.totals().values()):.1f}"
         return label_text(training_iteration=this_process().label_iteration, step=self._steps, extra=extra)
 
     def _step_done(self, rewards: dict, done: bool) -> None:
         self._steps += 1
-        for agent, reward in rewards.items():
-            self._returns[agent] = self._returns.get(agent, 0.0) + float(reward)
+        self._returns.add(rewards)
         if done:
             self._finish_capture()
         if not self._video.recording:
@@ -301,8 +326,9 @@ class _RecordingWrapper:
 
     def _ended(self) -> dict:
         """What the episode that just ended says of itself (``VideoRecorder.finish``'s arguments)."""
-        return dict(env_label=self.label, episode_length=self._steps, episode_return=sum(self._returns.values()),
-                    agent_returns={str(agent): value for agent, value in self._returns.items()}
+        returns = self._returns.totals()
+        return dict(env_label=self.label, episode_length=self._steps, episode_return=sum(returns.values()),
+                    agent_returns={str(agent): value for agent, value in returns.items()}
                     if self.multi_agent else None)  # fmt: skip
 
     def _with_record(self, episode: RecordedEpisode) -> RecordedEpisode:
@@ -311,7 +337,7 @@ class _RecordingWrapper:
         if self._scenario is not None:
             facts["scenario"] = self._scenario
         if self.multi_agent and "num_agents" not in facts:
-            facts["num_agents"] = len(self._returns)
+            facts["num_agents"] = len(self._returns.totals())
         record, kind = self._record or (None, None)
         self._record = None
         return dataclasses.replace(episode, facts=facts, record=record, record_kind=kind)

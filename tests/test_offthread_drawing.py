@@ -12,16 +12,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from flatland.envs.step_utils.states import TrainState
 
 from eval_recorder import encoding, record_episodes
 from eval_recorder.encoding import encoder_process_ids
 from eval_recorder.flatland.envs import make_env
 from eval_recorder.flatland.frames import FlatlandFrames
 from eval_recorder.flatland.rendering import FrameRenderer
-from eval_recorder.flatland.scene import SceneDrawing, scene_of, state_of
+from eval_recorder.flatland.scene import SceneDrawing, TrainRows, scene_of, state_of, train_major
 from eval_recorder.flatland.trajectory import FlatlandEpisode
 from eval_recorder.runner_round import this_process
 
@@ -76,7 +78,7 @@ def test_states_go_to_the_helper_a_message_of_them_at_a_time_or_fewer_when_a_mes
     send = encoding.StreamingEncoder._send_states
 
     def counted(self) -> None:
-        sent.append(len(self._queued))
+        sent.append(self._queued_frames)
         send(self)
 
     monkeypatch.setattr(encoding.StreamingEncoder, "_send_states", counted)
@@ -166,6 +168,56 @@ def test_the_episode_had_what_the_drawing_must_carry_over():
         if terminated["__all__"]:
             break
     assert broken > 0 and len(speeds) > 1 and len(on_map) > 2
+
+
+def _public_row(agent, fractions: list) -> list:
+    """A train's row (scene._FIELDS' order) as flatland's public properties give it, its speed
+    and distance as the Fractions ``fractions`` holds at the row's indices."""
+    if agent is None:
+        return [-1] * 10
+    current, old = agent.current_configuration, agent.old_configuration
+    if current is None or current[0] is None:
+        cells = [-1] * 6
+    else:
+        old_cell = [-1] * 3 if old is None or old[0] is None else \
+            [*old[0], -1 if old[1] is None else old[1]]
+        cells = [*current[0], current[1], *old_cell]
+    return [*cells, agent.malfunction_handler.malfunction_down_counter, int(agent.state),
+            agent.speed_counter.speed, agent.speed_counter.distance]
+
+
+def test_a_step_s_train_rows_say_of_each_train_what_flatland_s_properties_say():
+    """TrainRows reads each field of every train in one pass (attribute getters mapped over the
+    trains) and packs them field by field; train_major puts them train by train: the rows are
+    what flatland's public properties say of each train, step after step, with malfunctions,
+    several speeds, trains on and off the map and a train of None (all -1)."""
+    env = make_env(BROKEN_DOWN)
+    env.reset(seed=11)
+    rail_env = env.wrap()
+    agents = [*rail_env.agents, None]
+    rows = TrainRows(SimpleNamespace(agents=agents))
+    rng = np.random.default_rng(11)
+    seen = set()
+    for _ in range(200):
+        _, _, terminated, _, _ = env.step({agent: int(rng.integers(5)) for agent in env.get_agent_ids()})
+        row = train_major(np.frombuffer(rows.row(), dtype="<i2"), len(agents)).tolist()
+        packed = [[*fields[:8], *(rows.fractions[index] if index >= 0 else -1 for index in fields[8:])]
+                  for fields in row]
+        assert packed == [_public_row(agent, rows.fractions) for agent in agents]
+        assert rows.arrived == sum(agent.state == TrainState.DONE for agent in rail_env.agents)
+        seen |= {("broken", fields[6] > 0) for fields in row} | {("speed", fields[8]) for fields in packed[:-1]}
+        seen |= {("on the map", fields[0] >= 0) for fields in row[:-1]} | {("arrived", rows.arrived > 0)}
+        if terminated["__all__"]:
+            break
+    assert {("broken", True), ("on the map", True), ("on the map", False)} <= seen
+    assert len({value for kind, value in seen if kind == "speed"}) > 1
+
+
+def test_train_major_puts_a_row_s_fields_train_by_train_and_a_train_off_the_map_has_no_previous_cell():
+    field_major = [-1, -1, -1, 1, 2, 3,  4, 5, 0, 6, 7, 1,  0, 2,  6, 2,  0, 1,  1, 0]  # fmt: skip
+    rows = train_major(np.array([field_major, field_major], dtype="<i2"), 2)
+    assert rows.dtype == np.int16 and rows.shape == (2, 2, 10)
+    assert rows[1].tolist() == [[-1, -1, -1, -1, -1, -1, 0, 6, 0, 1], [1, 2, 3, 6, 7, 1, 2, 2, 1, 0]]
 
 
 def test_a_drawing_that_fails_in_the_helper_costs_that_episode_s_video_only(monkeypatch):

@@ -190,3 +190,30 @@ def test_saved_scenarios_are_shared_among_eval_runners_as_rllib_shares_episodes(
     scenarios = list(range(count))
     assert [scenario_share(scenarios, index, runners) for index in range(1, runners + 1)] == shares
     assert scenario_share(scenarios, 0, runners) == scenarios  # the local eval runner plays them all
+
+
+def test_returns_are_the_floats_a_loop_over_every_step_s_rewards_adds_up_whichever_agents_get_them():
+    """The wrapper adds a step whose agents are the previous step's in one pass (``_Returns``):
+    every agent's return after every step is the float, bit for bit, and the order of agents,
+    that adding each reward in turn gives, also when agents come, go and change order, and with
+    numpy rewards."""
+    from eval_recorder.wrapper import _Returns
+
+    rng = np.random.default_rng(5)
+    agents = ["a", "b", "c", "d"]
+    steps = [{"a": 0.1, "b": np.float32(0.7)}, {"a": 0.2, "b": np.float64(-1.0)}, {"b": 0.3, "a": 1e-17},
+             {"c": 2.0}, {"a": -0.0, "b": 0.1, "c": 0.5}]  # fmt: skip
+    for _ in range(300):
+        present = [agent for agent in agents if rng.random() < 0.9]
+        if rng.random() < 0.05:
+            present.reverse()
+        steps.append({agent: float(rng.normal()) / 3 for agent in present})
+    returns, expected = _Returns(), {}
+    for rewards in steps:
+        returns.add(rewards)
+        for agent, reward in rewards.items():
+            expected[agent] = expected.get(agent, 0.0) + float(reward)
+        totals = returns.totals()
+        assert [(agent, value.hex()) for agent, value in totals.items()] == \
+            [(agent, value.hex()) for agent, value in expected.items()]
+    assert sum(map(len, steps)) > 900 and len(expected) == 4

@@ -18,32 +18,88 @@ from __future__ import annotations
 
 import pickle
 import struct
+from itertools import chain
+from operator import attrgetter
 from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["SceneDrawing", "TrainRows", "scene_of", "state_of"]
+__all__ = ["SceneDrawing", "TrainRows", "scene_of", "state_of", "train_major"]
 
 _NONE = -1  # a position or direction that is None
 # Per train: row, col, direction, old row, old col, old direction, malfunction down counter,
 # train state, speed, distance in the cell (the last two: indices into TrainRows.fractions).
 _FIELDS = 10
 _DONE = 6  # TrainState.DONE
+_CONFIGURATION = struct.Struct("<3h")
+_OFF_MAP = _CONFIGURATION.pack(_NONE, _NONE, _NONE)
+
+
+class _Configurations(dict):
+    """A train's ``((row, col), direction)`` packed as 3 int16 (off the map, or a direction of
+    None: -1), each configuration packed once and then looked up."""
+
+    def __missing__(self, configuration) -> bytes:
+        if configuration is None or configuration[0] is None:
+            packed = _OFF_MAP
+        else:
+            (row, col), direction = configuration
+            packed = _CONFIGURATION.pack(row, col, _NONE if direction is None else direction)
+        self[configuration] = packed
+        return packed
+
+
+class _NoTrain:
+    """Stands for a train of None (flatland's renderer skips them): every field of its row -1."""
+
+    current_configuration = old_configuration = None
+    _state = state = _malfunction_down_counter = malfunction_down_counter = _NONE
+    _speed = speed = _distance = distance = None  # indexed as -1 (TrainRows._indices)
+
+    @property
+    def state_machine(self):
+        return self
+
+    malfunction_handler = speed_counter = state_machine
+
+
+_NO_TRAIN = _NoTrain()
+
+
+def _reader(objects: list, private: str, public: str) -> attrgetter:
+    """A getter of ``public`` (a flatland property) on each of ``objects``: of the attribute
+    behind it, ``private``, where every one has it (the same value without the property's call)."""
+    has = all(hasattr(item, private) for item in objects)
+    return attrgetter(private if has else public)
 
 
 class TrainRows:
-    """The rows of ``rail_env``'s trains as its current step leaves them: ``_FIELDS`` int16 per
-    train, packed (``row()``), made once per step for both the frame drawn beside the env and
-    the episode's trajectory. Packed bytes keep the garbage collector out of the way: the
-    episode's steps hold no Python objects per train. Speeds and distances are Fractions
-    (flatland's, a few objects again and again): each row holds its index in ``fractions``,
-    which keeps every one it indexed alive (so its id stays its own)."""
+    """The rows of ``rail_env``'s trains as its current step leaves them (``row()``), made once
+    per step for both the frame drawn beside the env and the episode's trajectory: ``_FIELDS``
+    int16 per train, packed field by field (``train_major`` puts them train by train): every
+    train's cell and direction (3 each), then every train's previous ones, then the malfunction
+    counters, the states, the speeds and the distances in the cell (one each). Read with
+    attribute getters mapped over the trains and packed by ``struct`` and ``bytes.join``: the
+    stepping thread runs no Python code per train. Packed bytes keep the garbage collector out
+    of the way: the episode's steps hold no Python objects per train. Speeds and distances are
+    Fractions (flatland's, a few objects again and again): each row holds its index in
+    ``fractions``, which keeps every one it indexed alive (so its id stays its own)."""
 
     def __init__(self, rail_env) -> None:
-        self._trains = [None if agent is None else (agent, agent.malfunction_handler, agent.speed_counter)
-                        for agent in rail_env.agents]
+        agents = [_NO_TRAIN if agent is None else agent for agent in rail_env.agents]
+        self._agents = agents
+        self._machines = [agent.state_machine for agent in agents]
+        self._handlers = [agent.malfunction_handler for agent in agents]
+        self._counters = [agent.speed_counter for agent in agents]
+        self._state = _reader(self._machines, "_state", "state")
+        self._broken = _reader(self._handlers, "_malfunction_down_counter", "malfunction_down_counter")
+        self._speed = _reader(self._counters, "_speed", "speed")
+        self._distance = _reader(self._counters, "_distance", "distance")
+        self._current, self._old = attrgetter("current_configuration"), attrgetter("old_configuration")
+        self._configurations = _Configurations()
+        self._tail = struct.Struct(f"<{4 * len(agents)}h")
         self.fractions: list = []
-        self._indices: dict[int, int] = {}
+        self._indices: dict[int, int] = {id(None): _NONE}  # a train of None's speed and distance
         self.arrived = 0  # trains at their target in the last row made
 
     def index_of(self, value) -> int:
@@ -56,37 +112,34 @@ class TrainRows:
 
     def row(self) -> bytes:
         """The trains' rows now (see the class docstring)."""
-        values: list[int] = []
-        append, indices, index = values.extend, self._indices, self.index_of
-        arrived = 0
-        for train in self._trains:
-            if train is None:
-                append((_NONE,) * _FIELDS)
-                continue
-            agent, handler, counter = train
-            current, state = agent.current_configuration, agent.state
-            arrived += state == _DONE
-            speed, distance = counter.speed, counter.distance
-            found = indices.get(id(speed))
-            speed = index(speed) if found is None else found
-            found = indices.get(id(distance))
-            distance = index(distance) if found is None else found
-            if current is None or current[0] is None:
-                append((_NONE, _NONE, _NONE, _NONE, _NONE, _NONE, handler.malfunction_down_counter, state, speed,
-                        distance))
-                continue
-            (row, col), direction = current
-            old = agent.old_configuration
-            if old is not None and old[0] is not None:
-                (old_row, old_col), old_direction = old
-                if old_direction is None:
-                    old_direction = _NONE
-            else:
-                old_row = old_col = old_direction = _NONE
-            append((row, col, direction, old_row, old_col, old_direction, handler.malfunction_down_counter, state,
-                    speed, distance))
-        self.arrived = arrived
-        return struct.pack(f"<{len(values)}h", *values)
+        agents, counters, packed = self._agents, self._counters, self._configurations.__getitem__
+        states = list(map(self._state, self._machines))
+        self.arrived = states.count(_DONE)
+        index = self._indices.__getitem__
+        try:
+            tail = self._tail.pack(*map(self._broken, self._handlers), *states,
+                                   *map(index, map(id, map(self._speed, counters))),
+                                   *map(index, map(id, map(self._distance, counters))))
+        except KeyError:  # a speed or distance not indexed yet
+            for value in chain(map(self._speed, counters), map(self._distance, counters)):
+                self.index_of(value)
+            return self.row()
+        return b"".join((b"".join(map(packed, map(self._current, agents))),
+                         b"".join(map(packed, map(self._old, agents))), tail))
+
+
+def train_major(rows: np.ndarray, n: int) -> np.ndarray:
+    """``TrainRows``' rows (int16, one ``row()`` per last axis, ``_FIELDS * n`` long) train by
+    train: shape (..., n, _FIELDS), the fields in the order of ``_FIELDS``' comment. A train off
+    the map has no previous cell either (-1), as flatland draws it."""
+    rows = np.asarray(rows)
+    lead = rows.shape[:-1]
+    trains = np.empty((*lead, n, _FIELDS), dtype=np.int16)
+    trains[..., 0:3] = rows[..., : 3 * n].reshape(*lead, n, 3)
+    trains[..., 3:6] = rows[..., 3 * n : 6 * n].reshape(*lead, n, 3)
+    trains[..., 6:] = rows[..., 6 * n :].reshape(*lead, 4, n).swapaxes(-1, -2)
+    trains[trains[..., 0] == _NONE, 3:6] = _NONE
+    return trains
 
 
 def scene_of(rail_env, *, max_side: int) -> bytes:
@@ -125,9 +178,10 @@ class _SceneEnv:
         return len(self.agents)
 
     def pose(self, state: bytes) -> None:
-        rows = np.frombuffer(state, dtype="<i2").reshape(-1, _FIELDS).tolist()
-        if len(rows) != len(self.agents):
-            raise ValueError(f"a state of {len(rows)} trains for a scene of {len(self.agents)}")
+        values = np.frombuffer(state, dtype="<i2")
+        if len(values) != _FIELDS * len(self.agents):
+            raise ValueError(f"a state of {len(values) / _FIELDS:g} trains for a scene of {len(self.agents)}")
+        rows = train_major(values, len(self.agents)).tolist()
         for agent, (row, col, direction, old_row, old_col, old_direction, broken, *_) in zip(self.agents, rows):
             if agent is None:
                 continue

@@ -127,13 +127,17 @@ class TrajectoryCapture:
 
     def finish(self) -> "FlatlandEpisode":
         """The episode captured so far (once it ended: with its arrivals and normalized reward)."""
-        from eval_recorder.flatland.scene import _FIELDS
+        from eval_recorder.flatland.scene import _FIELDS, train_major
 
         env, n, steps = self._env, len(self._agents), len(self._actions)
         actions = _per_train(self._actions, n, _DO_NOTHING, np.int8, handle=_Handles())
-        rows = np.frombuffer(b"".join(self._rows), dtype="<i2").reshape(steps, n, _FIELDS)
+        rows = train_major(np.frombuffer(b"".join(self._rows), dtype="<i2").reshape(steps, _FIELDS * n), n)
         rewards = _per_train(self._rewards, n, 0.0, np.float64)
-        dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
+        if set(map(len, self._dones)) == {n + 1}:  # every train's and "__all__" (RailEnv.dones), the usual case
+            dones = np.fromiter(chain.from_iterable(self._dones), dtype=bool, count=steps * (n + 1)).reshape(steps, n + 1)
+            dones = dones[:, :n]
+        else:
+            dones = np.asarray([flags[:n] for flags in self._dones], dtype=bool).reshape(steps, n)
         ended = bool(env.dones.get("__all__", False)) and steps > 0
         success_rate = normalized = None
         if ended:
@@ -166,9 +170,12 @@ def _per_train(steps_given: list, n: int, default, dtype, handle: dict | None = 
     keyed by train handle; ``handle`` maps its keys to handles) holds for the train, else
     ``default``. Made in bulk: the episode's keys and values each in one pass."""
     steps = len(steps_given)
-    array = np.full((steps, n), default, dtype=dtype)
     counts = np.fromiter(map(len, steps_given), dtype=np.intp, count=steps)
     total = int(counts.sum())
+    if handle is None and total == steps * n and all(map(tuple(range(n)).__eq__, map(tuple, steps_given))):
+        # every step keyed by every train's handle, in order (RailEnv's rewards): the values only
+        return np.fromiter(chain.from_iterable(map(dict.values, steps_given)), dtype=dtype, count=total).reshape(steps, n)
+    array = np.full((steps, n), default, dtype=dtype)
     if total:
         keys = chain.from_iterable(steps_given)
         handles = np.fromiter(keys if handle is None else map(handle.__getitem__, keys), dtype=np.intp, count=total)
