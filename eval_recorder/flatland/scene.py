@@ -131,7 +131,7 @@ class TrainRows:
 def train_major(rows: np.ndarray, n: int) -> np.ndarray:
     """``TrainRows``' rows (int16, one ``row()`` per last axis, ``_FIELDS * n`` long) train by
     train: shape (..., n, _FIELDS), the fields in the order of ``_FIELDS``' comment. A train off
-    the map has no previous cell either (-1), as flatland draws it."""
+    the map gets no previous cell either (-1): neither the drawing nor the record reads one."""
     rows = np.asarray(rows)
     lead = rows.shape[:-1]
     trains = np.empty((*lead, n, _FIELDS), dtype=np.int16)
