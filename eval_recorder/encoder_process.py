@@ -84,7 +84,7 @@ ID = struct.Struct("<cI")
 ID_NUMBER = struct.Struct("<cII")
 NO_LABEL = 0xFFFF  # label-length of a frame without a label
 BATCH = struct.Struct("<cIQQ")  # B id offset length
-PACKED_FRAME = struct.Struct("<HI")  # per packed frame: label-length (NO_LABEL: none), state-length
+_PACKED = struct.Struct("<HI")  # per packed frame: label-length (NO_LABEL: none), state-length
 PROGRESS_FRAMES = 32
 MESSAGE_BYTES = 1 << 16
 # O id width height fps crf threads slot_bytes scene_bytes, then preset \0 path [\0 drawing]
@@ -101,23 +101,25 @@ def pack_open(settings: dict) -> bytes:
             + (b"\0" + drawing.encode() if drawing else b""))
 
 
+def pack_frame(state: bytes, label: str | None) -> bytes:
+    """One frame's ``state`` and ``label`` (None: none) as the helper reads them (``P``, ``B``)."""
+    text = b"" if label is None else label.encode()
+    if len(text) >= NO_LABEL:
+        raise ValueError(f"a label of {len(text)} bytes is more than a frame holds ({NO_LABEL - 1})")
+    return b"".join((_PACKED.pack(NO_LABEL if label is None else len(text), len(state)), text, state))
+
+
 def pack_frames(frames) -> bytes:
     """``(state, label)`` pairs (label None: none) as the helper reads them after a ``B``."""
-    parts = []
-    for state, label in frames:
-        text = b"" if label is None else label.encode()
-        if len(text) >= NO_LABEL:
-            raise ValueError(f"a label of {len(text)} bytes is more than a frame holds ({NO_LABEL - 1})")
-        parts += (PACKED_FRAME.pack(NO_LABEL if label is None else len(text), len(state)), text, state)
-    return b"".join(parts)
+    return b"".join([pack_frame(state, label) for state, label in frames])
 
 
 def unpack_frames(data: bytes):
     """The ``(state, label)`` pairs of ``pack_frames``, one by one."""
     at = 0
     while at < len(data):
-        label_length, state_length = PACKED_FRAME.unpack_from(data, at)
-        at += PACKED_FRAME.size
+        label_length, state_length = _PACKED.unpack_from(data, at)
+        at += _PACKED.size
         label = None
         if label_length != NO_LABEL:
             label, at = data[at : at + label_length].decode(), at + label_length

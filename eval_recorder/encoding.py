@@ -60,7 +60,7 @@ import numpy as np
 from eval_recorder import encoder_process
 from eval_recorder.errors import EncoderFailed
 from eval_recorder.encoder_process import (
-    BATCH, FRAME, ID, ID_NUMBER, MESSAGE_BYTES, NO_LABEL, PACKED_FRAME, pack_frames, pack_open,
+    BATCH, FRAME, ID, ID_NUMBER, MESSAGE_BYTES, pack_frame, pack_frames, pack_open,
 )
 
 __all__ = [
@@ -174,8 +174,8 @@ class StreamingEncoder:
         finally:
             memory.close()  # the helper has its own descriptor now; the mapping keeps ours alive
         self._done = False
-        self._queued: list[bytes] = []  # the parts of the packed frames (add_state) not sent yet
-        self._queued_bytes = self._queued_frames = 0
+        self._queued: list[bytes] = []  # packed frames (add_state) not sent yet
+        self._queued_bytes = 0
         self._finalizer = weakref.finalize(self, self._service.forget, self._id)
         if packed:
             self._service.encode_state(BATCH.pack(b"B", self._id, len(drawing[1]), len(packed)))
@@ -218,28 +218,23 @@ class StreamingEncoder:
         helper is that far behind that the socket to it is full."""
         if self._done:
             raise RuntimeError(f"encoding {self.path.name}: frame added after close() or abort()")
-        # pack_frames' bytes of this one frame, packed here: this runs on the stepping thread every step
-        text = b"" if label is None else label.encode()
-        if len(text) >= NO_LABEL:
-            pack_frames([(state, label)])  # raises: the label is too long
-        size = PACKED_FRAME.size + len(text) + len(state)
-        if ID.size + size > MESSAGE_BYTES:
+        packed = pack_frame(state, label)  # raises for a label too long
+        if ID.size + len(packed) > MESSAGE_BYTES:
             raise ValueError(f"a state of {len(state)} bytes with its label is more than a message to the encoder "
                              f"helper holds ({MESSAGE_BYTES} bytes)")
-        if self._queued_frames and ID.size + self._queued_bytes + size > MESSAGE_BYTES:
+        if self._queued and ID.size + self._queued_bytes + len(packed) > MESSAGE_BYTES:
             self._send_states()
-        self._queued += (PACKED_FRAME.pack(NO_LABEL if label is None else len(text), len(state)), text, state)
-        self._queued_bytes += size
-        self._queued_frames += 1
+        self._queued.append(packed)
+        self._queued_bytes += len(packed)
         self.frames += 1
-        if self._queued_frames >= STATES_PER_MESSAGE:
+        if len(self._queued) >= STATES_PER_MESSAGE:
             self._send_states()
 
     def _send_states(self) -> None:
-        if not self._queued_frames:
+        if not self._queued:
             return
         message = ID.pack(b"P", self._id) + b"".join(self._queued)
-        self._queued, self._queued_bytes, self._queued_frames = [], 0, 0
+        self._queued, self._queued_bytes = [], 0
         self._service.check(self._id, self.path.name)
         self._service.encode_state(message)
 

@@ -78,7 +78,7 @@ def test_states_go_to_the_helper_a_message_of_them_at_a_time_or_fewer_when_a_mes
     send = encoding.StreamingEncoder._send_states
 
     def counted(self) -> None:
-        sent.append(self._queued_frames)
+        sent.append(len(self._queued))
         send(self)
 
     monkeypatch.setattr(encoding.StreamingEncoder, "_send_states", counted)
