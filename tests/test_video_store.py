@@ -1,15 +1,18 @@
 """The video store: atomic appearance, no overwrite, sidecar and manifest, posters, the training record."""
 
 import hashlib
+import io
 import json
 import logging
 import os
 
+import av
 import numpy as np
 from PIL import Image
 
+from eval_recorder import poster as poster_module
 from eval_recorder import video_store
-from eval_recorder.poster import last_frame_jpeg
+from eval_recorder.poster import JPEG_QUALITY, last_frame_jpeg
 from eval_recorder.tags import TrainingTag
 from eval_recorder.training_record import TRAINING, read_training, train_returns
 from eval_recorder.video_index import MANIFEST, read_manifest
@@ -121,6 +124,37 @@ def test_a_stored_video_gets_its_decoded_last_frame_as_its_poster(tmp_path):
         assert poster.stat().st_mode & 0o777 == 0o644
     assert sorted(os.listdir(folder)) == sorted(
         [f"{stem}{suffix}" for stem in stems for suffix in (".json", ".jpg", ".mp4")] + [MANIFEST])
+
+
+def jpeg_of_last_frame_decoded_from_the_start(mp4: bytes) -> bytes:
+    with av.open(io.BytesIO(mp4)) as container:
+        *_, last = container.decode(video=0)
+    out = io.BytesIO()
+    last.to_image().save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def test_a_poster_is_decoded_from_a_keyframe_near_the_end_and_is_the_last_frame_decoded_from_the_start(
+        tmp_path, monkeypatch):
+    mp4 = encode(tmp_path / "clip.mp4", frames=300, width=64, height=48)
+    with av.open(io.BytesIO(mp4)) as container:
+        stream = container.streams.video[0]
+        keys = [round(packet.pts * stream.time_base * 10) for packet in container.demux(stream) if packet.is_keyframe]
+    assert keys[0] == 0 and 0 < keys[-1] < 299  # more than one keyframe, the last before the last frame
+    counts = []
+    real = poster_module._last_decoded
+
+    def counted(container, stream):
+        last, count = real(container, stream)
+        counts.append(count)
+        return last, count
+
+    monkeypatch.setattr(poster_module, "_last_decoded", counted)
+    expected = jpeg_of_last_frame_decoded_from_the_start(mp4)
+    assert last_frame_jpeg(mp4) == expected and last_frame_jpeg(tmp_path / "clip.mp4") == expected
+    assert counts[0] == counts[1] and 300 - counts[0] in keys[1:]  # from a keyframe after the first, not from the start
+    short = encode(tmp_path / "short.mp4", frames=3, width=64, height=48)  # one keyframe
+    assert last_frame_jpeg(short) == jpeg_of_last_frame_decoded_from_the_start(short) and counts[2:] == [3]
 
 
 def test_a_video_that_does_not_decode_is_stored_without_a_poster_and_said_once(tmp_path, caplog):
