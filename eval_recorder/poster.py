@@ -3,8 +3,8 @@ video's poster is its last frame (where the episode's outcome shows) as a JPEG b
 named with the video's stem (``poster_name``: ``<stem>.jpg`` next to ``<stem>.mp4``).
 
 ``last_frame_jpeg`` decodes a video's last frame (PyAV), from a keyframe near its end on,
-and encodes that as JPEG (Pillow); ``write_poster`` publishes it in the video's folder atomically,
-never over an existing name. Only the driver, which owns the folder, writes posters.
+and encodes that as JPEG (Pillow); ``write_poster`` publishes it in the video's folder
+atomically, never over an existing name. Only the driver, which owns the folder, writes posters.
 """
 
 from __future__ import annotations
@@ -48,9 +48,6 @@ def last_frame_jpeg(video: bytes | Path, *, quality: int = JPEG_QUALITY) -> byte
         # backward from past the end: to a keyframe near the end
         container.seek(_PAST_THE_END, stream=stream, backward=True, any_frame=False)
         last, _ = _last_decoded(container, stream)
-        if last is None:  # nothing decoded from where the seek landed: every frame, from the start
-            container.seek(0, stream=stream, backward=True, any_frame=False)
-            last, _ = _last_decoded(container, stream)
     if last is None:
         raise ValueError("it holds no video frames")
     out = io.BytesIO()
